@@ -1,0 +1,1 @@
+"""Elasticsearch and Kibana definitions as data files; read them with ``pipeline.mappings``."""

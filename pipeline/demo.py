@@ -1,0 +1,115 @@
+"""The end-to-end demo behind ``vitrine demo``: local services, the index, a real Celery worker
+process, the sample catalogue through the queue, and real kNN queries with keyword filters."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+
+from pipeline import services
+from pipeline.catalogue import read_catalogue
+from pipeline.encoders.open_clip_encoder import resolve_weights
+from pipeline.images import load_image
+from pipeline.ingest import Ingestor
+from pipeline.query import Filters, knn_search_body, run_search
+from pipeline.settings import VitrineSettings
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def worker_process(settings: VitrineSettings, *, concurrency: int = 1, timeout_s: float = 120):
+    """A real ``vitrine worker`` process for these settings; stopped on exit."""
+    from workers.app import create_celery
+
+    hostname = f"demo-{os.getpid()}@%h"
+    env = {**os.environ, **settings.to_env()}
+    cmd = [sys.executable, "-m", "pipeline.cli", "worker", f"--concurrency={concurrency}"]
+    process = subprocess.Popen([*cmd, f"--hostname={hostname}"], env=env)
+    celery_app = create_celery(settings)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not celery_app.control.ping(timeout=1.0):
+            if process.poll() is not None:
+                raise RuntimeError(f"worker exited with code {process.returncode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not answer within {timeout_s:.0f}s")
+        yield celery_app
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _print_hits(title: str, hits: list[dict]) -> None:
+    typer.echo(f"\n{title}")
+    for rank, hit in enumerate(hits, start=1):
+        price = f"{hit['price']:.2f} {hit['currency']}" if hit.get("price") is not None else "-"
+        typer.echo(
+            f"  {rank}. {hit['product_id']:<14} {hit['title']:<18} {hit['category']:<7} "
+            f"{price:>10}  tags={','.join(hit['tags'])}  stock={hit['in_stock']}  "
+            f"score={hit['_score']:.4f}"
+        )
+
+
+def run_demo(settings: VitrineSettings, catalogue_path: Path) -> None:
+    from pipeline.cli import wait_with_progress
+    from workers.jobs import enqueue
+
+    started = time.monotonic()
+    typer.echo("1/5 local services")
+    for status in services.start_all(settings):
+        typer.echo(f"    {status.name}: {status.detail}")
+
+    typer.echo("2/5 model weights")
+    weights = resolve_weights(settings.model_copy(update={"allow_random_weights": True}))
+    if not weights.semantic:
+        settings = settings.model_copy(update={"model_pretrained": weights.pretrained})
+        typer.secho(
+            "    Real pretrained CLIP weights are not available on this machine (offline, not in\n"
+            "    the hub cache). Using a random-initialised checkpoint: the mechanics are real,\n"
+            "    the similarities are NOT semantic. Only an image's own product (or a near copy)\n"
+            "    is a meaningful match. Set VITRINE_MODEL_PRETRAINED to a checkpoint for real results.",
+            fg="yellow",
+        )
+    ingestor = Ingestor(settings)
+    ingestor.ensure_index()
+    typer.echo(f"    model_id {ingestor.encoder.model_id}; alias {settings.index_alias}")
+
+    catalogue = read_catalogue(catalogue_path)
+    typer.echo(f"3/5 worker; 4/5 enqueue {len(catalogue.products)} products from {catalogue_path}")
+    with worker_process(settings) as celery_app:
+        job_ids = enqueue(celery_app, catalogue.products, batch_size=8)
+        statuses = wait_with_progress(celery_app, job_ids, timeout_s=600)
+    results = [r for s in statuses.values() for r in s.results]
+    indexed = sum(1 for r in results if r["status"] == "indexed")
+    typer.echo(f"    indexed {indexed} of {len(results)} products")
+    ingestor.es.indices.refresh(index=settings.index_alias)
+
+    typer.echo("5/5 queries")
+    probe = catalogue.products[0]
+    vector = ingestor.encoder.embed_images([load_image(probe.images[0]).image])[0]
+    model_id = ingestor.encoder.model_id
+    body = knn_search_body(vector, model_id=model_id, k=5)
+    _print_hits(f"image of '{probe.title}' -> similar products (kNN, k=5):", run_search(
+        ingestor.es, settings.index_alias, body
+    ))
+    filters = Filters(tags_any=["sale"], in_stock=True, max_price=60)
+    body = knn_search_body(vector, model_id=model_id, k=5, filters=filters)
+    _print_hits(
+        "same image, filtered inside kNN: tag=sale, in stock, price <= 60:",
+        run_search(ingestor.es, settings.index_alias, body),
+    )
+    typer.echo(
+        f"\ndone in {time.monotonic() - started:.0f}s. Services keep running: "
+        "`vitrine services stop` stops them."
+    )

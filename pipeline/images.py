@@ -1,0 +1,280 @@
+"""Safe loading of merchant product images: bytes, local paths or http(s) URLs in, one fully
+decoded RGB image out, or an ``ImageError`` whose ``reason`` says why the image is unusable.
+
+Everything is bounded by ``ImageLimits`` (bytes, pixels, fetch timeout) so that one hostile or
+broken upload cannot exhaust a worker. Pillow's process-wide settings (``MAX_IMAGE_PIXELS``,
+``LOAD_TRUNCATED_IMAGES``) are never changed because workers decode concurrently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import stat
+import warnings
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import httpx
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
+# Pillow reports multi-picture JPEGs (common from phone cameras) as "MPO"; they are JPEGs.
+_FORMAT_ALIASES = {"MPO": "JPEG"}
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+_WHITE = (255, 255, 255, 255)
+
+
+class Reason(StrEnum):
+    """Machine-readable ``ImageError.reason`` values."""
+
+    EMPTY = "empty"
+    TOO_LARGE = "too_large"
+    NOT_AN_IMAGE = "not_an_image"
+    CORRUPT = "corrupt"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    NOT_FOUND = "not_found"
+    FETCH_FAILED = "fetch_failed"
+    FETCH_TIMEOUT = "fetch_timeout"
+    INVALID_SOURCE = "invalid_source"
+
+
+class ImageError(Exception):
+    """A product image that cannot be used. `reason` is a short machine-readable code; `transient`
+    says whether retrying may help."""
+
+    def __init__(self, reason: str, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.reason: str = str(reason)
+        self.message = message
+        self.transient = transient
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Default exception pickling replays only args=(message,); Celery needs all fields back.
+        return (type(self), (self.reason, self.message), {"transient": self.transient})
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 50_000_000  # Pillow decompression-bomb limit (width*height)
+    fetch_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.max_bytes <= 0 or self.max_pixels <= 0 or self.fetch_timeout_s <= 0:
+            raise ValueError(f"image limits must be positive: {self}")
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> ImageLimits:
+        return cls(
+            max_bytes=settings.image_max_bytes,
+            max_pixels=settings.image_max_pixels,
+            fetch_timeout_s=settings.image_fetch_timeout_s,
+        )
+
+
+DEFAULT_LIMITS = ImageLimits()
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    image: Image.Image  # RGB, EXIF orientation applied, fully loaded
+    sha256: str  # hex SHA-256 of the original bytes
+    width: int  # after EXIF transpose
+    height: int
+    format: str  # original format, e.g. "JPEG"
+    num_bytes: int
+
+
+def decode_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> LoadedImage:
+    """Decode untrusted bytes into an RGB image, checking size limits before decoding pixels."""
+    if not data:
+        raise ImageError(Reason.EMPTY, "image data is empty (0 bytes)")
+    if len(data) > limits.max_bytes:
+        raise ImageError(
+            Reason.TOO_LARGE, f"image is {len(data):,} bytes, limit is {limits.max_bytes:,}"
+        )
+    # catch_warnings swaps the process-wide filter list and is not thread-safe on 3.11: a race
+    # can leave this filter installed or drop one set meanwhile. Harmless here, since the
+    # explicit pixel check below is what enforces limits.max_pixels.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                fmt = _FORMAT_ALIASES.get(img.format or "", img.format or "unknown")
+                width, height = img.size  # from the header; nothing decoded yet
+                if width * height > limits.max_pixels:
+                    raise ImageError(
+                        Reason.TOO_LARGE,
+                        f"image is {width}x{height} = {width * height:,} pixels, "
+                        f"limit is {limits.max_pixels:,}",
+                    )
+                if fmt not in SUPPORTED_FORMATS:
+                    raise ImageError(
+                        Reason.UNSUPPORTED_FORMAT,
+                        f"image format {fmt} is not supported "
+                        f"(supported: {', '.join(sorted(SUPPORTED_FORMATS))})",
+                    )
+                try:
+                    img.load()  # first frame only for animations
+                except (OSError, SyntaxError, ValueError, EOFError) as e:
+                    raise ImageError(Reason.CORRUPT, f"{fmt} image fails to decode: {e}") from e
+                rgb = _to_rgb(_exif_transpose(img))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise ImageError(Reason.TOO_LARGE, f"decompression bomb check failed: {e}") from e
+        except UnidentifiedImageError as e:
+            raise ImageError(Reason.NOT_AN_IMAGE, "data is not a recognised image format") from e
+        except (OSError, SyntaxError, ValueError, EOFError) as e:
+            raise ImageError(Reason.CORRUPT, f"image cannot be decoded: {e}") from e
+    return LoadedImage(
+        image=rgb,
+        sha256=hashlib.sha256(data).hexdigest(),
+        width=rgb.width,
+        height=rgb.height,
+        format=fmt,
+        num_bytes=len(data),
+    )
+
+
+def _exif_transpose(img: Image.Image) -> Image.Image:
+    """Return an upright copy; a broken EXIF block should not cost us an otherwise good image."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:  # malformed EXIF raises all sorts of errors inside Pillow
+        return img.copy()
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB; transparency is composited onto white, since product
+    photos with cut-out backgrounds are shown (and should be embedded) on white."""
+    if img.mode.startswith("I") or img.mode == "F":
+        return _grey_to_l(img).convert("RGB")
+    if img.mode in _ALPHA_MODES or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, _WHITE), rgba).convert("RGB")
+    if img.mode == "RGB":
+        return img
+    try:
+        return img.convert("RGB")
+    except ValueError as e:
+        raise ImageError(
+            Reason.UNSUPPORTED_FORMAT, f"colour mode {img.mode} cannot be converted to RGB"
+        ) from e
+
+
+def _grey_to_l(img: Image.Image) -> Image.Image:
+    """Scale 16/32-bit integer or float greyscale down to 8 bits instead of clipping at 255."""
+    f = img.convert("F")
+    lo, hi = f.getextrema()
+    if img.mode.startswith("I;16") or (lo >= 0 and 255 < hi <= 65535):
+        scale, offset = 255 / 65535, 0.0  # 16-bit samples (also 16-bit data held in mode "I")
+    elif img.mode == "F" and lo >= 0 and hi <= 1:
+        scale, offset = 255.0, 0.0  # normalised float samples
+    elif lo >= 0 and hi <= 255:
+        scale, offset = 1.0, 0.0  # already 8-bit range
+    else:
+        scale = 255 / (hi - lo) if hi > lo else 0.0  # unknown range: stretch min..max
+        offset = -lo * scale
+    # F -> L truncates, so add 0.5 to round to nearest.
+    return f.point(lambda v: v * scale + (offset + 0.5)).convert("L")
+
+
+def read_image_bytes(
+    source: str | os.PathLike[str],
+    limits: ImageLimits = DEFAULT_LIMITS,
+    *,
+    client: httpx.Client | None = None,
+) -> bytes:
+    """Read raw bytes from an http(s) URL or a local file, never more than ``limits.max_bytes``."""
+    if isinstance(source, str) and "://" in source:
+        scheme = source.split("://", 1)[0].lower()
+        if scheme in ("http", "https"):
+            return _fetch(source, limits, client)
+        raise ImageError(Reason.INVALID_SOURCE, f"unsupported URL scheme {scheme!r}: {source}")
+    return _read_file(Path(source), limits)
+
+
+def _read_file(path: Path, limits: ImageLimits) -> bytes:
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):  # directory, device, pipe...
+            raise ImageError(Reason.INVALID_SOURCE, f"{path} is not a regular file")
+        if st.st_size > limits.max_bytes:
+            raise ImageError(
+                Reason.TOO_LARGE, f"{path} is {st.st_size:,} bytes, limit is {limits.max_bytes:,}"
+            )
+        with path.open("rb") as fh:
+            data = fh.read(limits.max_bytes + 1)  # the file may have grown since stat()
+    except (FileNotFoundError, NotADirectoryError) as e:
+        raise ImageError(Reason.NOT_FOUND, f"no such file: {path}") from e
+    except OSError as e:
+        raise ImageError(Reason.FETCH_FAILED, f"cannot read {path}: {e}") from e
+    if len(data) > limits.max_bytes:
+        raise ImageError(Reason.TOO_LARGE, f"{path} grew past {limits.max_bytes:,} bytes")
+    return data
+
+
+def _fetch(url: str, limits: ImageLimits, client: httpx.Client | None) -> bytes:
+    """GET with a timeout, streaming so an oversized body is abandoned as soon as it passes the
+    limit. A caller-supplied client is used (and left open) so workers can pool connections."""
+    own_client = client is None
+    http = client or httpx.Client()
+    try:
+        with http.stream("GET", url, timeout=limits.fetch_timeout_s, follow_redirects=True) as resp:
+            _check_status(url, resp.status_code)
+            length = resp.headers.get("content-length", "")
+            if length.isdigit() and int(length) > limits.max_bytes:
+                raise ImageError(
+                    Reason.TOO_LARGE,
+                    f"{url} declares {int(length):,} bytes, limit is {limits.max_bytes:,}",
+                )
+            chunks, total = [], 0
+            for chunk in resp.iter_bytes():
+                total += len(chunk)
+                if total > limits.max_bytes:
+                    raise ImageError(
+                        Reason.TOO_LARGE, f"{url} sent over the limit of {limits.max_bytes:,} bytes"
+                    )
+                chunks.append(chunk)
+            return b"".join(chunks)
+    except httpx.TimeoutException as e:
+        raise ImageError(
+            Reason.FETCH_TIMEOUT,
+            f"{url} timed out after {limits.fetch_timeout_s}s ({type(e).__name__})",
+            transient=True,
+        ) from e
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as e:
+        raise ImageError(Reason.INVALID_SOURCE, f"invalid URL {url}: {e}") from e
+    except httpx.TransportError as e:  # connection refused/reset, DNS, protocol errors
+        raise ImageError(
+            Reason.FETCH_FAILED, f"{url} failed: {type(e).__name__}: {e}", transient=True
+        ) from e
+    except httpx.RequestError as e:  # too many redirects, undecodable content encoding
+        raise ImageError(Reason.FETCH_FAILED, f"{url} failed: {type(e).__name__}: {e}") from e
+    finally:
+        if own_client:
+            http.close()
+
+
+def _check_status(url: str, status: int) -> None:
+    if 200 <= status < 300:
+        return
+    if status in (404, 410):
+        raise ImageError(Reason.NOT_FOUND, f"{url} returned HTTP {status}")
+    transient = status == 429 or status >= 500
+    raise ImageError(Reason.FETCH_FAILED, f"{url} returned HTTP {status}", transient=transient)
+
+
+def load_image(
+    source: bytes | str | os.PathLike[str],
+    limits: ImageLimits = DEFAULT_LIMITS,
+    *,
+    client: httpx.Client | None = None,
+) -> LoadedImage:
+    """Load and decode an image from bytes, a local path or an http(s) URL."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        return decode_image(bytes(source), limits)
+    return decode_image(read_image_bytes(source, limits, client=client), limits)

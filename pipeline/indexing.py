@@ -1,0 +1,194 @@
+"""Writing to Elasticsearch: index set-up behind an alias, bulk writes with bounded retries,
+product replacement and deletion, and the ingest-errors record. Bodies come from
+``pipeline.mappings``; this module is the IO around them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from elasticsearch import Elasticsearch, NotFoundError
+from elasticsearch.helpers import streaming_bulk
+
+from pipeline import mappings
+from pipeline.settings import VitrineSettings
+
+log = logging.getLogger(__name__)
+
+
+class IndexModelMismatch(RuntimeError):
+    """The alias's write index holds vectors of another model (re-embed into a new index)."""
+
+
+def make_client(settings: VitrineSettings) -> Elasticsearch:
+    auth: dict[str, Any] = {}
+    if settings.es_api_key:
+        auth["api_key"] = settings.es_api_key.get_secret_value()
+    elif settings.es_username:
+        password = settings.es_password.get_secret_value() if settings.es_password else ""
+        auth["basic_auth"] = (settings.es_username, password)
+    if settings.es_ca_certs:
+        auth["ca_certs"] = str(settings.es_ca_certs)
+    return Elasticsearch(
+        settings.es_url,
+        request_timeout=settings.es_request_timeout_s,
+        retry_on_timeout=True,
+        max_retries=3,
+        retry_on_status=(502, 503, 504),
+        **auth,
+    )
+
+
+def write_index_model(es: Elasticsearch, alias: str) -> tuple[str, str] | None:
+    """``(index, model_id)`` of the alias's write index, or None if the alias does not exist."""
+    try:
+        aliases = es.indices.get_alias(name=alias)
+    except NotFoundError:
+        return None
+    names = [i for i, a in aliases.items() if a["aliases"][alias].get("is_write_index", True)]
+    index = names[0] if names else sorted(aliases)[-1]
+    meta = es.indices.get_mapping(index=index)[index]["mappings"].get("_meta", {})
+    return index, meta.get("model_id", "")
+
+
+def ensure_indices(es: Elasticsearch, settings: VitrineSettings, model_id: str, dims: int) -> str:
+    """Install templates and create the product index for this model if the alias has none.
+
+    Returns the write index. Raises ``IndexModelMismatch`` if the alias already points at an
+    index of a different model: vectors of two models must never share an index.
+    """
+    alias = settings.index_alias
+    es.indices.put_index_template(
+        name=mappings.product_template_name(alias), **mappings.products_index_template(alias)
+    )
+    es.indices.put_index_template(
+        name=settings.errors_index, **mappings.errors_index_template(settings.errors_index)
+    )
+    if not es.indices.exists(index=settings.errors_index):
+        es.options(ignore_status=400).indices.create(index=settings.errors_index)
+    current = write_index_model(es, alias)
+    if current is None:
+        index = mappings.product_index_name(alias, model_id)
+        es.options(ignore_status=400).indices.create(
+            index=index, **mappings.product_index_body(alias, model_id, dims)
+        )
+        log.info("created index %s behind alias %s for model %s", index, alias, model_id)
+        return index
+    index, existing_model = current
+    if existing_model != model_id:
+        raise IndexModelMismatch(
+            f"alias {alias} writes to {index}, which holds vectors of model {existing_model!r}, "
+            f"not {model_id!r}; re-embed into a new index or point VITRINE_INDEX_ALIAS elsewhere"
+        )
+    return index
+
+
+@dataclass
+class BulkOutcome:
+    written: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # _id -> reason
+
+
+def bulk_write(
+    es: Elasticsearch, actions: Iterable[dict[str, Any]], settings: VitrineSettings
+) -> BulkOutcome:
+    """Bulk-write actions; 429s are retried with back-off, other per-item errors are reported.
+
+    Connection errors and 5xx on the whole request are retried by the client and then raised,
+    so the calling job can retry later.
+    """
+    outcome = BulkOutcome()
+    for ok, item in streaming_bulk(
+        es,
+        actions,
+        max_retries=settings.bulk_max_retries,
+        initial_backoff=settings.bulk_initial_backoff_s,
+        raise_on_error=False,
+        chunk_size=200,
+    ):
+        op = next(iter(item.values()))
+        if ok:
+            outcome.written.append(op["_id"])
+        else:
+            error = op.get("error", {})
+            reason = error.get("reason", str(error)) if isinstance(error, dict) else str(error)
+            outcome.failed[op["_id"]] = reason
+            log.error("bulk item %s failed: %s", op["_id"], reason)
+    return outcome
+
+
+def replace_products(
+    es: Elasticsearch,
+    settings: VitrineSettings,
+    documents: dict[tuple[str, str], list[tuple[str, dict[str, Any]]]],
+) -> BulkOutcome:
+    """Write the documents of several products (keyed by ``(merchant_id, product_id)``), then
+    delete their documents for images they no longer have.
+
+    The index is refreshed once before the clean-up so that a document written moments ago by
+    an earlier job is visible to it; one refresh per batch keeps that cheap.
+    """
+    alias = settings.index_alias
+    actions = mappings.index_actions(alias, (doc for docs in documents.values() for doc in docs))
+    outcome = bulk_write(es, actions, settings)
+    written = set(outcome.written)
+    complete = [
+        (key, [doc_id for doc_id, _ in docs])
+        for key, docs in documents.items()
+        if docs and all(doc_id in written for doc_id, _ in docs)
+    ]
+    if complete:
+        es.indices.refresh(index=alias)
+        es.delete_by_query(
+            index=alias,
+            query=mappings.stale_documents_query(complete),
+            conflicts="proceed",
+        )
+    return outcome
+
+
+def delete_product(
+    es: Elasticsearch, settings: VitrineSettings, merchant_id: str, product_id: str
+) -> int:
+    """Delete every document of a product; returns how many were deleted."""
+    response = es.delete_by_query(
+        index=settings.index_alias,
+        query=mappings.product_documents_query(merchant_id, product_id),
+        conflicts="proceed",
+    )
+    return int(response["deleted"])
+
+
+def record_ingest_error(
+    es: Elasticsearch,
+    settings: VitrineSettings,
+    *,
+    job_id: str,
+    product_id: str,
+    merchant_id: str,
+    reason: str,
+    message: str,
+    image: str | None = None,
+    model_id: str | None = None,
+    attempts: int = 1,
+) -> None:
+    """Record a failed product-image job where operators and Kibana can see it."""
+    es.index(
+        index=settings.errors_index,
+        id=f"{job_id}:{merchant_id}:{product_id}:{image or ''}"[:512],
+        document={
+            "job_id": job_id,
+            "product_id": product_id,
+            "merchant_id": merchant_id,
+            "reason": reason,
+            "message": message,
+            "image": image,
+            "model_id": model_id,
+            "attempts": attempts,
+            "occurred_at": datetime.now(UTC).isoformat(),
+        },
+    )
+    log.warning("product %s/%s failed: %s (%s)", merchant_id, product_id, reason, message)

@@ -1,0 +1,146 @@
+"""From products to indexed documents: run the processor chain over a batch, write the
+documents of every product whose images all made it, and report per product."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+
+from elasticsearch import Elasticsearch
+
+from pipeline import indexing
+from pipeline.documents import Product, build_document, document_id
+from pipeline.encoders import Encoder, get_encoder
+from pipeline.processors import IngestItem, ProcessorChain, ProcessorContext
+from pipeline.settings import VitrineSettings
+
+log = logging.getLogger(__name__)
+
+INDEXED = "indexed"
+FAILED = "failed"
+
+
+@dataclass
+class ProductResult:
+    """What happened to one product; JSON-serialisable for the job result."""
+
+    merchant_id: str
+    product_id: str
+    status: str
+    documents: list[str] = field(default_factory=list)
+    reason: str | None = None
+    message: str | None = None
+    transient: bool = False
+    image: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Ingestor:
+    """Everything one process needs to index products; built once per worker process."""
+
+    def __init__(
+        self,
+        settings: VitrineSettings,
+        *,
+        es: Elasticsearch | None = None,
+        encoder: Encoder | None = None,
+    ):
+        self.settings = settings
+        self.es = es or indexing.make_client(settings)
+        self._encoder = encoder
+        self.chain = ProcessorChain(
+            settings.processors, ProcessorContext(settings, lambda: self.encoder)
+        )
+        self._index_ready = False
+
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            self._encoder = get_encoder(self.settings)
+        return self._encoder
+
+    def ensure_index(self) -> None:
+        if not self._index_ready:
+            indexing.ensure_indices(self.es, self.settings, self.encoder.model_id, self.encoder.dim)
+            self._index_ready = True
+
+    def ingest(self, products: Sequence[Product]) -> list[ProductResult]:
+        """Embed and index products; a bad image fails only its own product."""
+        self.ensure_index()
+        items = [IngestItem(p, i) for p in products for i in range(len(p.images))]
+        self.chain.run(items)
+        now = datetime.now(UTC)
+        results: dict[tuple[str, str], ProductResult] = {}
+        documents: dict[tuple[str, str], list[tuple[str, dict]]] = {}
+        for item in items:
+            key = (item.product.merchant_id, item.product.product_id)
+            result = results.setdefault(key, ProductResult(*key, status=INDEXED))
+            if result.status == FAILED:
+                continue
+            if item.error is not None:
+                result.status, result.image = FAILED, item.source
+                result.reason, result.message = item.error.reason, item.error.message
+                result.transient = item.error.transient
+                documents.pop(key, None)
+                continue
+            assert item.image is not None and item.vector is not None
+            doc_id = document_id(*key, item.image.sha256)
+            documents.setdefault(key, []).append(
+                (
+                    doc_id,
+                    build_document(
+                        item.product,
+                        image_index=item.image_index,
+                        image_sha256=item.image.sha256,
+                        width=item.image.width,
+                        height=item.image.height,
+                        vector=item.vector,
+                        model_id=self.encoder.model_id,
+                        quality_flags=item.quality_flags,
+                        auto_tags=item.auto_tags,
+                        indexed_at=now,
+                    ),
+                )
+            )
+        if documents:
+            outcome = indexing.replace_products(self.es, self.settings, documents)
+            for key, docs in documents.items():
+                rejected = [outcome.failed[d] for d, _ in docs if d in outcome.failed]
+                result = results[key]
+                if rejected:
+                    result.status, result.reason, result.message = FAILED, "index_rejected", rejected[0]
+                else:
+                    result.documents = [doc_id for doc_id, _ in docs]
+        for result in results.values():
+            if result.status == INDEXED:
+                log.info(
+                    "indexed product %s/%s (%d image documents, model %s)",
+                    result.merchant_id,
+                    result.product_id,
+                    len(result.documents),
+                    self.encoder.model_id,
+                )
+        return list(results.values())
+
+    def record_failures(
+        self, results: Sequence[ProductResult], *, job_id: str, attempts: int = 1
+    ) -> None:
+        """Write failed products to the ingest-errors index."""
+        for result in results:
+            if result.status == FAILED:
+                indexing.record_ingest_error(
+                    self.es,
+                    self.settings,
+                    job_id=job_id,
+                    product_id=result.product_id,
+                    merchant_id=result.merchant_id,
+                    reason=result.reason or "unknown",
+                    message=result.message or "",
+                    image=result.image,
+                    model_id=self.encoder.model_id,
+                    attempts=attempts,
+                )

@@ -1,0 +1,101 @@
+"""The one settings object: built at an entry point (CLI, worker, API) from ``VITRINE_*``
+environment variables and passed down. Nothing below the entry points reads the environment."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_home() -> Path:
+    return Path.home() / ".cache" / "vitrine"
+
+
+def _default_services_dir() -> Path:
+    # Elasticsearch runs as `nobody` when we are root, and root's home is not traversable.
+    return Path("/var/lib/vitrine") if os.geteuid() == 0 else _default_home() / "services"
+
+
+class VitrineSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VITRINE_", extra="ignore")
+
+    # Elasticsearch
+    es_url: str = "http://127.0.0.1:9200"
+    es_username: str | None = None
+    es_password: SecretStr | None = None
+    es_api_key: SecretStr | None = None
+    es_ca_certs: Path | None = None
+    es_request_timeout_s: float = 30.0
+    index_alias: str = Field(
+        "vitrine-products",
+        description="Write/read alias of the product index; concrete indices are '<alias>-<model>-<n>'.",
+    )
+    errors_index: str = Field(
+        "vitrine-ingest-errors", description="Index of failed ingest jobs (operators, Kibana)."
+    )
+    bulk_max_retries: int = 5
+    bulk_initial_backoff_s: float = 0.5
+
+    # Redis / Celery
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    queue: str = "vitrine"
+    task_soft_time_limit_s: int = 300
+    task_time_limit_s: int = 360
+    task_max_retries: int = 5
+    task_retry_backoff_s: float = Field(
+        2.0, description="First retry delay; doubles per attempt (capped at 300 s), with jitter."
+    )
+
+    # Model
+    encoder: str = Field("open_clip", description="Name of the encoder plugin (entry point).")
+    model_arch: str = "ViT-B-32"
+    model_pretrained: str = Field(
+        "laion2b_s34b_b79k",
+        description="open_clip pretrained tag, or a path to a local checkpoint (state dict).",
+    )
+    allow_random_weights: bool = Field(
+        False,
+        description="If real weights cannot be obtained, fall back to a locally generated "
+        "random-initialised checkpoint (mechanics only, no semantics; model_id says so).",
+    )
+    device: str = "cpu"
+    batch_size: int = 16
+    torch_threads: int | None = None
+
+    # Images
+    image_max_bytes: int = 20 * 1024 * 1024
+    image_max_pixels: int = 50_000_000
+    image_fetch_timeout_s: float = 10.0
+    min_image_side: int = Field(256, description="Below this width/height an image is flagged.")
+
+    # Ingest
+    processors: list[str] = Field(
+        default_factory=lambda: ["decode_image", "image_quality", "embed_image"],
+        description="Names of the ingest processors, applied in order.",
+    )
+
+    # Local services and caches
+    home: Path = Field(default_factory=_default_home, description="Model and cache files.")
+    services_dir: Path = Field(
+        default_factory=_default_services_dir,
+        description="Local Elasticsearch/Redis installs and data (dev, demo, tests).",
+    )
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``VITRINE_*`` variables, to start a worker or API process with them."""
+        env = {}
+        for name, value in self.model_dump(exclude_none=True).items():
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, list):
+                value = json.dumps(value)
+            env[f"VITRINE_{name.upper()}"] = str(value)
+        return env

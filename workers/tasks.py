@@ -1,0 +1,117 @@
+"""Celery tasks: parse the message, call ``pipeline``, retry transient faults, report.
+
+Transient faults (Elasticsearch or an image host unreachable) are retried with exponential
+back-off and jitter, for the affected products only. Permanent faults (corrupt, unsupported or
+oversized image, invalid product) are not retried: they are written to the ingest-errors index
+and returned in the job result.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from typing import Any
+
+from celery import Task
+from celery.signals import worker_process_init
+from elasticsearch import ApiError, TransportError
+from pydantic import ValidationError
+
+from pipeline import indexing
+from pipeline.documents import Product
+from pipeline.ingest import FAILED, Ingestor, ProductResult
+from workers.app import app
+
+log = logging.getLogger(__name__)
+
+_ingestor: Ingestor | None = None
+_ingestor_lock = threading.Lock()
+
+
+def ingestor() -> Ingestor:
+    """This process's ingestor (ES client, encoder, processors), created once."""
+    global _ingestor
+    with _ingestor_lock:
+        if _ingestor is None:
+            _ingestor = Ingestor(app.vitrine_settings)
+        return _ingestor
+
+
+@worker_process_init.connect
+def _load_model_after_fork(**_: Any) -> None:
+    """Load the model in each pool process after fork, before the first task arrives."""
+    ingestor().encoder
+
+
+def _countdown(task: Task) -> float:
+    base = app.vitrine_settings.task_retry_backoff_s * 2**task.request.retries
+    return min(base, 300.0) * random.uniform(0.8, 1.2)
+
+
+def _is_transient_es_error(exc: Exception) -> bool:
+    if isinstance(exc, TransportError):  # connection refused, timeout
+        return True
+    return isinstance(exc, ApiError) and exc.meta.status in (429, 502, 503, 504)
+
+
+def _parse(payloads: list[dict]) -> tuple[list[Product], list[ProductResult]]:
+    products, invalid = [], []
+    for payload in payloads:
+        try:
+            products.append(Product.model_validate(payload))
+        except ValidationError as exc:
+            invalid.append(
+                ProductResult(
+                    merchant_id=str(payload.get("merchant_id", "")),
+                    product_id=str(payload.get("product_id", "")),
+                    status=FAILED,
+                    reason="invalid_product",
+                    message=str(exc),
+                )
+            )
+    return products, invalid
+
+
+def _ingest(task: Task, payloads: list[dict], done: list[dict]) -> list[dict]:
+    products, results = _parse(payloads)
+    runtime = ingestor()
+    try:
+        results += runtime.ingest(products) if products else []
+    except Exception as exc:
+        if _is_transient_es_error(exc) and task.request.retries < task.max_retries:
+            log.warning("job %s: Elasticsearch unavailable (%s), retrying", task.request.id, exc)
+            raise task.retry(exc=exc, countdown=_countdown(task)) from exc
+        raise
+    transient = {(r.merchant_id, r.product_id) for r in results if r.status == FAILED and r.transient}
+    if transient and task.request.retries < task.max_retries:
+        finished = [r.to_dict() for r in results if (r.merchant_id, r.product_id) not in transient]
+        retry_payloads = [p for p in products if (p.merchant_id, p.product_id) in transient]
+        log.warning("job %s: transient failure for %d product(s), retrying", task.request.id, len(transient))
+        raise task.retry(
+            args=[[p.model_dump() for p in retry_payloads]],
+            kwargs={"done": done + finished},
+            countdown=_countdown(task),
+        )
+    runtime.record_failures(results, job_id=task.request.id, attempts=task.request.retries + 1)
+    return done + [r.to_dict() for r in results]
+
+
+@app.task(bind=True, name="vitrine.index_products", max_retries=app.vitrine_settings.task_max_retries)
+def index_products(self: Task, products: list[dict], done: list[dict] | None = None) -> list[dict]:
+    """Embed and index several products in one forward pass; one result per product."""
+    return _ingest(self, products, done or [])
+
+
+@app.task(bind=True, name="vitrine.delete_product", max_retries=app.vitrine_settings.task_max_retries)
+def delete_product(self: Task, merchant_id: str, product_id: str) -> dict:
+    """Remove every document of a product."""
+    runtime = ingestor()
+    try:
+        deleted = indexing.delete_product(runtime.es, runtime.settings, merchant_id, product_id)
+    except Exception as exc:
+        if _is_transient_es_error(exc):
+            raise self.retry(exc=exc, countdown=_countdown(self)) from exc
+        raise
+    log.info("deleted product %s/%s (%d documents)", merchant_id, product_id, deleted)
+    return {"merchant_id": merchant_id, "product_id": product_id, "status": "deleted", "deleted": deleted}
