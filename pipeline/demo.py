@@ -4,11 +4,7 @@ process, the sample catalogue through the queue, and real kNN queries with keywo
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -20,34 +16,9 @@ from pipeline.images import load_image
 from pipeline.ingest import Ingestor
 from pipeline.query import Filters, knn_search_body, run_search
 from pipeline.settings import VitrineSettings
+from workers.process import worker_process
 
 log = logging.getLogger(__name__)
-
-
-@contextmanager
-def worker_process(settings: VitrineSettings, *, concurrency: int = 1, timeout_s: float = 120):
-    """A real ``vitrine worker`` process for these settings; stopped on exit."""
-    from workers.app import create_celery
-
-    hostname = f"demo-{os.getpid()}@%h"
-    env = {**os.environ, **settings.to_env()}
-    cmd = [sys.executable, "-m", "pipeline.cli", "worker", f"--concurrency={concurrency}"]
-    process = subprocess.Popen([*cmd, f"--hostname={hostname}"], env=env)
-    celery_app = create_celery(settings)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while not celery_app.control.ping(timeout=1.0):
-            if process.poll() is not None:
-                raise RuntimeError(f"worker exited with code {process.returncode}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"worker did not answer within {timeout_s:.0f}s")
-        yield celery_app
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def _print_hits(title: str, hits: list[dict]) -> None:

@@ -204,7 +204,7 @@ def compose(raw: dict[str, Any], env_example: dict[str, str]) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def compose_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return compose["services"]
 
 
@@ -246,30 +246,35 @@ def test_env_example_has_the_documented_variables(env_example: dict[str, str]) -
 # --------------------------------------------------------------------------------------------
 
 
-def test_all_services_present(services: dict[str, Any]) -> None:
-    assert set(services) == EXPECTED_SERVICES
+def test_all_services_present(compose_services: dict[str, Any]) -> None:
+    assert set(compose_services) == EXPECTED_SERVICES
 
 
-def test_images_are_pinned(services: dict[str, Any]) -> None:
-    assert services["elasticsearch"]["image"] == ES_IMAGE
-    assert services["kibana-setup"]["image"] == ES_IMAGE
-    assert services["kibana"]["image"] == KIBANA_IMAGE
-    assert re.fullmatch(r"redis:7(\.\d+)*(-alpine)?", services["redis"]["image"])
-    assert re.fullmatch(r"curlimages/curl:\d+\.\d+\.\d+", services["kibana-objects"]["image"])
-    for name, svc in services.items():
+def test_images_are_pinned(compose_services: dict[str, Any]) -> None:
+    assert compose_services["elasticsearch"]["image"] == ES_IMAGE
+    assert compose_services["kibana-setup"]["image"] == ES_IMAGE
+    assert compose_services["kibana"]["image"] == KIBANA_IMAGE
+    assert re.fullmatch(r"redis:7(\.\d+)*(-alpine)?", compose_services["redis"]["image"])
+    assert re.fullmatch(
+        r"curlimages/curl:\d+\.\d+\.\d+", compose_services["kibana-objects"]["image"]
+    )
+    for name, svc in compose_services.items():
         if "image" in svc:
             assert not svc["image"].endswith(":latest") and ":" in svc["image"], name
 
 
-def test_vitrine_services_build_the_project_image(services: dict[str, Any]) -> None:
+def test_vitrine_services_build_the_project_image(compose_services: dict[str, Any]) -> None:
     for name in VITRINE_APP_SERVICES:
-        build = services[name]["build"]
+        build = compose_services[name]["build"]
         assert build["context"] == "."
         assert build.get("dockerfile", "Dockerfile") == "Dockerfile"
-    assert services["setup"]["command"] == ["vitrine", "init-index"]
-    assert services["worker"]["command"] == ["vitrine", "worker", "--concurrency", "1"]
-    assert services["api"]["command"][:2] == ["vitrine", "serve"]
-    assert "--host" in services["api"]["command"] and "0.0.0.0" in services["api"]["command"]
+    assert compose_services["setup"]["command"] == ["vitrine", "init-index"]
+    assert compose_services["worker"]["command"] == ["vitrine", "worker", "--concurrency", "1"]
+    assert compose_services["api"]["command"][:2] == ["vitrine", "serve"]
+    assert (
+        "--host" in compose_services["api"]["command"]
+        and "0.0.0.0" in compose_services["api"]["command"]
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,29 +282,35 @@ def test_vitrine_services_build_the_project_image(services: dict[str, Any]) -> N
 # --------------------------------------------------------------------------------------------
 
 
-def test_long_running_services_have_healthchecks(services: dict[str, Any]) -> None:
+def test_long_running_services_have_healthchecks(compose_services: dict[str, Any]) -> None:
     for name in LONG_RUNNING_SERVICES:
-        hc = services[name].get("healthcheck")
+        hc = compose_services[name].get("healthcheck")
         assert hc and hc.get("test"), f"{name} has no healthcheck"
         assert not hc.get("disable", False), name
         for key in ("interval", "timeout", "retries", "start_period"):
             assert key in hc, f"{name}.healthcheck.{key} missing"
-        assert services[name].get("restart") in {"unless-stopped", "always", "on-failure"}, name
+        assert compose_services[name].get("restart") in {
+            "unless-stopped",
+            "always",
+            "on-failure",
+        }, name
 
 
-def test_one_shot_services_do_not_restart(services: dict[str, Any]) -> None:
+def test_one_shot_services_do_not_restart(compose_services: dict[str, Any]) -> None:
     for name in ONE_SHOT_SERVICES:
         # Quoted in YAML: an unquoted `no` would be parsed as the boolean False.
-        assert services[name].get("restart") == "no", name
+        assert compose_services[name].get("restart") == "no", name
 
 
-def test_depends_on_is_consistent(services: dict[str, Any]) -> None:
-    for name, svc in services.items():
+def test_depends_on_is_consistent(compose_services: dict[str, Any]) -> None:
+    for name, svc in compose_services.items():
         for dep, condition in depends_of(svc).items():
-            assert dep in services, f"{name} depends on unknown service {dep}"
+            assert dep in compose_services, f"{name} depends on unknown service {dep}"
             assert condition in VALID_CONDITIONS, f"{name} -> {dep}: {condition}"
             if condition == "service_healthy":
-                assert "healthcheck" in services[dep], f"{name} waits for {dep} to be healthy"
+                assert "healthcheck" in compose_services[dep], (
+                    f"{name} waits for {dep} to be healthy"
+                )
             if condition == "service_completed_successfully":
                 assert dep in ONE_SHOT_SERVICES, f"{name} waits for long-running {dep} to exit"
 
@@ -311,29 +322,29 @@ def test_depends_on_is_consistent(services: dict[str, Any]) -> None:
             return
         assert state.get(node) != "active", f"dependency cycle: {' -> '.join((*path, node))}"
         state[node] = "active"
-        for dep in depends_of(services[node]):
+        for dep in depends_of(compose_services[node]):
             visit(dep, (*path, node))
         state[node] = "done"
 
-    for name in services:
+    for name in compose_services:
         visit(name, ())
 
 
-def test_start_up_order(services: dict[str, Any]) -> None:
-    assert depends_of(services["kibana-setup"]) == {"elasticsearch": "service_healthy"}
-    assert depends_of(services["kibana"]) == {
+def test_start_up_order(compose_services: dict[str, Any]) -> None:
+    assert depends_of(compose_services["kibana-setup"]) == {"elasticsearch": "service_healthy"}
+    assert depends_of(compose_services["kibana"]) == {
         "elasticsearch": "service_healthy",
         "kibana-setup": "service_completed_successfully",
     }
-    assert depends_of(services["kibana-objects"]) == {"kibana": "service_healthy"}
-    assert depends_of(services["setup"]) == {"elasticsearch": "service_healthy"}
+    assert depends_of(compose_services["kibana-objects"]) == {"kibana": "service_healthy"}
+    assert depends_of(compose_services["setup"]) == {"elasticsearch": "service_healthy"}
     runtime = {
         "elasticsearch": "service_healthy",
         "redis": "service_healthy",
         "setup": "service_completed_successfully",
     }
-    assert depends_of(services["worker"]) == runtime
-    assert depends_of(services["api"]) == runtime
+    assert depends_of(compose_services["worker"]) == runtime
+    assert depends_of(compose_services["api"]) == runtime
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,8 +352,10 @@ def test_start_up_order(services: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def test_elasticsearch_security_enabled(services: dict[str, Any], raw: dict[str, Any]) -> None:
-    env = env_of(services["elasticsearch"])
+def test_elasticsearch_security_enabled(
+    compose_services: dict[str, Any], raw: dict[str, Any]
+) -> None:
+    env = env_of(compose_services["elasticsearch"])
     assert env["discovery.type"] == "single-node"
     assert env["xpack.security.enabled"] == "true"
     assert env["xpack.security.http.ssl.enabled"] == "false"  # documented dev simplification
@@ -352,7 +365,7 @@ def test_elasticsearch_security_enabled(services: dict[str, Any], raw: dict[str,
     assert env_of(raw["services"]["elasticsearch"])["ELASTIC_PASSWORD"].startswith(
         "${ELASTIC_PASSWORD:?"
     )
-    memlock = services["elasticsearch"]["ulimits"]["memlock"]
+    memlock = compose_services["elasticsearch"]["ulimits"]["memlock"]
     assert memlock == {"soft": -1, "hard": -1}
 
 
@@ -374,36 +387,36 @@ def test_no_password_is_hardcoded(env_example: dict[str, str]) -> None:
 
 
 def test_passwords_reach_the_right_services(
-    services: dict[str, Any], env_example: dict[str, str]
+    compose_services: dict[str, Any], env_example: dict[str, str]
 ) -> None:
     elastic_pw, kibana_pw = env_example["ELASTIC_PASSWORD"], env_example["KIBANA_PASSWORD"]
-    assert env_of(services["elasticsearch"])["ELASTIC_PASSWORD"] == elastic_pw
+    assert env_of(compose_services["elasticsearch"])["ELASTIC_PASSWORD"] == elastic_pw
 
-    kibana = env_of(services["kibana"])
+    kibana = env_of(compose_services["kibana"])
     assert kibana["ELASTICSEARCH_HOSTS"] == "http://elasticsearch:9200"
     assert kibana["ELASTICSEARCH_USERNAME"] == "kibana_system"
     assert kibana["ELASTICSEARCH_PASSWORD"] == kibana_pw
 
-    setup = env_of(services["kibana-setup"])
+    setup = env_of(compose_services["kibana-setup"])
     assert setup["ELASTIC_PASSWORD"] == elastic_pw and setup["KIBANA_PASSWORD"] == kibana_pw
-    script = " ".join(services["kibana-setup"]["command"])
+    script = " ".join(compose_services["kibana-setup"]["command"])
     assert "/_security/user/kibana_system/_password" in script
     assert '-u "elastic:${ELASTIC_PASSWORD}"' in script  # expanded in the container
     assert "${KIBANA_PASSWORD}" in script
 
     for name in VITRINE_APP_SERVICES:
-        assert env_of(services[name])["VITRINE_ES_PASSWORD"] == elastic_pw
+        assert env_of(compose_services[name])["VITRINE_ES_PASSWORD"] == elastic_pw
 
 
-def test_healthchecks_expand_variables_in_the_container(services: dict[str, Any]) -> None:
-    es = healthcheck_cmd(services["elasticsearch"])
+def test_healthchecks_expand_variables_in_the_container(compose_services: dict[str, Any]) -> None:
+    es = healthcheck_cmd(compose_services["elasticsearch"])
     assert '-u "elastic:${ELASTIC_PASSWORD}"' in es
     assert "/_cluster/health?wait_for_status=yellow&timeout=5s" in es
-    assert "localhost:5601/api/status" in healthcheck_cmd(services["kibana"])
-    assert healthcheck_cmd(services["redis"]) == "CMD redis-cli ping"
-    worker = healthcheck_cmd(services["worker"])
+    assert "localhost:5601/api/status" in healthcheck_cmd(compose_services["kibana"])
+    assert healthcheck_cmd(compose_services["redis"]) == "CMD redis-cli ping"
+    worker = healthcheck_cmd(compose_services["worker"])
     assert "celery -A workers.app inspect ping -d celery@$HOSTNAME" in worker
-    api = healthcheck_cmd(services["api"])
+    api = healthcheck_cmd(compose_services["api"])
     assert "urllib" in api and "http://localhost:8000/healthz" in api
 
 
@@ -412,17 +425,17 @@ def test_healthchecks_expand_variables_in_the_container(services: dict[str, Any]
 # --------------------------------------------------------------------------------------------
 
 
-def test_worker_is_scalable(services: dict[str, Any]) -> None:
-    worker = services["worker"]
+def test_worker_is_scalable(compose_services: dict[str, Any]) -> None:
+    worker = compose_services["worker"]
     assert "container_name" not in worker
     assert "hostname" not in worker
     assert not worker.get("ports")
     assert worker["deploy"]["resources"]["limits"]["memory"] == "3g"
 
 
-def test_ports_bind_to_localhost(services: dict[str, Any]) -> None:
+def test_ports_bind_to_localhost(compose_services: dict[str, Any]) -> None:
     published = {}
-    for name, svc in services.items():
+    for name, svc in compose_services.items():
         for port in svc.get("ports") or []:
             assert isinstance(port, str), f"{name}: quote port mappings ({port!r})"
             assert port.startswith("127.0.0.1:"), f"{name} publishes {port} on all interfaces"
@@ -447,16 +460,16 @@ def test_named_volumes_are_declared_and_used(compose: dict[str, Any]) -> None:
     assert used == declared
 
 
-def test_bind_mounts_exist(services: dict[str, Any]) -> None:
-    for name, svc in services.items():
+def test_bind_mounts_exist(compose_services: dict[str, Any]) -> None:
+    for name, svc in compose_services.items():
         for kind, source, _target, _ro in volume_mounts(svc):
             if kind == "bind":
                 assert source.startswith("./"), f"{name}: bind mount {source} not repo-relative"
                 assert (ROOT / source).exists(), f"{name}: {source} does not exist"
 
 
-def test_kibana_objects_imports_the_mounted_file(services: dict[str, Any]) -> None:
-    svc = services["kibana-objects"]
+def test_kibana_objects_imports_the_mounted_file(compose_services: dict[str, Any]) -> None:
+    svc = compose_services["kibana-objects"]
     mounts = [m for m in volume_mounts(svc) if m[0] == "bind"]
     assert len(mounts) == 1
     _kind, source, target, read_only = mounts[0]
@@ -471,18 +484,18 @@ def test_kibana_objects_imports_the_mounted_file(services: dict[str, Any]) -> No
     assert env_of(svc)["ELASTIC_PASSWORD"]
 
 
-def test_data_views_match_the_indices_the_stack_writes(services: dict[str, Any]) -> None:
+def test_data_views_match_the_indices_the_stack_writes(compose_services: dict[str, Any]) -> None:
     """The Kibana data views must name the alias / errors index that the workers write."""
-    env = env_of(services["worker"])
+    env = env_of(compose_services["worker"])
     titles = {}
     for line in KIBANA_OBJECTS.read_text(encoding="utf-8").splitlines():
         obj = json.loads(line)
         if obj.get("type") == "index-pattern":
             titles[obj["id"]] = obj["attributes"]["title"]
     assert titles["vitrine-products"] == env["VITRINE_INDEX_ALIAS"]
-    assert titles["vitrine-ingest-errors"] == env["VITRINE_ERRORS_INDEX_NAME"]
-    # The errors index must not fall under the product indices' "<alias>-*" pattern.
-    assert not fnmatch(env["VITRINE_ERRORS_INDEX_NAME"], env["VITRINE_INDEX_ALIAS"] + "-*")
+    assert titles["vitrine-ingest-errors"] == env["VITRINE_ERRORS_INDEX"]
+    # The errors index must not fall under the product indices' "<alias>-*" template pattern.
+    assert not fnmatch(env["VITRINE_ERRORS_INDEX"], env["VITRINE_INDEX_ALIAS"] + "-*")
 
 
 # --------------------------------------------------------------------------------------------
@@ -490,8 +503,10 @@ def test_data_views_match_the_indices_the_stack_writes(services: dict[str, Any])
 # --------------------------------------------------------------------------------------------
 
 
-def test_vitrine_services_share_one_environment(services: dict[str, Any], raw: dict[str, Any]):
-    envs = [env_of(services[name]) for name in VITRINE_APP_SERVICES]
+def test_vitrine_services_share_one_environment(
+    compose_services: dict[str, Any], raw: dict[str, Any]
+) -> None:
+    envs = [env_of(compose_services[name]) for name in VITRINE_APP_SERVICES]
     assert envs[0] == envs[1] == envs[2]
     for key, value in EXPECTED_VITRINE_ENV.items():
         assert envs[0][key] == value, key
@@ -501,6 +516,30 @@ def test_vitrine_services_share_one_environment(services: dict[str, Any], raw: d
     assert raw_env["VITRINE_MODEL_ARCH"] == "${VITRINE_MODEL_ARCH:-ViT-B-32}"
     assert raw_env["VITRINE_MODEL_PRETRAINED"] == "${VITRINE_MODEL_PRETRAINED:-laion2b_s34b_b79k}"
     assert raw_env["VITRINE_ES_PASSWORD"] == "${ELASTIC_PASSWORD}"
+
+
+def test_vitrine_variables_are_settings_fields(compose_services: dict[str, Any]) -> None:
+    """VitrineSettings ignores unknown VITRINE_* variables: a misspelt or stale name in compose
+    would be silently dropped."""
+    pytest.importorskip("pydantic_settings")
+    from pipeline.settings import VitrineSettings
+
+    fields = {f"VITRINE_{name.upper()}" for name in VitrineSettings.model_fields}
+    for name in VITRINE_APP_SERVICES:
+        unknown = {k for k in env_of(compose_services[name]) if k.startswith("VITRINE_")} - fields
+        assert not unknown, f"{name}: not VitrineSettings fields: {sorted(unknown)}"
+
+
+def test_pinned_index_names_are_the_settings_defaults(compose_services: dict[str, Any]) -> None:
+    pytest.importorskip("pydantic_settings")
+    from pipeline.settings import VitrineSettings
+
+    env = env_of(compose_services["worker"])
+    for var, field in (
+        ("VITRINE_INDEX_ALIAS", "index_alias"),
+        ("VITRINE_ERRORS_INDEX", "errors_index"),
+    ):
+        assert env[var] == VitrineSettings.model_fields[field].default, var
 
 
 def test_model_defaults_apply_without_env_file(raw: dict[str, Any]) -> None:
@@ -520,12 +559,14 @@ def _dockerfile_env() -> dict[str, str]:
     return env
 
 
-def test_cache_volumes_match_the_image_paths(services: dict[str, Any]) -> None:
+def test_cache_volumes_match_the_image_paths(compose_services: dict[str, Any]) -> None:
     image_env = _dockerfile_env()
     for name in VITRINE_APP_SERVICES:
-        home = env_of(services[name])["VITRINE_HOME"]
+        home = env_of(compose_services[name])["VITRINE_HOME"]
         assert home == image_env["VITRINE_HOME"], name
-        targets = {source: target for _k, source, target, _ro in volume_mounts(services[name])}
+        targets = {
+            source: target for _k, source, target, _ro in volume_mounts(compose_services[name])
+        }
         assert targets["models"] == f"{home}/models", name  # VitrineSettings.models_dir
         assert targets["hfcache"] == image_env["HF_HOME"], name
 

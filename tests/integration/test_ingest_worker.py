@@ -1,0 +1,206 @@
+"""Products through the real queue and worker into the real Elasticsearch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline import indexing
+from pipeline.images import load_image
+from pipeline.query import Filters, knn_search_body, run_search
+from tests.integration.helpers import make_product, unique_prefix, write_image
+from workers.jobs import enqueue, enqueue_delete, job_status, wait_for_jobs
+
+
+def _docs(es, settings, **terms) -> list[dict]:
+    es.indices.refresh(index=settings.index_alias)
+    query = {"bool": {"filter": [{"term": {k: v}} for k, v in terms.items()]}}
+    hits = es.search(index=settings.index_alias, query=query, size=100)["hits"]["hits"]
+    return hits
+
+
+def _run(worker, products, batch_size=1):
+    job_ids = enqueue(worker, products, batch_size=batch_size)
+    return job_ids, wait_for_jobs(worker, job_ids, timeout_s=180)
+
+
+def test_products_are_indexed_with_fields_and_vectors(worker, es, settings, encoder, tmp_path):
+    prefix = unique_prefix()
+    products = [
+        make_product(tmp_path, seed, prefix=prefix, tags=["Red ", "sale", "red"]) for seed in range(4)
+    ]
+    job_ids, statuses = _run(worker, products, batch_size=2)
+    assert [statuses[j].state for j in job_ids] == ["done", "done"]
+
+    for product in products:
+        hits = _docs(es, settings, product_id=product.product_id)
+        assert len(hits) == 1
+        source = hits[0]["_source"]
+        loaded = load_image(product.images[0])
+        assert hits[0]["_id"] == f"merchant-a:{product.product_id}:{loaded.sha256[:16]}"
+        assert source["merchant_id"] == "merchant-a"
+        assert source["title"] == product.title
+        assert source["tags"] == ["red", "sale"]
+        assert source["price"] == product.price and source["currency"] == "EUR"
+        assert source["image_sha256"] == loaded.sha256
+        assert (source["width"], source["height"]) == (96, 96)
+        assert source["model_id"] == encoder.model_id
+        assert "random-init" in source["model_id"]
+        assert source["indexed_at"]
+        fresh = encoder.embed_images([loaded.image])[0]
+        stored = np.asarray(source["image_vector"], dtype=np.float32)
+        assert float(fresh @ stored / np.linalg.norm(stored)) > 0.999
+
+
+def test_knn_with_own_image_returns_product_first(worker, es, settings, encoder, tmp_path):
+    prefix = unique_prefix()
+    products = [make_product(tmp_path, 100 + seed, prefix=prefix) for seed in range(6)]
+    _run(worker, products, batch_size=6)
+    es.indices.refresh(index=settings.index_alias)
+    for product in products:
+        vector = encoder.embed_images([load_image(product.images[0]).image])[0]
+        body = knn_search_body(vector, model_id=encoder.model_id, k=3, filters=Filters())
+        hits = run_search(es, settings.index_alias, body)
+        assert hits[0]["product_id"] == product.product_id
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        (Filters(tags_all=["summer"]), {1, 3}),
+        (Filters(tags_any=["summer", "winter"]), {1, 2, 3}),
+        (Filters(category="bags"), {0, 1}),
+        (Filters(merchant_id="merchant-b"), {2, 3}),
+        (Filters(min_price=15, max_price=25), {1, 2}),
+        (Filters(in_stock=False), {3}),
+        (Filters(category="bags", in_stock=True, max_price=12), {0}),
+    ],
+)
+def test_keyword_filters_are_applied_inside_knn(
+    filters, expected, worker, es, settings, encoder, tmp_path_factory
+):
+    directory = tmp_path_factory.mktemp("filters")
+    prefix = unique_prefix()
+    spec = [  # (category, tags, merchant, price, in_stock)
+        ("bags", ["plain"], "merchant-a", 10.0, True),
+        ("bags", ["summer"], "merchant-a", 20.0, True),
+        ("shoes", ["winter"], "merchant-b", 25.0, True),
+        ("shoes", ["summer"], "merchant-b", 30.0, False),
+    ]
+    products = [
+        make_product(
+            directory, 200 + i, prefix=prefix, category=c, tags=t, merchant_id=m, price=p, in_stock=s
+        )
+        for i, (c, t, m, p, s) in enumerate(spec)
+    ]
+    _run(worker, products, batch_size=4)
+    es.indices.refresh(index=settings.index_alias)
+    # query with product 3's image: the nearest vector must still be excluded if it does not match
+    vector = encoder.embed_images([load_image(products[3].images[0]).image])[0]
+    body = knn_search_body(vector, model_id=encoder.model_id, k=10, filters=filters)
+    body["knn"]["filter"]["bool"]["filter"].append({"prefix": {"product_id": prefix}})
+    found = {int(h["product_id"].rsplit("-", 1)[1]) - 200 for h in run_search(es, settings.index_alias, body)}
+    assert found == expected
+
+
+def test_same_product_twice_gives_one_document_and_new_image_replaces_it(
+    worker, es, settings, tmp_path
+):
+    prefix = unique_prefix()
+    product = make_product(tmp_path, 300, prefix=prefix)
+    _run(worker, [product])
+    _run(worker, [product])
+    first = _docs(es, settings, product_id=product.product_id)
+    assert len(first) == 1
+
+    changed = product.model_copy(update={"images": [str(write_image(tmp_path, 301))], "price": 99.0})
+    _run(worker, [changed])
+    after = _docs(es, settings, product_id=product.product_id)
+    assert len(after) == 1
+    assert after[0]["_id"] != first[0]["_id"]
+    assert after[0]["_source"]["image_sha256"] == load_image(changed.images[0]).sha256
+    assert after[0]["_source"]["price"] == 99.0
+
+
+def test_bad_images_fail_only_their_own_job_and_are_recorded(worker, es, settings, tmp_path):
+    prefix = unique_prefix()
+    good = write_image(tmp_path, 400)
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    not_image = tmp_path / "notes.jpg"
+    not_image.write_text("this is a text file, not a photo\n" * 20)
+    oversized = write_image(tmp_path, 401, fmt="PNG", size=2100)  # 4.4 Mpx > 4 Mpx limit
+    cases = {"corrupt": corrupt, "empty": empty, "not_an_image": not_image, "too_large": oversized}
+
+    products = [make_product(tmp_path, 410, prefix=prefix)]
+    products += [
+        make_product(tmp_path, 420 + i, prefix=prefix, product_id=f"{prefix}-{reason}", images=[str(path)])
+        for i, (reason, path) in enumerate(cases.items())
+    ]
+    products.append(make_product(tmp_path, 430, prefix=prefix))
+    job_ids, statuses = _run(worker, products, batch_size=1)
+
+    states = {p.product_id: statuses[j] for p, j in zip(products, job_ids, strict=True)}
+    assert states[f"{prefix}-410"].state == "done"
+    assert states[f"{prefix}-430"].state == "done"
+    for reason in cases:
+        status = states[f"{prefix}-{reason}"]
+        assert status.state == "failed"
+        assert status.results[0]["reason"] == reason
+        assert not _docs(es, settings, product_id=f"{prefix}-{reason}")
+    assert len(_docs(es, settings, product_id=f"{prefix}-410")) == 1
+
+    es.indices.refresh(index=settings.errors_index)
+    errors = es.search(
+        index=settings.errors_index, query={"prefix": {"product_id": prefix}}, size=20
+    )["hits"]["hits"]
+    recorded = {e["_source"]["product_id"]: e["_source"] for e in errors}
+    assert set(recorded) == {f"{prefix}-{reason}" for reason in cases}
+    for reason in cases:
+        entry = recorded[f"{prefix}-{reason}"]
+        assert entry["reason"] == reason
+        assert entry["merchant_id"] == "merchant-a"
+        assert entry["message"] and entry["occurred_at"] and entry["job_id"]
+
+
+def test_a_bad_image_in_a_batch_job_does_not_stop_the_others(worker, es, settings, tmp_path):
+    prefix = unique_prefix()
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 100)
+    products = [make_product(tmp_path, 500 + i, prefix=prefix) for i in range(3)]
+    products.insert(1, make_product(tmp_path, 510, prefix=prefix, images=[str(broken)]))
+    job_ids, statuses = _run(worker, products, batch_size=4)
+    status = statuses[job_ids[0]]
+    assert status.state == "partially_failed"
+    by_id = {r["product_id"]: r for r in status.results}
+    assert by_id[f"{prefix}-510"]["status"] == "failed"
+    for seed in (500, 501, 502):
+        assert by_id[f"{prefix}-{seed}"]["status"] == "indexed"
+        assert len(_docs(es, settings, product_id=f"{prefix}-{seed}")) == 1
+
+
+def test_delete_product_removes_its_documents(worker, es, settings, tmp_path):
+    prefix = unique_prefix()
+    product = make_product(tmp_path, 600, prefix=prefix, images=[
+        str(write_image(tmp_path, 600)), str(write_image(tmp_path, 601))
+    ])
+    _run(worker, [product])
+    assert len(_docs(es, settings, product_id=product.product_id)) == 2
+    job_id = enqueue_delete(worker, product.merchant_id, product.product_id)
+    status = wait_for_jobs(worker, [job_id], timeout_s=60)[job_id]
+    assert status.state == "done" and status.results[0]["deleted"] == 2
+    assert not _docs(es, settings, product_id=product.product_id)
+
+
+def test_job_status_of_an_unknown_job(worker):
+    assert job_status(worker, "no-such-job").state == "unknown"
+
+
+def test_index_of_another_model_is_refused(es, settings, encoder):
+    from pipeline.ingest import Ingestor
+
+    Ingestor(settings, es=es, encoder=encoder).ensure_index()
+    with pytest.raises(indexing.IndexModelMismatch, match="re-embed"):
+        indexing.ensure_indices(es, settings, "open_clip:other-model:x:32", 32)
