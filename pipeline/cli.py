@@ -122,6 +122,20 @@ def worker(
     celery_app.worker_main(argv)
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+) -> None:
+    """Run the HTTP API (OpenAPI page at /docs)."""
+    import uvicorn
+
+    from pipeline.api.app import create_app
+
+    _setup_logging()
+    uvicorn.run(create_app(_settings()), host=host, port=port)
+
+
 # --------------------------------------------------------------------------- jobs
 
 

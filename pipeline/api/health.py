@@ -1,0 +1,40 @@
+"""``/healthz``: can this API reach Elasticsearch, Redis and at least one worker?"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from pipeline.api.app import ApiState, api_state
+
+router = APIRouter(tags=["operations"])
+
+
+def _check(state: ApiState) -> dict[str, dict]:
+    checks: dict[str, dict] = {}
+    try:
+        health = state.es.cluster.health(timeout="2s")
+        checks["elasticsearch"] = {"ok": health["status"] in ("green", "yellow"), "status": health["status"]}
+    except Exception as exc:  # any failure means "not reachable" to an operator
+        checks["elasticsearch"] = {"ok": False, "error": str(exc)}
+    try:
+        state.celery.backend.client.ping()
+        checks["redis"] = {"ok": True}
+    except Exception as exc:
+        checks["redis"] = {"ok": False, "error": str(exc)}
+    try:
+        replies = state.celery.control.ping(timeout=1.0) or []
+        checks["workers"] = {"ok": bool(replies), "count": len(replies)}
+    except Exception as exc:
+        checks["workers"] = {"ok": False, "error": str(exc)}
+    return checks
+
+
+@router.get("/healthz", summary="Reachability of Elasticsearch, Redis and the workers")
+async def healthz(state: Annotated[ApiState, Depends(api_state)]) -> JSONResponse:
+    checks = await run_in_threadpool(_check, state)
+    ok = all(c["ok"] for c in checks.values())
+    return JSONResponse({"ok": ok, "checks": checks}, status_code=200 if ok else 503)

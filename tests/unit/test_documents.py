@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from pipeline.documents import Product, build_document, document_id
+
+
+def product(**overrides):
+    data = {"product_id": "sku-1", "merchant_id": "acme", "title": "Red shoe", "image": "a.jpg"}
+    return Product.model_validate({**data, **overrides})
+
+
+def test_image_shorthand_and_tag_normalisation():
+    p = product(tags=[" Red ", "red", "Summer  Sale", ""], category=" Shoes ")
+    assert p.images == ["a.jpg"]
+    assert p.tags == ["red", "summer sale"]
+    assert p.category == "shoes"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"product_id": ""},
+        {"product_id": "has space"},
+        {"merchant_id": "-leading-dash"},
+        {"title": ""},
+        {"price": -1},
+        {"currency": "eur"},
+        {"images": []},
+        {"unknown_field": 1},
+    ],
+)
+def test_invalid_products_are_refused(overrides):
+    with pytest.raises(ValidationError):
+        product(**overrides)
+
+
+def test_document_id_is_deterministic_and_scoped_by_merchant():
+    sha = "ab" * 32
+    assert document_id("acme", "sku-1", sha) == document_id("acme", "sku-1", sha)
+    assert document_id("acme", "sku-1", sha) != document_id("other", "sku-1", sha)
+    assert document_id("acme", "sku-1", sha).endswith(sha[:16])
+
+
+def test_build_document_fields():
+    doc = build_document(
+        product(price=9.5, currency="EUR", tags=["x"]),
+        image_index=0,
+        image_sha256="cd" * 32,
+        width=10,
+        height=20,
+        vector=np.array([0.6, 0.8], dtype=np.float32),
+        model_id="m:1",
+        quality_flags=["low_resolution"],
+    )
+    assert doc["image_vector"] == pytest.approx([0.6, 0.8])
+    assert doc["image_url"] == "a.jpg" and doc["image_index"] == 0
+    assert doc["quality_flags"] == ["low_resolution"] and doc["auto_tags"] == []
+    assert (doc["price"], doc["currency"], doc["model_id"]) == (9.5, "EUR", "m:1")
+    assert doc["indexed_at"].endswith("+00:00")

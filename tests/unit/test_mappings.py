@@ -1,0 +1,60 @@
+"""The pure builders produce bodies that agree with each other and with es_mappings/."""
+
+from pipeline import mappings
+from tests.unit.test_kibana_objects import LENS_FIELDS_BY_DATA_VIEW
+
+
+def test_index_names_are_valid_and_model_specific():
+    name = mappings.product_index_name("vitrine-products", "open_clip:ViT-B-32:laion2b_s34b_b79k:512")
+    assert name == "vitrine-products-open-clip-vit-b-32-laion2b-s34b-b79k-512-000001"
+    assert name == name.lower() and len(name.encode()) < 255
+    assert mappings.product_index_name("a", "m", 2).endswith("-000002")
+
+
+def test_template_matches_concrete_indices_but_not_the_errors_index():
+    template = mappings.products_index_template("vitrine-products")
+    assert template["index_patterns"] == ["vitrine-products-*"]
+    assert "_comment" not in template
+    assert template["template"]["mappings"]["dynamic"] == "strict"
+    errors = mappings.errors_index_template("vitrine-ingest-errors")
+    assert errors["index_patterns"] == ["vitrine-ingest-errors"]
+
+
+def test_index_body_sets_dims_model_and_write_alias():
+    body = mappings.product_index_body("shop", "model-x", 384)
+    vector = body["mappings"]["properties"]["image_vector"]
+    assert vector["dims"] == 384 and vector["similarity"] == "cosine" and vector["index"] is True
+    assert vector["index_options"]["type"] == "int8_hnsw"
+    assert body["mappings"]["_meta"] == {"model_id": "model-x", "dims": 384}
+    assert body["aliases"] == {"shop": {"is_write_index": True}}
+
+
+def test_loaded_files_are_copies():
+    mappings.image_vector_mapping(3)["index_options"]["type"] = "changed"
+    assert mappings.image_vector_mapping(3)["index_options"]["type"] == "int8_hnsw"
+
+
+def test_stale_documents_query_keeps_new_ids_per_product():
+    query = mappings.stale_documents_query([(("m", "p1"), ["id2", "id1"]), (("m", "p2"), ["id3"])])
+    first, second = query["bool"]["should"]
+    assert first["bool"]["filter"] == mappings.product_filter("m", "p1")
+    assert first["bool"]["must_not"] == [{"ids": {"values": ["id1", "id2"]}}]
+    assert second["bool"]["must_not"] == [{"ids": {"values": ["id3"]}}]
+    assert query["bool"]["minimum_should_match"] == 1
+
+
+def test_bulk_actions():
+    actions = list(mappings.index_actions("alias", [("1", {"a": 1})]))
+    assert actions == [{"_op_type": "index", "_index": "alias", "_id": "1", "_source": {"a": 1}}]
+
+
+def test_kibana_charts_use_aggregatable_mapped_fields():
+    products = mappings.products_index_template("x")["template"]["mappings"]["properties"]
+    errors = mappings.errors_index_template("e")["template"]["mappings"]["properties"]
+    by_view = LENS_FIELDS_BY_DATA_VIEW()
+    for view, properties in (("vitrine-products", products), ("vitrine-ingest-errors", errors)):
+        for field in by_view.get(view, set()):
+            root, _, sub = field.partition(".")
+            assert root in properties, f"{view}: {field} is not mapped"
+            mapped = properties[root]["fields"][sub] if sub else properties[root]
+            assert mapped["type"] != "text", f"{view}: {field} is a text field"

@@ -1,0 +1,97 @@
+"""The processor chain with a deterministic fake encoder: per-item failures, batching, plugins."""
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.documents import Product
+from pipeline.encoders import Encoder, l2_normalise
+from pipeline.processors import (
+    IngestError,
+    IngestItem,
+    Processor,
+    ProcessorChain,
+    ProcessorContext,
+    available_processors,
+)
+from pipeline.settings import VitrineSettings
+
+
+class MeanColourEncoder(Encoder):
+    """Embeds an image as its mean RGB colour; records batch sizes."""
+
+    model_id = "test:mean-colour:3"
+    dim = 3
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        self.batches.append(len(images))
+        return l2_normalise(np.array([np.asarray(i, dtype=np.float32).mean((0, 1)) + 1 for i in images]))
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        raise NotImplementedError
+
+
+def items_for(tmp_path, specs) -> list[IngestItem]:
+    items = []
+    for i, spec in enumerate(specs):
+        path = tmp_path / f"{i}.png"
+        if isinstance(spec, bytes):
+            path.write_bytes(spec)
+        else:
+            Image.new("RGB", spec, (255, 0, 0)).save(path)
+        product = Product(product_id=f"p{i}", merchant_id="m", title="t", images=[str(path)])
+        items.append(IngestItem(product, 0))
+    return items
+
+
+@pytest.fixture
+def encoder():
+    return MeanColourEncoder()
+
+
+def chain(encoder, **settings) -> ProcessorChain:
+    s = VitrineSettings(min_image_side=50, **settings)
+    return ProcessorChain(s.processors, ProcessorContext(s, lambda: encoder))
+
+
+def test_good_items_are_embedded_in_one_batch_and_bad_ones_marked(tmp_path, encoder):
+    items = items_for(tmp_path, [(60, 60), b"not an image", (80, 40), b""])
+    chain(encoder).run(items)
+    assert [i.ok for i in items] == [True, False, True, False]
+    assert items[1].error.reason == "not_an_image" and items[3].error.reason == "empty"
+    assert encoder.batches == [2]
+    np.testing.assert_allclose(items[0].vector, l2_normalise(np.array([[256.0, 1, 1]]))[0], rtol=1e-5)
+    assert items[0].quality_flags == [] and items[2].quality_flags == ["low_resolution"]
+
+
+def test_builtin_processors_are_registered_as_entry_points():
+    assert {"decode_image", "image_quality", "embed_image"} <= set(available_processors())
+
+
+def test_unknown_or_incomplete_chains_are_refused(encoder):
+    with pytest.raises(ValueError, match="unknown processor"):
+        chain(encoder, processors=["decode_image", "nope", "embed_image"])
+    with pytest.raises(ValueError, match="embed_image"):
+        chain(encoder, processors=["decode_image"])
+
+
+def test_a_processor_failure_skips_later_processors_for_that_item(tmp_path, encoder):
+    class RejectWide(Processor):
+        name = "reject_wide"
+
+        def process(self, item):
+            if item.image.width > item.image.height:
+                raise IngestError("too_wide", "wider than tall")
+
+    items = items_for(tmp_path, [(60, 60), (90, 60)])
+    c = chain(encoder)
+    c.processors.insert(1, RejectWide(c.processors[0].context))
+    c.run(items)
+    assert items[0].vector is not None
+    assert items[1].error.reason == "too_wide" and items[1].vector is None
+    assert encoder.batches == [1]
