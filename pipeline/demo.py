@@ -49,7 +49,8 @@ def run_demo(settings: VitrineSettings, catalogue_path: Path) -> None:
             "    Real pretrained CLIP weights are not available on this machine (offline, not in\n"
             "    the hub cache). Using a random-initialised checkpoint: the mechanics are real,\n"
             "    the similarities are NOT semantic. Only an image's own product (or a near copy)\n"
-            "    is a meaningful match. Set VITRINE_MODEL_PRETRAINED to a checkpoint for real results.",
+            "    is a meaningful match. Set VITRINE_MODEL_PRETRAINED to a checkpoint for real\n"
+            "    results.",
             fg="yellow",
         )
     ingestor = Ingestor(settings)
@@ -58,7 +59,10 @@ def run_demo(settings: VitrineSettings, catalogue_path: Path) -> None:
 
     catalogue = read_catalogue(catalogue_path)
     typer.echo(f"3/5 worker; 4/5 enqueue {len(catalogue.products)} products from {catalogue_path}")
-    with worker_process(settings) as celery_app:
+    worker_log = settings.home / "logs" / "demo-worker.log"
+    worker_log.parent.mkdir(parents=True, exist_ok=True)
+    typer.echo(f"    worker log: {worker_log}")
+    with worker_log.open("w") as log_file, worker_process(settings, output=log_file) as celery_app:
         job_ids = enqueue(celery_app, catalogue.products, batch_size=8)
         statuses = wait_with_progress(celery_app, job_ids, timeout_s=600)
     results = [r for s in statuses.values() for r in s.results]
@@ -71,9 +75,10 @@ def run_demo(settings: VitrineSettings, catalogue_path: Path) -> None:
     vector = ingestor.encoder.embed_images([load_image(probe.images[0]).image])[0]
     model_id = ingestor.encoder.model_id
     body = knn_search_body(vector, model_id=model_id, k=5)
-    _print_hits(f"image of '{probe.title}' -> similar products (kNN, k=5):", run_search(
-        ingestor.es, settings.index_alias, body
-    ))
+    _print_hits(
+        f"image of '{probe.title}' -> similar products (kNN, k=5):",
+        run_search(ingestor.es, settings.index_alias, body),
+    )
     filters = Filters(tags_any=["sale"], in_stock=True, max_price=60)
     body = knn_search_body(vector, model_id=model_id, k=5, filters=filters)
     _print_hits(

@@ -63,6 +63,10 @@ class Ingestor:
             self._encoder = get_encoder(self.settings)
         return self._encoder
 
+    def load_model(self) -> None:
+        """Load the encoder now rather than on the first job."""
+        _ = self.encoder
+
     def ensure_index(self) -> None:
         if not self._index_ready:
             indexing.ensure_indices(self.es, self.settings, self.encoder.model_id, self.encoder.dim)
@@ -112,7 +116,11 @@ class Ingestor:
                 rejected = [outcome.failed[d] for d, _ in docs if d in outcome.failed]
                 result = results[key]
                 if rejected:
-                    result.status, result.reason, result.message = FAILED, "index_rejected", rejected[0]
+                    result.status, result.reason, result.message = (
+                        FAILED,
+                        "index_rejected",
+                        rejected[0],
+                    )
                 else:
                     result.documents = [doc_id for doc_id, _ in docs]
         for result in results.values():

@@ -118,11 +118,11 @@ class EmbedImage(Processor):
     name = "embed_image"
 
     def process_batch(self, items: Sequence[IngestItem]) -> None:
-        ready = [item for item in items if item.ok and item.image is not None]
+        ready = [(item, item.image) for item in items if item.ok and item.image is not None]
         if not ready:
             return
-        vectors = self.context.encoder.embed_images([item.image.image for item in ready])
-        for item, vector in zip(ready, vectors, strict=True):
+        vectors = self.context.encoder.embed_images([image.image for _, image in ready])
+        for (item, _), vector in zip(ready, vectors, strict=True):
             item.vector = vector
 
 

@@ -228,7 +228,7 @@ def redis_status(settings: VitrineSettings) -> ServiceStatus:
 
     port = _port(settings.redis_url, 6379)
     try:
-        info = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2).info("server")
+        info: dict = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2).info("server")  # type: ignore[assignment]
     except redis.RedisError:
         return ServiceStatus("redis", False, f"nothing answers on 127.0.0.1:{port}")
     return ServiceStatus("redis", True, f"127.0.0.1:{port} version {info.get('redis_version')}")

@@ -41,7 +41,7 @@ def ingestor() -> Ingestor:
 @worker_process_init.connect
 def _load_model_after_fork(**_: Any) -> None:
     """Load the model in each pool process after fork, before the first task arrives."""
-    ingestor().encoder
+    ingestor().load_model()
 
 
 def _countdown(task: Task) -> float:
@@ -83,11 +83,15 @@ def _ingest(task: Task, payloads: list[dict], done: list[dict]) -> list[dict]:
             log.warning("job %s: Elasticsearch unavailable (%s), retrying", task.request.id, exc)
             raise task.retry(exc=exc, countdown=_countdown(task)) from exc
         raise
-    transient = {(r.merchant_id, r.product_id) for r in results if r.status == FAILED and r.transient}
+    transient = {
+        (r.merchant_id, r.product_id) for r in results if r.status == FAILED and r.transient
+    }
     if transient and task.request.retries < task.max_retries:
         finished = [r.to_dict() for r in results if (r.merchant_id, r.product_id) not in transient]
         retry_payloads = [p for p in products if (p.merchant_id, p.product_id) in transient]
-        log.warning("job %s: transient failure for %d product(s), retrying", task.request.id, len(transient))
+        log.warning(
+            "job %s: transient failure for %d product(s), retrying", task.request.id, len(transient)
+        )
         raise task.retry(
             args=[[p.model_dump() for p in retry_payloads]],
             kwargs={"done": done + finished},
@@ -97,13 +101,17 @@ def _ingest(task: Task, payloads: list[dict], done: list[dict]) -> list[dict]:
     return done + [r.to_dict() for r in results]
 
 
-@app.task(bind=True, name="vitrine.index_products", max_retries=app.vitrine_settings.task_max_retries)
+@app.task(
+    bind=True, name="vitrine.index_products", max_retries=app.vitrine_settings.task_max_retries
+)
 def index_products(self: Task, products: list[dict], done: list[dict] | None = None) -> list[dict]:
     """Embed and index several products in one forward pass; one result per product."""
     return _ingest(self, products, done or [])
 
 
-@app.task(bind=True, name="vitrine.delete_product", max_retries=app.vitrine_settings.task_max_retries)
+@app.task(
+    bind=True, name="vitrine.delete_product", max_retries=app.vitrine_settings.task_max_retries
+)
 def delete_product(self: Task, merchant_id: str, product_id: str) -> dict:
     """Remove every document of a product."""
     runtime = ingestor()
@@ -114,4 +122,9 @@ def delete_product(self: Task, merchant_id: str, product_id: str) -> dict:
             raise self.retry(exc=exc, countdown=_countdown(self)) from exc
         raise
     log.info("deleted product %s/%s (%d documents)", merchant_id, product_id, deleted)
-    return {"merchant_id": merchant_id, "product_id": product_id, "status": "deleted", "deleted": deleted}
+    return {
+        "merchant_id": merchant_id,
+        "product_id": product_id,
+        "status": "deleted",
+        "deleted": deleted,
+    }

@@ -1,0 +1,86 @@
+"""End-to-end ingest through the real queue and worker: one product per job (baseline) vs
+several products per job (one forward pass, one bulk request, one refresh per job).
+
+Needs the local services (`vitrine services start`). Uses its own alias and queue and removes
+its indices afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from pipeline.documents import Product
+from pipeline.encoders.open_clip_encoder import create_random_checkpoint
+from pipeline.indexing import make_client
+from pipeline.samples import COLOURS, product_image
+from pipeline.settings import VitrineSettings
+from workers.jobs import enqueue, wait_for_jobs
+from workers.process import worker_process
+
+
+def products(directory: Path, count: int, run: str) -> list[Product]:
+    out = []
+    for i in range(count):
+        path = directory / f"{run}-{i}.jpg"
+        product_image("bags", list(COLOURS)[i % len(COLOURS)], seed=1000 + i).save(path)
+        out.append(
+            Product(
+                product_id=f"{run}-{i}", merchant_id="bench", title=f"Bag {i}", images=[str(path)]
+            )
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--arch", default="ViT-B-32")
+    parser.add_argument("--products", type=int, default=48)
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args()
+
+    run_id = uuid.uuid4().hex[:6]
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        checkpoint = create_random_checkpoint(args.arch, directory / "random.pt")
+        settings = VitrineSettings(
+            index_alias=f"bench-{run_id}",
+            errors_index=f"bench-errors-{run_id}",
+            queue=f"bench-{run_id}",
+            model_arch=args.arch, model_pretrained=str(checkpoint),
+        )  # fmt: skip
+        es = make_client(settings)
+        rates = {}
+        try:
+            with worker_process(settings, output=open(directory / "worker.log", "w")) as app:
+                warm = products(directory, 2, "warm")
+                wait_for_jobs(app, enqueue(app, warm, batch_size=2), timeout_s=300)
+                for batch_size in (1, args.batch_size):
+                    batch = products(directory, args.products, f"b{batch_size}")
+                    start = time.perf_counter()
+                    statuses = wait_for_jobs(
+                        app, enqueue(app, batch, batch_size=batch_size), timeout_s=900
+                    )
+                    elapsed = time.perf_counter() - start
+                    assert all(s.state == "done" for s in statuses.values()), statuses
+                    rates[batch_size] = args.products / elapsed
+        finally:
+            for index in es.indices.get(index=f"{settings.index_alias}-*,{settings.errors_index}"):
+                es.indices.delete(index=index)
+    print(
+        f"{args.arch}, random weights, 1 worker process (prefork, concurrency 1), "
+        f"{args.products} products"
+    )
+    print(f"  1 product per job:  {rates[1]:6.1f} products/s  (baseline)")
+    b = args.batch_size
+    print(
+        f"  {b} products per job: {rates[b]:6.1f} products/s  "
+        f"x{rates[b] / rates[1]:.2f} vs baseline"
+    )
+
+
+if __name__ == "__main__":
+    main()
