@@ -1,16 +1,19 @@
 """Reading merchants' catalogue files (CSV, JSON, JSON Lines, Parquet) into validated products.
 
 Rows that cannot become a product are rejected with their row number and reason; the rest go on.
-Image paths relative to the catalogue file are resolved against its folder.
+Image paths relative to the catalogue file are resolved against its folder. Columns that are not
+product fields are ignored (and listed), so a merchant's export with extra columns still imports.
 """
 
 from __future__ import annotations
 
-import math
+import csv
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
@@ -24,17 +27,56 @@ class CatalogueError(ValueError):
     """The file as a whole cannot be read (format, missing columns)."""
 
 
+# Where a row was turned away: read and validated, image file read at import, or the worker.
+VALIDATION = "validation"
+IMAGE = "image"
+INDEXING = "indexing"
+
+
 @dataclass(frozen=True)
 class RejectedRow:
     row: int  # 1-based data row (CSV: the line number is row + 1, after the header)
     product_id: str
     reason: str
+    merchant_id: str = ""
+    stage: str = VALIDATION
 
 
 @dataclass
 class Catalogue:
     products: list[Product] = field(default_factory=list)
     rejected: list[RejectedRow] = field(default_factory=list)
+    rows: dict[tuple[str, str], int] = field(default_factory=dict)  # (merchant, product) -> row
+    total_rows: int = 0
+    ignored_columns: list[str] = field(default_factory=list)
+
+    def row_of(self, product: Product) -> int:
+        return self.rows[(product.merchant_id, product.product_id)]
+
+
+REPORT_COLUMNS = ("row", "merchant_id", "product_id", "stage", "reason")
+
+
+def write_reject_report(path: Path, rejected: list[RejectedRow]) -> Path:
+    """Write rejected rows as CSV (sorted by row), one line per row; returns the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(REPORT_COLUMNS)
+        for r in sorted(rejected, key=lambda r: r.row):
+            writer.writerow([r.row, r.merchant_id, r.product_id, r.stage, r.reason])
+    return path
+
+
+def reason_code(reason: str) -> str:
+    """The short part of a reason, for summaries: ``"price: Input should be..."`` -> ``"price"``."""
+    return reason.split(":", 1)[0].strip() or reason
+
+
+def summarise_rejections(rejected: list[RejectedRow]) -> dict[str, int]:
+    """Counts per ``stage/reason code``, most frequent first."""
+    counts = Counter(f"{r.stage}/{reason_code(r.reason)}" for r in rejected)
+    return dict(counts.most_common())
 
 
 def _read_frame(path: Path) -> pd.DataFrame:
@@ -54,7 +96,16 @@ def _read_frame(path: Path) -> pd.DataFrame:
 
 
 def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or value == ""
+    if isinstance(value, list | tuple | np.ndarray):  # list columns (JSON, Parquet)
+        return False
+    if isinstance(value, str):
+        return value == ""
+    return value is None or bool(pd.isna(value))
+
+
+def _plain(value: Any) -> Any:
+    """NumPy scalars (Parquet columns) as plain Python values, which pydantic validates."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _as_list(value: Any) -> list[str]:
@@ -72,14 +123,14 @@ def _resolve_image(image: str, base: Path) -> str:
 
 
 def _row_to_payload(row: dict[str, Any], base: Path) -> dict[str, Any]:
-    payload = {k: v for k, v in row.items() if not _missing(v)}
+    payload = {k: _plain(v) for k, v in row.items() if not _missing(v)}
     images = _as_list(payload.pop("images", None)) or _as_list(payload.pop("image", None))
     payload.pop("image", None)
     payload["images"] = [_resolve_image(image, base) for image in images]
     if "tags" in payload:
         payload["tags"] = _as_list(payload["tags"])
-    if "in_stock" in payload and isinstance(payload["in_stock"], str):
-        payload["in_stock"] = payload["in_stock"].strip().lower() in ("true", "1", "yes", "y")
+    # in_stock and price stay strings from CSV: pydantic parses "false"/"no"/"0" and "10.5" and
+    # rejects anything else with a clear message, instead of guessing.
     for key in ("product_id", "merchant_id"):
         if key in payload:
             payload[key] = str(payload[key])
@@ -100,21 +151,27 @@ def read_catalogue(path: Path) -> Catalogue:
         missing.append("image (or images)")
     if missing:
         raise CatalogueError(f"{path.name}: missing column(s): {', '.join(missing)}")
-    catalogue = Catalogue()
-    seen: set[tuple[str, str]] = set()
+    known = set(Product.model_fields) | {"image"}
+    ignored = [str(c) for c in frame.columns if c not in known]
+    catalogue = Catalogue(total_rows=len(frame), ignored_columns=ignored)
+    frame = frame.drop(columns=ignored)
     base = path.resolve().parent
     for row_number, row in enumerate(frame.to_dict(orient="records"), start=1):
         payload = _row_to_payload(row, base)
         product_id = str(payload.get("product_id", ""))
+        merchant_id = str(payload.get("merchant_id", ""))
         try:
             product = Product.model_validate(payload)
         except ValidationError as exc:
-            catalogue.rejected.append(RejectedRow(row_number, product_id, _first_error(exc)))
+            catalogue.rejected.append(
+                RejectedRow(row_number, product_id, _first_error(exc), merchant_id)
+            )
             continue
         key = (product.merchant_id, product.product_id)
-        if key in seen:
-            catalogue.rejected.append(RejectedRow(row_number, product_id, "duplicate product_id"))
+        if key in catalogue.rows:
+            reason = f"duplicate product_id: first seen in row {catalogue.rows[key]}"
+            catalogue.rejected.append(RejectedRow(row_number, product_id, reason, merchant_id))
             continue
-        seen.add(key)
+        catalogue.rows[key] = row_number
         catalogue.products.append(product)
     return catalogue

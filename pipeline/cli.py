@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from pipeline.cli_search import register as register_search
 from pipeline.settings import VitrineSettings
 
 app = typer.Typer(
@@ -149,49 +150,159 @@ def wait_with_progress(celery_app, job_ids: list[str], timeout_s: float) -> dict
 
         def update(statuses: dict) -> None:
             finished = [s for s in statuses.values() if s.finished]
-            failed = sum(1 for s in finished if s.state != "done")
-            bar.n = len(finished)
-            bar.set_postfix(failed=failed)
-            bar.refresh()
+            if len(finished) != bar.n:
+                bar.set_postfix(failed=sum(1 for s in finished if s.state != "done"), refresh=False)
+                bar.update(len(finished) - bar.n)
 
         return wait_for_jobs(celery_app, job_ids, timeout_s=timeout_s, on_progress=update)
 
 
 @app.command()
-def enqueue(
+def ingest(
     catalogue: Annotated[Path, typer.Argument(help="Catalogue file (csv, json, jsonl, parquet).")],
     batch_size: Annotated[int, typer.Option(help="Products per job (one forward pass).")] = 8,
-    wait: Annotated[bool, typer.Option(help="Wait for the jobs and show progress.")] = True,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the jobs.")] = 1800,
+    wait: Annotated[
+        bool, typer.Option(help="Wait for the jobs, with live progress (--no-wait: enqueue only).")
+    ] = True,
+    changed_only: Annotated[
+        bool,
+        typer.Option(help="Skip products already indexed with the same metadata and image bytes."),
+    ] = False,
+    reject_report: Annotated[
+        Path | None,
+        typer.Option(help="CSV of rejected rows (default: <catalogue>.rejects.csv beside it)."),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the jobs.")] = 3600,
 ) -> None:
-    """Start embedding jobs for every valid product in a catalogue file."""
-    from pipeline.catalogue import CatalogueError, read_catalogue
+    """Import a catalogue: validate rows, store images, enqueue embedding jobs, report rejects.
+
+    Exit status: 0 when every row was indexed (or, with --no-wait, enqueued), 1 when the file
+    cannot be read, 2 when some rows were rejected or failed, or jobs were still running.
+    """
+    from tqdm import tqdm
+
+    from pipeline.catalogue import CatalogueError, summarise_rejections, write_reject_report
+    from pipeline.images import ImageLimits
+    from pipeline.importer import ImportProgress, indexed_content_hashes, plan_import, run_import
+    from pipeline.indexing import make_client
+    from pipeline.storage import ImageStore
     from workers.app import create_celery
-    from workers.jobs import enqueue as enqueue_jobs
 
     _setup_logging("WARNING")
+    settings = _settings()
+    lookup = None
+    if changed_only:
+        es = make_client(settings)
+        lookup = lambda hashes: indexed_content_hashes(es, settings.index_alias, hashes)  # noqa: E731
     try:
-        parsed = read_catalogue(catalogue)
+        plan = plan_import(
+            catalogue,
+            store=ImageStore(settings.images_dir),
+            limits=ImageLimits.from_settings(settings),
+            indexed_hashes=lookup,
+        )
     except CatalogueError as exc:
         _fail(str(exc))
-    for rejected in parsed.rejected:
-        typer.secho(f"row {rejected.row} ({rejected.product_id}): {rejected.reason}", fg="yellow")
-    celery_app = create_celery(_settings())
-    job_ids = enqueue_jobs(celery_app, parsed.products, batch_size=batch_size)
-    typer.echo(f"enqueued {len(parsed.products)} products in {len(job_ids)} jobs")
-    if not wait:
-        typer.echo("\n".join(job_ids))
-        return
-    statuses = wait_with_progress(celery_app, job_ids, timeout)
-    results = [r for s in statuses.values() for r in s.results]
-    failed = [r for r in results if r["status"] == "failed"]
-    for r in failed:
-        typer.secho(f"{r['merchant_id']}/{r['product_id']}: {r['reason']}: {r['message']}", fg="red")
-    typer.echo(f"indexed {len(results) - len(failed)}, failed {len(failed)}")
+    read = plan.catalogue
+    typer.echo(
+        f"{catalogue}: {read.total_rows} rows, {len(plan.products)} to index, "
+        f"{len(plan.rejected)} rejected, {len(plan.unchanged)} unchanged (skipped)"
+    )
+    if read.ignored_columns:
+        typer.secho(f"ignored column(s): {', '.join(read.ignored_columns)}", fg="yellow")
+
+    with tqdm(total=len(plan.products), unit="product", desc="ingest", file=sys.stderr) as bar:
+
+        def show(progress: ImportProgress) -> None:
+            bar.set_postfix(enqueued=progress.enqueued, failed=progress.failed, refresh=False)
+            if progress.done != bar.n:
+                bar.update(progress.done - bar.n)
+            else:
+                bar.refresh()
+
+        result = run_import(
+            create_celery(settings),
+            plan,
+            batch_size=batch_size,
+            wait=wait,
+            timeout_s=timeout,
+            on_progress=show,
+        )
+    report = write_reject_report(
+        reject_report or catalogue.with_name(f"{catalogue.stem}.rejects.csv"), result.rejected
+    )
+    for rejected in result.rejected:
+        typer.secho(
+            f"row {rejected.row} ({rejected.merchant_id}/{rejected.product_id}) "
+            f"[{rejected.stage}] {rejected.reason}",
+            fg="yellow",
+        )
+    if wait:
+        typer.echo(
+            f"indexed {len(result.indexed)}, failed {len(result.failed)}, "
+            f"still running {len(result.pending)}, in {len(result.job_ids)} jobs"
+        )
+    else:
+        typer.echo(f"enqueued {len(plan.products)} products in {len(result.job_ids)} jobs:")
+        typer.echo("\n".join(result.job_ids))
+    for reason, count in summarise_rejections(result.rejected).items():
+        typer.echo(f"  rejected {count:>5}  {reason}")
+    typer.echo(f"reject report: {report} ({len(result.rejected)} rows)")
+    if result.rejected or (wait and result.pending):
+        raise typer.Exit(2)
+
+
+# --------------------------------------------------------------------------- API keys
+
+keys_app = typer.Typer(help="Merchant API keys for the upload API (stored hashed in Redis).")
+app.add_typer(keys_app, name="keys")
+
+
+def _key_store():
+    from redis import Redis
+
+    from pipeline.apikeys import ApiKeyStore
+
+    settings = _settings()
+    return ApiKeyStore(Redis.from_url(settings.redis_url), settings.redis_prefix)
+
+
+@keys_app.command("create")
+def keys_create(
+    merchant: Annotated[str, typer.Option(help="Merchant id the key belongs to.")],
+    name: Annotated[str, typer.Option(help="A note to recognise the key by.")] = "",
+) -> None:
+    """Create a key for a merchant and print it (shown once: only its hash is stored)."""
+    try:
+        new = _key_store().create(merchant, name=name)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.secho(f"key id {new.info.key_id} for merchant {merchant}; store this key now:", err=True)
+    typer.echo(new.key)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_or_id: Annotated[str, typer.Argument(help="The key itself, or its 8-character key id.")],
+) -> None:
+    """Revoke a key at once (every API process checks Redis on each request)."""
+    revoked = _key_store().revoke(key_or_id)
+    if revoked is None:
+        _fail("no such key")
+    typer.echo(f"revoked key {revoked.key_id} of merchant {revoked.merchant_id}")
+
+
+@keys_app.command("list")
+def keys_list(
+    merchant: Annotated[str | None, typer.Option(help="Only this merchant's keys.")] = None,
+) -> None:
+    """List keys (key id, merchant, creation time, name); secrets cannot be shown."""
+    for info in _key_store().list(merchant):
+        typer.echo(f"{info.key_id}  {info.merchant_id:<24} {info.created_at}  {info.name}")
 
 
 @app.command()
-def job(job_id: Annotated[str, typer.Argument(help="Job id printed by enqueue.")]) -> None:
+def job(job_id: Annotated[str, typer.Argument(help="Job id printed by ingest.")]) -> None:
     """Show a job's state (queued, running, retrying, done, failed) and per-product results."""
     from workers.app import create_celery
     from workers.jobs import job_status
@@ -222,6 +333,8 @@ def demo(
     logging.getLogger("pipeline").setLevel(logging.INFO)
     run_demo(_settings(), catalogue)
 
+
+register_search(app, _settings)
 
 if __name__ == "__main__":
     app()

@@ -6,6 +6,8 @@ re-sending the same product overwrites the same document instead of adding a dup
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -63,6 +65,18 @@ class Product(BaseModel):
     def key(self) -> str:
         return f"{self.merchant_id}/{self.product_id}"
 
+    @property
+    def content_hash(self) -> str:
+        """SHA-256 of the product as sent (metadata and image references, canonical JSON).
+
+        Stored with every document so that a catalogue import can skip unchanged products.
+        Uploaded and imported local images are referenced by their content-store path, which
+        contains their SHA-256, so a changed image changes this hash; for an image URL only the
+        URL is covered (the bytes are fetched by the worker, not by the import).
+        """
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
 
 def document_id(merchant_id: str, product_id: str, image_sha256: str) -> str:
     return f"{merchant_id}:{product_id}:{image_sha256[:16]}"
@@ -101,5 +115,6 @@ def build_document(
         "height": height,
         "image_vector": [float(x) for x in np.asarray(vector, dtype=np.float32)],
         "model_id": model_id,
+        "content_hash": product.content_hash,
         "indexed_at": (indexed_at or datetime.now(UTC)).isoformat(),
     }

@@ -69,6 +69,7 @@ def ensure_indices(es: Elasticsearch, settings: VitrineSettings, model_id: str, 
     )
     if not es.indices.exists(index=settings.errors_index):
         es.options(ignore_status=400).indices.create(index=settings.errors_index)
+    install_search_templates(es, settings)
     current = write_index_model(es, alias)
     if current is None:
         index = mappings.product_index_name(alias, model_id)
@@ -83,7 +84,27 @@ def ensure_indices(es: Elasticsearch, settings: VitrineSettings, model_id: str, 
             f"alias {alias} writes to {index}, which holds vectors of model {existing_model!r}, "
             f"not {model_id!r}; re-embed into a new index or point VITRINE_INDEX_ALIAS elsewhere"
         )
+    _add_new_fields(es, index, alias)
     return index
+
+
+def _add_new_fields(es: Elasticsearch, index: str, alias: str) -> None:
+    """Add fields that the template gained since ``index`` was created (e.g. ``content_hash``):
+    the mapping is strict, so documents with a field the index lacks would be refused."""
+    wanted = mappings.products_index_template(alias)["template"]["mappings"]["properties"]
+    live = es.indices.get_mapping(index=index)[index]["mappings"].get("properties", {})
+    missing = {name: spec for name, spec in wanted.items() if name not in live}
+    if missing:
+        es.indices.put_mapping(index=index, properties=missing)
+        log.info("added field(s) %s to %s", ", ".join(sorted(missing)), index)
+
+
+def install_search_templates(es: Elasticsearch, settings: VitrineSettings) -> list[str]:
+    """Store (create or update) the search templates of ``settings.index_alias``; returns ids."""
+    templates = mappings.search_templates(settings.index_alias)
+    for template_id, body in templates.items():
+        es.put_script(id=template_id, script=body["script"])
+    return list(templates)
 
 
 @dataclass
@@ -146,6 +167,7 @@ def replace_products(
             index=alias,
             query=mappings.stale_documents_query(complete),
             conflicts="proceed",
+            refresh=True,  # a finished job means searches no longer see the replaced images
         )
     return outcome
 
@@ -158,6 +180,7 @@ def delete_product(
         index=settings.index_alias,
         query=mappings.product_documents_query(merchant_id, product_id),
         conflicts="proceed",
+        refresh=True,  # a finished delete job means searches no longer find the product
     )
     return int(response["deleted"])
 

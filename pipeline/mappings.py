@@ -108,3 +108,40 @@ def stale_documents_query(
 
 def product_documents_query(merchant_id: str, product_id: str) -> dict[str, Any]:
     return {"bool": {"filter": product_filter(merchant_id, product_id)}}
+
+
+# --------------------------------------------------------------------------- search templates
+
+#: Stored search templates, one per query shape; ids are ``<alias>-<name>``.
+SEARCH_TEMPLATES = ("knn", "more-like-this", "product-vector", "keyword")
+
+
+def search_template_id(alias: str, name: str) -> str:
+    """Templates are namespaced by the alias, so several deployments share one cluster."""
+    return f"{alias}-{name}"
+
+
+def facet_aggs() -> dict[str, Any]:
+    """The facet aggregations (tags, category, merchant, price buckets) of every search."""
+    return copy.deepcopy(_load("search_templates/partials.json")["facet_aggs"])
+
+
+def search_template_source(name: str) -> str:
+    """The mustache source of one template, with the shared partials substituted."""
+    partials = _load("search_templates/partials.json")
+    source = "\n".join(_load(f"search_templates/{name}.json")["source"])
+    return (
+        source.replace("@filters@", "\n      ".join(partials["filters"]))
+        .replace("@exclude@", "\n".join(partials["exclude"]))
+        .replace("@facet_aggs@", json.dumps(partials["facet_aggs"]))
+    )
+
+
+def search_templates(alias: str) -> dict[str, dict[str, Any]]:
+    """``{template_id: stored-script body}`` for ``PUT _scripts/<id>``."""
+    return {
+        search_template_id(alias, name): {
+            "script": {"lang": "mustache", "source": search_template_source(name)}
+        }
+        for name in SEARCH_TEMPLATES
+    }

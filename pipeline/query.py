@@ -1,22 +1,45 @@
-"""Search request bodies (pure functions returning plain dicts) and their execution.
+"""Search request bodies: pure functions and frozen query classes returning plain dicts.
 
-Filters are applied inside the kNN search (Elasticsearch's ``knn.filter``), not after it, so a
-filtered query still returns ``k`` matching products when they exist.
+Each query class mirrors one stored search template in ``es_mappings/search_templates/``:
+``body()`` is what the Python path sends, ``template_params()`` the parameters with which the
+template renders exactly that body (tests render both and compare). Filters are applied inside
+the kNN search (``knn.filter``), not after it, so a filtered query still returns ``k`` matching
+documents when they exist, and the ``model_id`` clause keeps vectors of other models out.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Literal
 
+import numpy as np
 from elasticsearch import Elasticsearch
 
+from pipeline import mappings
+
 VECTOR_FIELD = "image_vector"
-MAX_NUM_CANDIDATES = 10_000
+MAX_NUM_CANDIDATES = 10_000  # Elasticsearch's limit
+MAX_RESULT_WINDOW = 10_000  # index.max_result_window (from + size)
+SOURCE = {"excludes": [VECTOR_FIELD]}
+KEYWORD_FIELDS = ["title^3", "description"]
+TAG_BOOST = 2
+
+Vector = Sequence[float] | np.ndarray  # a query vector: a list, or an encoder's output row
+Sort = Literal["relevance", "price_asc", "price_desc", "newest"]
+_TIE_BREAK = [{"_score": "desc"}, {"merchant_id": "asc"}, {"product_id": "asc"}]
+_SORT_FIRST: dict[str, dict[str, str] | None] = {
+    "relevance": None,
+    "price_asc": {"price": "asc"},
+    "price_desc": {"price": "desc"},
+    "newest": {"indexed_at": "desc"},
+}
 
 
 @dataclass(frozen=True)
 class Filters:
+    """Keyword filters; every query shape applies them (inside kNN for vector queries)."""
+
     tags_all: list[str] = field(default_factory=list)
     tags_any: list[str] = field(default_factory=list)
     category: str | None = None
@@ -27,34 +50,226 @@ class Filters:
     in_stock: bool | None = None
     exclude_quality_flags: list[str] = field(default_factory=list)
 
+    def template_params(self) -> dict[str, Any]:
+        """The filter parameters of the search templates (absent when not filtering)."""
+        params: dict[str, Any] = {}
+        if self.tags_all:
+            params["tags_all"] = [tag.lower() for tag in self.tags_all]
+        if self.tags_any:
+            params["tags_any"] = [tag.lower() for tag in self.tags_any]
+        if self.category:
+            params["category"] = self.category.lower()
+        for name in ("merchant_id", "min_price", "max_price", "currency"):
+            if getattr(self, name) not in (None, ""):
+                params[name] = getattr(self, name)
+        if self.in_stock is True:
+            params["in_stock"] = True
+        elif self.in_stock is False:
+            params["out_of_stock"] = True
+        if self.exclude_quality_flags:
+            params["exclude_quality_flags"] = list(self.exclude_quality_flags)
+        return params
+
 
 def filter_clauses(filters: Filters, *, model_id: str | None = None) -> list[dict[str, Any]]:
-    """Bool-filter clauses; ``model_id`` keeps vectors of other models out of the comparison."""
-    clauses: list[dict[str, Any]] = [{"term": {"tags": tag.lower()}} for tag in filters.tags_all]
-    if filters.tags_any:
-        clauses.append({"terms": {"tags": [t.lower() for t in filters.tags_any]}})
-    if filters.category:
-        clauses.append({"term": {"category": filters.category.lower()}})
-    if filters.merchant_id:
-        clauses.append({"term": {"merchant_id": filters.merchant_id}})
-    if filters.min_price is not None or filters.max_price is not None:
-        bounds = {"gte": filters.min_price, "lte": filters.max_price}
-        clauses.append({"range": {"price": {k: v for k, v in bounds.items() if v is not None}}})
-    if filters.currency:
-        clauses.append({"term": {"currency": filters.currency}})
+    """Bool-filter clauses, in the order the templates' ``filters`` partial renders them."""
+    p = filters.template_params()
+    clauses: list[dict[str, Any]] = [{"term": {"tags": tag}} for tag in p.get("tags_all", [])]
+    if "tags_any" in p:
+        clauses.append({"bool": {"should": [{"terms": {"tags": p["tags_any"]}}]}})
+    for name in ("category", "merchant_id"):
+        if name in p:
+            clauses.append({"term": {name: p[name]}})
+    if "min_price" in p:
+        clauses.append({"range": {"price": {"gte": p["min_price"]}}})
+    if "max_price" in p:
+        clauses.append({"range": {"price": {"lte": p["max_price"]}}})
+    if "currency" in p:
+        clauses.append({"term": {"currency": p["currency"]}})
     if filters.in_stock is not None:
         clauses.append({"term": {"in_stock": filters.in_stock}})
-    if filters.exclude_quality_flags:
-        clauses.append(
-            {"bool": {"must_not": [{"terms": {"quality_flags": filters.exclude_quality_flags}}]}}
-        )
+    if "exclude_quality_flags" in p:
+        flags = p["exclude_quality_flags"]
+        clauses.append({"bool": {"must_not": [{"terms": {"quality_flags": flags}}]}})
     if model_id:
         clauses.append({"term": {"model_id": model_id}})
     return clauses
 
 
+@dataclass(frozen=True)
+class ProductRef:
+    merchant_id: str
+    product_id: str
+
+    def exclusion(self) -> list[dict[str, Any]]:
+        """``must_not`` clauses that leave this product out."""
+        return [{"bool": {"filter": mappings.product_filter(self.merchant_id, self.product_id)}}]
+
+    def exclusion_params(self) -> dict[str, str]:
+        return {"exclude_merchant_id": self.merchant_id, "exclude_product_id": self.product_id}
+
+
+@dataclass(frozen=True)
+class KnnQuery:
+    """kNN over image vectors (template ``knn``, or ``more-like-this`` when excluding)."""
+
+    vector: Vector
+    model_id: str
+    filters: Filters = Filters()
+    k: int = 10
+    num_candidates: int | None = None
+    exclude: ProductRef | None = None
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError("k must be at least 1")
+        if not self.k <= self.candidates <= MAX_NUM_CANDIDATES:
+            raise ValueError(
+                f"num_candidates must be between k ({self.k}) and {MAX_NUM_CANDIDATES}"
+            )
+
+    @property
+    def candidates(self) -> int:
+        return self.num_candidates or min(MAX_NUM_CANDIDATES, max(100, 10 * self.k))
+
+    @property
+    def template(self) -> str:
+        return "more-like-this" if self.exclude else "knn"
+
+    def body(self) -> dict[str, Any]:
+        bool_filter: dict[str, Any] = {
+            "filter": filter_clauses(self.filters, model_id=self.model_id)
+        }
+        if self.exclude:
+            bool_filter["must_not"] = self.exclude.exclusion()
+        return {
+            "knn": {
+                "field": VECTOR_FIELD,
+                "query_vector": [float(x) for x in self.vector],
+                "k": self.k,
+                "num_candidates": self.candidates,
+                "filter": {"bool": bool_filter},
+            },
+            "size": self.k,
+            "_source": SOURCE,
+        }
+
+    def template_params(self) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "query_vector": [float(x) for x in self.vector],
+            "model_id": self.model_id,
+            "k": self.k,
+            "num_candidates": self.candidates,
+            **self.filters.template_params(),
+        }
+        if self.exclude:
+            params.update(self.exclude.exclusion_params())
+        return params
+
+
+@dataclass(frozen=True)
+class KeywordQuery:
+    """BM25 over title, description and tags, or every product without text (template
+    ``keyword``). Only primary images (``image_index`` 0) are searched: one hit per product."""
+
+    text: str | None = None
+    filters: Filters = Filters()
+    model_id: str | None = None
+    from_: int = 0
+    size: int = 20
+    sort: Sort = "relevance"
+    search_after: Sequence[Any] | None = None
+    facets: bool = False
+    exclude: ProductRef | None = None
+
+    template: ClassVar[str] = "keyword"
+
+    def __post_init__(self) -> None:
+        if self.from_ < 0 or self.size < 0 or self.from_ + self.size > MAX_RESULT_WINDOW:
+            raise ValueError(f"from and size must be >= 0 with from + size <= {MAX_RESULT_WINDOW}")
+        if self.sort not in _SORT_FIRST:
+            raise ValueError(f"sort must be one of {', '.join(_SORT_FIRST)}")
+
+    def body(self) -> dict[str, Any]:
+        query: dict[str, Any] = {}
+        if self.text:
+            query["should"] = [
+                {"multi_match": {"query": self.text, "fields": KEYWORD_FIELDS}},
+                {"match": {"tags": {"query": self.text, "boost": TAG_BOOST}}},
+                {
+                    "match": {
+                        "tags": {"query": self.text, "analyzer": "standard", "boost": TAG_BOOST}
+                    }
+                },
+            ]
+            query["minimum_should_match"] = 1
+        if self.exclude:
+            query["must_not"] = self.exclude.exclusion()
+        query["filter"] = [
+            *filter_clauses(self.filters, model_id=self.model_id),
+            {"term": {"image_index": 0}},
+        ]
+        first = _SORT_FIRST[self.sort]
+        body: dict[str, Any] = {
+            "query": {"bool": query},
+            "sort": [first, *_TIE_BREAK] if first else list(_TIE_BREAK),
+            "track_scores": True,
+            "from": self.from_,
+            "size": self.size,
+            "_source": SOURCE,
+        }
+        if self.search_after:
+            body["search_after"] = list(self.search_after)
+        if self.facets:
+            body["aggs"] = mappings.facet_aggs()
+        return body
+
+    def template_params(self) -> dict[str, Any]:
+        params: dict[str, Any] = {"from": self.from_, "size": self.size}
+        params.update(self.filters.template_params())
+        if self.text:
+            params["text"] = self.text
+        if self.model_id:
+            params["model_id"] = self.model_id
+        if self.sort != "relevance":
+            params[f"sort_{self.sort}"] = True
+        if self.search_after:
+            params["search_after"] = list(self.search_after)
+        if self.facets:
+            params["facets"] = True
+        if self.exclude:
+            params.update(self.exclude.exclusion_params())
+        return params
+
+
+@dataclass(frozen=True)
+class ProductVectorQuery:
+    """The stored vector of a product's primary image (template ``product-vector``)."""
+
+    product: ProductRef
+    model_id: str | None = None
+
+    template: ClassVar[str] = "product-vector"
+
+    def body(self) -> dict[str, Any]:
+        clauses: list[dict[str, Any]] = [{"term": {"merchant_id": self.product.merchant_id}}]
+        if self.model_id:
+            clauses.append({"term": {"model_id": self.model_id}})
+        clauses.append({"term": {"product_id": self.product.product_id}})
+        return {
+            "query": {"bool": {"filter": clauses}},
+            "sort": [{"image_index": "asc"}],
+            "size": 1,
+            "_source": ["merchant_id", "product_id", "image_index", "model_id", VECTOR_FIELD],
+        }
+
+    def template_params(self) -> dict[str, Any]:
+        params = {"merchant_id": self.product.merchant_id, "product_id": self.product.product_id}
+        return {**params, "model_id": self.model_id} if self.model_id else params
+
+
 def knn_search_body(
-    vector: list[float],
+    vector: Vector,
     *,
     model_id: str,
     filters: Filters = Filters(),
@@ -62,25 +277,12 @@ def knn_search_body(
     num_candidates: int | None = None,
 ) -> dict[str, Any]:
     """kNN over image vectors with filters applied during the HNSW search."""
-    if k < 1:
-        raise ValueError("k must be at least 1")
-    candidates = num_candidates or max(100, 10 * k)
-    if not k <= candidates <= MAX_NUM_CANDIDATES:
-        raise ValueError(f"num_candidates must be between k ({k}) and {MAX_NUM_CANDIDATES}")
-    return {
-        "knn": {
-            "field": VECTOR_FIELD,
-            "query_vector": [float(x) for x in vector],
-            "k": k,
-            "num_candidates": candidates,
-            "filter": {"bool": {"filter": filter_clauses(filters, model_id=model_id)}},
-        },
-        "size": k,
-        "_source": {"excludes": [VECTOR_FIELD]},
-    }
+    return KnnQuery(vector, model_id, filters, k, num_candidates).body()
 
 
 def run_search(es: Elasticsearch, index: str, body: dict[str, Any]) -> list[dict[str, Any]]:
     """Execute a body; return hits as ``{"_id", "_score", **_source}``."""
     response = es.search(index=index, **body)
-    return [{"_id": h["_id"], "_score": h["_score"], **h["_source"]} for h in response["hits"]["hits"]]
+    return [
+        {"_id": h["_id"], "_score": h["_score"], **h["_source"]} for h in response["hits"]["hits"]
+    ]

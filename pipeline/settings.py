@@ -32,7 +32,7 @@ class VitrineSettings(BaseSettings):
     es_request_timeout_s: float = 30.0
     index_alias: str = Field(
         "vitrine-products",
-        description="Write/read alias of the product index; concrete indices are '<alias>-<model>-<n>'.",
+        description="Read/write alias of the product index; indices are '<alias>-<model>-<n>'.",
     )
     errors_index: str = Field(
         "vitrine-ingest-errors", description="Index of failed ingest jobs (operators, Kibana)."
@@ -78,6 +78,36 @@ class VitrineSettings(BaseSettings):
         description="Names of the ingest processors, applied in order.",
     )
 
+    # Merchant upload API and catalogue import
+    image_store_dir: Path | None = Field(
+        None,
+        description="Content-addressed store of original product images (default <home>/images). "
+        "The API and the workers must both see it (a shared volume in docker-compose).",
+    )
+    upload_max_bytes: int = Field(
+        20 * 1024 * 1024, description="Largest request body accepted by the upload endpoints."
+    )
+    upload_rate_limit: int = Field(
+        120, description="Writes (POST/PUT/DELETE of products) allowed per API key per window."
+    )
+    upload_rate_window_s: int = Field(60, description="Length of the upload rate-limit window.")
+    redis_prefix: str = Field(
+        "vitrine", description="Prefix of the API's own Redis keys (API keys, rate limits)."
+    )
+
+    # Search (see pipeline/search.py)
+    search_default_k: int = Field(20, description="Products in a search's result window.")
+    search_max_k: int = Field(200, description="Upper limit for k.")
+    search_overfetch: int = Field(
+        3,
+        description="kNN fetches k x this many image documents so that about k distinct "
+        "products remain after de-duplication (a product may have several images).",
+    )
+    search_num_candidates: int = Field(
+        100, description="Default HNSW num_candidates (at least 2x the documents fetched)."
+    )
+    rrf_k: int = Field(60, description="Rank constant of reciprocal rank fusion.")
+
     # Local services and caches
     home: Path = Field(default_factory=_default_home, description="Model and cache files.")
     services_dir: Path = Field(
@@ -88,6 +118,10 @@ class VitrineSettings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.home / "models"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.image_store_dir or self.home / "images"
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``VITRINE_*`` variables, to start a worker or API process with them."""

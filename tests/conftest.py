@@ -40,6 +40,7 @@ def settings(session_id: str, tiny_checkpoint: Path, tmp_path_factory) -> Vitrin
         index_alias=f"test-{session_id}",
         errors_index=f"test-errors-{session_id}",
         queue=f"test-{session_id}",
+        redis_prefix=f"test-{session_id}",
         model_arch=TINY_ARCH,
         model_pretrained=str(tiny_checkpoint),
         min_image_side=64,
@@ -62,7 +63,7 @@ def services(settings: VitrineSettings) -> None:
 
 @pytest.fixture(scope="session")
 def es(services, settings: VitrineSettings) -> Iterator:
-    from pipeline import indexing
+    from pipeline import indexing, mappings
 
     client = indexing.make_client(settings)
     yield client
@@ -71,6 +72,8 @@ def es(services, settings: VitrineSettings) -> Iterator:
         client.options(ignore_status=404).indices.delete(index=index)
     for template in (f"{settings.index_alias}-products", settings.errors_index):
         client.options(ignore_status=404).indices.delete_index_template(name=template)
+    for script in mappings.search_templates(settings.index_alias):
+        client.options(ignore_status=404).delete_script(id=script)
     client.close()
 
 

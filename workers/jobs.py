@@ -3,6 +3,7 @@ status look-ups. Tasks are sent by name, so callers need neither torch nor the m
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -33,11 +34,33 @@ class JobStatus:
         return {"job_id": self.job_id, "state": self.state, "results": self.results, "error": self.error}
 
 
+def _description_key(job_id: str) -> str:
+    return f"vitrine-job-description-{job_id}"
+
+
+def _describe(products: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    return {
+        "products": [f"{merchant}/{product}" for merchant, product in products],
+        "merchants": sorted({merchant for merchant, _ in products}),
+    }
+
+
 def _send(app: Celery, task: str, args: list, description: dict) -> str:
+    """Send a task under a fresh job id. The description is stored twice: as the QUEUED result
+    (replaced once the task starts) and under its own key, kept as long as results are, so that
+    ``job_description`` can tell whose job it is in every state."""
     job_id = str(uuid.uuid4())
     app.backend.store_result(job_id, description, QUEUED)
+    app.backend.set(_description_key(job_id), json.dumps(description))
     app.send_task(task, args=args, task_id=job_id, queue=app.vitrine_settings.queue)
     return job_id
+
+
+def job_description(app: Celery, job_id: str) -> dict[str, Any] | None:
+    """``{"products": ["merchant/product", ...], "merchants": [...]}`` of a job sent by
+    ``enqueue``/``enqueue_delete``, or None for an unknown (or expired) job."""
+    raw = app.backend.get(_description_key(job_id))
+    return json.loads(raw) if raw else None
 
 
 def enqueue(app: Celery, products: Sequence[Product], *, batch_size: int = 1) -> list[str]:
@@ -48,13 +71,13 @@ def enqueue(app: Celery, products: Sequence[Product], *, batch_size: int = 1) ->
     job_ids = []
     for start in range(0, len(products), batch_size):
         chunk = products[start : start + batch_size]
-        description = {"products": [p.key for p in chunk]}
+        description = _describe([(p.merchant_id, p.product_id) for p in chunk])
         job_ids.append(_send(app, INDEX_TASK, [[p.model_dump() for p in chunk]], description))
     return job_ids
 
 
 def enqueue_delete(app: Celery, merchant_id: str, product_id: str) -> str:
-    return _send(app, DELETE_TASK, [merchant_id, product_id], {"products": [f"{merchant_id}/{product_id}"]})
+    return _send(app, DELETE_TASK, [merchant_id, product_id], _describe([(merchant_id, product_id)]))
 
 
 def job_status(app: Celery, job_id: str) -> JobStatus:

@@ -34,7 +34,10 @@ def worker_process(
     env = {**os.environ, **settings.to_env()}
     cmd = [sys.executable, "-m", "pipeline.cli", "worker", f"--concurrency={concurrency}"]
     process = subprocess.Popen(
-        [*cmd, f"--hostname={node}"], env=env, stdout=output, stderr=subprocess.STDOUT if output else None
+        [*cmd, f"--hostname={node}"],
+        env=env,
+        stdout=output,
+        stderr=subprocess.STDOUT if output else None,
     )
     celery_app = create_celery(settings)
     try:

@@ -57,4 +57,13 @@ def create_app(settings: VitrineSettings, *, load_model: bool = True) -> FastAPI
     from pipeline.api import health
 
     app.include_router(health.router)
+    from pipeline.api import search
+
+    app.include_router(search.router)
+    from pipeline.api import products
+
+    app.include_router(products.router)
+    from pipeline.api import page
+
+    app.include_router(page.router)
     return app

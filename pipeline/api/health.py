@@ -17,7 +17,10 @@ def _check(state: ApiState) -> dict[str, dict]:
     checks: dict[str, dict] = {}
     try:
         health = state.es.cluster.health(timeout="2s")
-        checks["elasticsearch"] = {"ok": health["status"] in ("green", "yellow"), "status": health["status"]}
+        checks["elasticsearch"] = {
+            "ok": health["status"] in ("green", "yellow"),
+            "status": health["status"],
+        }
     except Exception as exc:  # any failure means "not reachable" to an operator
         checks["elasticsearch"] = {"ok": False, "error": str(exc)}
     try:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -44,3 +46,50 @@ def make_product(directory: Path, seed: int, *, prefix: str, **fields) -> Produc
 
 def unique_prefix() -> str:
     return f"p{uuid.uuid4().hex[:8]}"
+
+
+class ImageServer:
+    """A local image host: ``/img/<name>`` answers at once, ``/slow/<name>`` waits until the
+    test releases it (bounded, below the worker's fetch timeout), anything else is a 404."""
+
+    def __init__(self) -> None:
+        self.images: dict[str, bytes] = {}
+        self.requested = threading.Event()
+        self.release = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                kind, _, name = self.path.strip("/").partition("/")
+                if kind == "slow":
+                    server.requested.set()
+                    server.release.wait(timeout=1.5)
+                data = server.images.get(name)
+                if data is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def near_duplicate(image: Image.Image, *, quality: int = 60, size: int = 80) -> Image.Image:
+    """The same picture resized and re-encoded as a lower-quality JPEG (a near-duplicate)."""
+    import io
+
+    buffer = io.BytesIO()
+    image.resize((size, size), Image.BILINEAR).save(buffer, format="JPEG", quality=quality)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")

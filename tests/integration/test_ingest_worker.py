@@ -27,7 +27,8 @@ def _run(worker, products, batch_size=1):
 def test_products_are_indexed_with_fields_and_vectors(worker, es, settings, encoder, tmp_path):
     prefix = unique_prefix()
     products = [
-        make_product(tmp_path, seed, prefix=prefix, tags=["Red ", "sale", "red"]) for seed in range(4)
+        make_product(tmp_path, seed, prefix=prefix, tags=["Red ", "sale", "red"])
+        for seed in range(4)
     ]
     job_ids, statuses = _run(worker, products, batch_size=2)
     assert [statuses[j].state for j in job_ids] == ["done", "done"]
@@ -89,7 +90,14 @@ def test_keyword_filters_are_applied_inside_knn(
     ]
     products = [
         make_product(
-            directory, 200 + i, prefix=prefix, category=c, tags=t, merchant_id=m, price=p, in_stock=s
+            directory,
+            200 + i,
+            prefix=prefix,
+            category=c,
+            tags=t,
+            merchant_id=m,
+            price=p,
+            in_stock=s,
         )
         for i, (c, t, m, p, s) in enumerate(spec)
     ]
@@ -99,7 +107,10 @@ def test_keyword_filters_are_applied_inside_knn(
     vector = encoder.embed_images([load_image(products[3].images[0]).image])[0]
     body = knn_search_body(vector, model_id=encoder.model_id, k=10, filters=filters)
     body["knn"]["filter"]["bool"]["filter"].append({"prefix": {"product_id": prefix}})
-    found = {int(h["product_id"].rsplit("-", 1)[1]) - 200 for h in run_search(es, settings.index_alias, body)}
+    found = {
+        int(h["product_id"].rsplit("-", 1)[1]) - 200
+        for h in run_search(es, settings.index_alias, body)
+    }
     assert found == expected
 
 
@@ -113,7 +124,9 @@ def test_same_product_twice_gives_one_document_and_new_image_replaces_it(
     first = _docs(es, settings, product_id=product.product_id)
     assert len(first) == 1
 
-    changed = product.model_copy(update={"images": [str(write_image(tmp_path, 301))], "price": 99.0})
+    changed = product.model_copy(
+        update={"images": [str(write_image(tmp_path, 301))], "price": 99.0}
+    )
     _run(worker, [changed])
     after = _docs(es, settings, product_id=product.product_id)
     assert len(after) == 1
@@ -136,7 +149,9 @@ def test_bad_images_fail_only_their_own_job_and_are_recorded(worker, es, setting
 
     products = [make_product(tmp_path, 410, prefix=prefix)]
     products += [
-        make_product(tmp_path, 420 + i, prefix=prefix, product_id=f"{prefix}-{reason}", images=[str(path)])
+        make_product(
+            tmp_path, 420 + i, prefix=prefix, product_id=f"{prefix}-{reason}", images=[str(path)]
+        )
         for i, (reason, path) in enumerate(cases.items())
     ]
     products.append(make_product(tmp_path, 430, prefix=prefix))
@@ -183,9 +198,12 @@ def test_a_bad_image_in_a_batch_job_does_not_stop_the_others(worker, es, setting
 
 def test_delete_product_removes_its_documents(worker, es, settings, tmp_path):
     prefix = unique_prefix()
-    product = make_product(tmp_path, 600, prefix=prefix, images=[
-        str(write_image(tmp_path, 600)), str(write_image(tmp_path, 601))
-    ])
+    product = make_product(
+        tmp_path,
+        600,
+        prefix=prefix,
+        images=[str(write_image(tmp_path, 600)), str(write_image(tmp_path, 601))],
+    )
     _run(worker, [product])
     assert len(_docs(es, settings, product_id=product.product_id)) == 2
     job_id = enqueue_delete(worker, product.merchant_id, product.product_id)

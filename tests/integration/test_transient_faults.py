@@ -28,7 +28,9 @@ class FlakyImageHost:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server API)
                 host.hits[self.path] += 1
-                failures = int(self.path.split("/")[1].split("-")[1]) if "flaky-" in self.path else 10**9
+                failures = (
+                    int(self.path.split("/")[1].split("-")[1]) if "flaky-" in self.path else 10**9
+                )
                 if host.hits[self.path] <= failures:
                     self.send_error(503, "try later")
                     return
@@ -56,9 +58,13 @@ def image_host() -> Iterator[FlakyImageHost]:
     thread.join(timeout=5)
 
 
-def test_unreachable_image_host_is_retried_until_it_answers(worker, es, settings, image_host, tmp_path):
+def test_unreachable_image_host_is_retried_until_it_answers(
+    worker, es, settings, image_host, tmp_path
+):
     prefix = unique_prefix()
-    flaky = make_product(tmp_path, 1, prefix=prefix, images=[f"{image_host.url}/flaky-2/{prefix}.jpg"])
+    flaky = make_product(
+        tmp_path, 1, prefix=prefix, images=[f"{image_host.url}/flaky-2/{prefix}.jpg"]
+    )
     good = make_product(tmp_path, 2, prefix=prefix)
     [job_id] = enqueue(worker, [flaky, good], batch_size=2)
     status = wait_for_jobs(worker, [job_id], timeout_s=120)[job_id]
@@ -74,7 +80,9 @@ def test_unreachable_image_host_is_retried_until_it_answers(worker, es, settings
     assert count == 2
 
 
-def test_retries_are_bounded_and_the_failure_is_recorded(worker, es, settings, image_host, tmp_path):
+def test_retries_are_bounded_and_the_failure_is_recorded(
+    worker, es, settings, image_host, tmp_path
+):
     prefix = unique_prefix()
     down = make_product(tmp_path, 3, prefix=prefix, images=[f"{image_host.url}/down/{prefix}.jpg"])
     [job_id] = enqueue(worker, [down])

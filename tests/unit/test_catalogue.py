@@ -37,7 +37,7 @@ def test_invalid_and_duplicate_rows_are_rejected_with_row_and_reason(tmp_path):
     assert set(reasons) == {2, 3, 4, 5}
     assert "title" in reasons[2]
     assert "price" in reasons[3]
-    assert reasons[4] == "duplicate product_id"
+    assert reasons[4] == "duplicate product_id: first seen in row 1"
     assert "images" in reasons[5]
 
 

@@ -46,6 +46,7 @@ PRODUCT_FIELDS: dict[str, str] = {
     "height": "integer",
     "image_vector": "dense_vector",
     "model_id": "keyword",
+    "content_hash": "keyword",
     "indexed_at": "date",
 }
 ERROR_FIELDS: dict[str, str] = {

@@ -5,7 +5,9 @@ from tests.unit.test_kibana_objects import LENS_FIELDS_BY_DATA_VIEW
 
 
 def test_index_names_are_valid_and_model_specific():
-    name = mappings.product_index_name("vitrine-products", "open_clip:ViT-B-32:laion2b_s34b_b79k:512")
+    name = mappings.product_index_name(
+        "vitrine-products", "open_clip:ViT-B-32:laion2b_s34b_b79k:512"
+    )
     assert name == "vitrine-products-open-clip-vit-b-32-laion2b-s34b-b79k-512-000001"
     assert name == name.lower() and len(name.encode()) < 255
     assert mappings.product_index_name("a", "m", 2).endswith("-000002")

@@ -30,7 +30,9 @@ class MeanColourEncoder(Encoder):
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         self.batches.append(len(images))
-        return l2_normalise(np.array([np.asarray(i, dtype=np.float32).mean((0, 1)) + 1 for i in images]))
+        return l2_normalise(
+            np.array([np.asarray(i, dtype=np.float32).mean((0, 1)) + 1 for i in images])
+        )
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         raise NotImplementedError
@@ -65,7 +67,9 @@ def test_good_items_are_embedded_in_one_batch_and_bad_ones_marked(tmp_path, enco
     assert [i.ok for i in items] == [True, False, True, False]
     assert items[1].error.reason == "not_an_image" and items[3].error.reason == "empty"
     assert encoder.batches == [2]
-    np.testing.assert_allclose(items[0].vector, l2_normalise(np.array([[256.0, 1, 1]]))[0], rtol=1e-5)
+    np.testing.assert_allclose(
+        items[0].vector, l2_normalise(np.array([[256.0, 1, 1]]))[0], rtol=1e-5
+    )
     assert items[0].quality_flags == [] and items[2].quality_flags == ["low_resolution"]
 
 

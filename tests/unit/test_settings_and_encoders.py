@@ -14,7 +14,9 @@ from pipeline.settings import VitrineSettings
 
 
 def test_settings_round_trip_through_environment(monkeypatch):
-    settings = VitrineSettings(index_alias="shop", es_password="secret", processors=["a", "embed_image"])
+    settings = VitrineSettings(
+        index_alias="shop", es_password="secret", processors=["a", "embed_image"]
+    )
     for key, value in settings.to_env().items():
         monkeypatch.setenv(key, value)
     assert VitrineSettings() == settings
@@ -33,13 +35,17 @@ def test_open_clip_is_a_registered_encoder_and_unknown_names_fail():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    return create_random_checkpoint("vitrine-tiny-vit", tmp_path_factory.mktemp("m") / "tiny.pt", seed=3)
+    return create_random_checkpoint(
+        "vitrine-tiny-vit", tmp_path_factory.mktemp("m") / "tiny.pt", seed=3
+    )
 
 
 def test_local_checkpoint_identity_says_random(tiny):
     identity, semantic = checkpoint_identity(tiny)
     assert identity.startswith("random-init-seed3-") and semantic is False
-    resolved = resolve_weights(VitrineSettings(model_arch="vitrine-tiny-vit", model_pretrained=str(tiny)))
+    resolved = resolve_weights(
+        VitrineSettings(model_arch="vitrine-tiny-vit", model_pretrained=str(tiny))
+    )
     assert resolved.pretrained == str(tiny) and not resolved.semantic
 
 
@@ -59,7 +65,9 @@ def test_weight_resolution_errors(tmp_path, monkeypatch):
     with pytest.raises(EncoderError, match="unknown open_clip architecture"):
         resolve_weights(VitrineSettings(model_arch="ViT-Nope"))
     with pytest.raises(WeightsUnavailable, match="VITRINE_ALLOW_RANDOM_WEIGHTS"):
-        resolve_weights(VitrineSettings(model_arch="RN50", model_pretrained="openai", home=tmp_path))
+        resolve_weights(
+            VitrineSettings(model_arch="RN50", model_pretrained="openai", home=tmp_path)
+        )
 
 
 def test_random_fallback_only_when_allowed(tmp_path, monkeypatch):
@@ -79,11 +87,15 @@ def test_random_fallback_only_when_allowed(tmp_path, monkeypatch):
 def test_tiny_encoder_embeds_unit_vectors_through_the_checkpoint_path(tiny):
     from PIL import Image
 
-    encoder = create_encoder(VitrineSettings(model_arch="vitrine-tiny-vit", model_pretrained=str(tiny)))
+    encoder = create_encoder(
+        VitrineSettings(model_arch="vitrine-tiny-vit", model_pretrained=str(tiny))
+    )
     images = encoder.embed_images([Image.new("RGB", (50, 70), c) for c in ("red", "blue", "red")])
     texts = encoder.embed_texts(["a red shoe", "a blue bag"])
     assert images.shape == (3, 32) and texts.shape == (2, 32) and images.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(images, axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(images[0], images[2], atol=1e-6)
-    assert encoder.model_id.startswith("open_clip:vitrine-tiny-vit:random-init-seed3-") and encoder.model_id.endswith(":32")
+    assert encoder.model_id.startswith(
+        "open_clip:vitrine-tiny-vit:random-init-seed3-"
+    ) and encoder.model_id.endswith(":32")
     assert not encoder.semantic

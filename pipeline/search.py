@@ -1,0 +1,343 @@
+"""Running searches: embed the query, check it against the index, run the planned lists against
+Elasticsearch (one ``_msearch``), fuse, de-duplicate, page, facet and explain.
+
+Bodies come from ``pipeline.query`` and the plan from ``pipeline.search_plan``; every request
+is also reported as the stored template and parameters that reproduce it (``explain``), which
+is exactly what a frontend calling Elasticsearch directly sends.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from elasticsearch import BadRequestError, Elasticsearch, NotFoundError
+from PIL import Image
+
+from pipeline import mappings
+from pipeline.encoders import Encoder, get_encoder
+from pipeline.fusion import (
+    FusedHit,
+    RankedList,
+    combine_vectors,
+    facet_counts,
+    facets_from_aggregations,
+    fuse,
+    single,
+)
+from pipeline.query import KeywordQuery, ProductRef, ProductVectorQuery, Vector
+from pipeline.search_plan import (
+    ListPlan,
+    QueryError,
+    SearchQuery,
+    needs_text_vector,
+    plan_lists,
+    validate,
+)
+from pipeline.settings import VitrineSettings
+
+__all__ = ["Embedding", "IndexInfo", "QueryError", "SearchQuery", "SearchResult", "Searcher"]
+
+HIT_FIELDS = (
+    "product_id", "merchant_id", "title", "description", "category", "tags", "price",
+    "currency", "in_stock", "image_url", "image_index", "image_sha256", "quality_flags",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """The alias's write index and the model whose vectors it holds (its ``_meta``)."""
+
+    index: str
+    model_id: str
+    dims: int
+
+
+@dataclass(frozen=True)
+class Embedding:
+    model_id: str
+    dims: int
+    vector: list[float]
+    kind: str  # image | text | image_text
+
+
+@dataclass
+class SearchResult:
+    shape: str
+    k: int
+    from_: int
+    size: int
+    total: int
+    total_relation: str  # "eq", or "gte" when a keyword search matched over 10,000
+    hits: list[dict[str, Any]]
+    model_id: str | None = None
+    fusion: str | None = None
+    facets: dict[str, list[dict[str, Any]]] | None = None
+    next_search_after: list[Any] | None = None
+    requests: list[dict[str, Any]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, as ``POST /v1/search`` returns it (``from_`` is ``from``)."""
+        data = asdict(self)
+        data["from"] = data.pop("from_")
+        return data
+
+
+@dataclass
+class _Run:
+    """Bookkeeping of one search: the requests made, as template calls."""
+
+    alias: str
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+    def record(self, name: str, weight: float | None, query: Any) -> None:
+        self.requests.append(
+            {
+                "list": name,
+                "weight": weight,
+                "template_id": mappings.search_template_id(self.alias, query.template),
+                "params": query.template_params(),
+            }
+        )
+
+
+class Searcher:
+    """Searches one alias. Keyword searches need no model; the encoder is loaded on first use."""
+
+    def __init__(
+        self,
+        settings: VitrineSettings,
+        es: Elasticsearch,
+        encoder: Encoder | Callable[[], Encoder] | None = None,
+        *,
+        index_info_ttl_s: float = 10.0,
+    ):
+        self.settings = settings
+        self.es = es
+        self._encoder = encoder
+        self._ttl = index_info_ttl_s
+        self._info: tuple[float, IndexInfo] | None = None
+
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            self._encoder = get_encoder(self.settings)
+        elif not isinstance(self._encoder, Encoder):
+            self._encoder = self._encoder()
+        return self._encoder
+
+    # ------------------------------------------------------------------ index and vectors
+
+    def index_info(self) -> IndexInfo:
+        """Model id and dims of the alias's write index (cached for a few seconds)."""
+        now = time.monotonic()
+        if self._info and now - self._info[0] < self._ttl:
+            return self._info[1]
+        alias = self.settings.index_alias
+        try:
+            aliases = self.es.indices.get_alias(name=alias)
+        except NotFoundError:
+            raise QueryError(
+                "index_not_found", f"no index behind alias {alias}; run `vitrine init-index`"
+            ) from None
+        writers = [i for i, a in aliases.items() if a["aliases"][alias].get("is_write_index", True)]
+        index = writers[0] if writers else sorted(aliases)[-1]
+        meta = self.es.indices.get_mapping(index=index)[index]["mappings"].get("_meta", {})
+        info = IndexInfo(index, str(meta.get("model_id", "")), int(meta.get("dims", 0)))
+        self._info = (now, info)
+        return info
+
+    def _checked_encoder(self, info: IndexInfo) -> Encoder:
+        encoder = self.encoder
+        if encoder.model_id != info.model_id:
+            raise QueryError(
+                "encoder_model_mismatch",
+                f"index {info.index} holds vectors of model {info.model_id!r}, but this process "
+                f"embeds with {encoder.model_id!r}; configure the same model",
+            )
+        return encoder
+
+    def check_vector(self, vector: Sequence[float], model_id: str) -> IndexInfo:
+        """Raise ``QueryError`` unless ``vector`` can be compared with the index's vectors."""
+        info = self.index_info()
+        if model_id != info.model_id:
+            raise QueryError(
+                "model_mismatch",
+                f"the query vector comes from model {model_id!r}, the index holds vectors of "
+                f"{info.model_id!r}; embed the query again with POST /v1/embed",
+            )
+        if len(vector) != info.dims:
+            raise QueryError(
+                "dimension_mismatch",
+                f"the query vector has {len(vector)} dimensions, the index's vectors {info.dims}",
+            )
+        return info
+
+    def embed(
+        self,
+        *,
+        image: Image.Image | None = None,
+        text: str | None = None,
+        image_weight: float = 0.5,
+    ) -> Embedding:
+        """The query vector for an image, a text, or both (``normalise(w*image + (1-w)*text)``)."""
+        text = text.strip() if text else None
+        if image is None and not text:
+            raise QueryError("invalid_query", "give an image, a text, or both")
+        encoder = self.encoder
+        image_vec = encoder.embed_images([image])[0] if image is not None else None
+        text_vec = encoder.embed_texts([text])[0] if text else None
+        vector: Any
+        if image_vec is not None and text_vec is not None:
+            try:
+                vector, kind = combine_vectors(image_vec, text_vec, image_weight), "image_text"
+            except ValueError as exc:
+                raise QueryError("invalid_query", str(exc)) from exc
+        else:
+            vector, kind = (image_vec, "image") if image_vec is not None else (text_vec, "text")
+        assert vector is not None
+        return Embedding(encoder.model_id, encoder.dim, [float(x) for x in vector], kind)
+
+    def product_vector(self, product: ProductRef, info: IndexInfo, run: _Run) -> list[float]:
+        lookup = ProductVectorQuery(product, info.model_id)
+        run.record("product_vector", None, lookup)
+        hits = self.es.search(index=self.settings.index_alias, **lookup.body())["hits"]["hits"]
+        if not hits:
+            raise QueryError(
+                "product_not_found",
+                f"product {product.merchant_id}/{product.product_id} has no image indexed with "
+                f"model {info.model_id!r}",
+            )
+        return list(hits[0]["_source"]["image_vector"])
+
+    # ------------------------------------------------------------------ search
+
+    def search(self, query: SearchQuery) -> SearchResult:
+        """Run a search; raises ``QueryError`` for anything the caller must change."""
+        window = validate(query, self.settings)
+        info = self.index_info()
+        run = _Run(self.settings.index_alias)
+        try:
+            if query.shape == "keyword":
+                result = self._keyword(query, window.size, info, run)
+            else:
+                result = self._vector(query, window, info, run)
+        except BadRequestError as exc:
+            raise QueryError("invalid_query", f"Elasticsearch refused the search: {exc}") from exc
+        result.requests = run.requests if query.explain else None
+        return result
+
+    def _keyword(self, query: SearchQuery, size: int, info: IndexInfo, run: _Run) -> SearchResult:
+        keyword = KeywordQuery(
+            query.clean_text,
+            query.filters,
+            info.model_id or None,
+            query.from_,
+            size,
+            query.sort,
+            query.search_after,
+            query.facets,
+        )
+        run.record("keyword", 1.0, keyword)
+        response = self.es.search(index=self.settings.index_alias, **keyword.body())
+        hits = response["hits"]["hits"]
+        fused = single(RankedList("keyword", hits))
+        total = response["hits"]["total"]
+        facets = None
+        if query.facets:
+            facets = facets_from_aggregations(
+                response.get("aggregations", {}), mappings.facet_aggs()
+            )
+        return SearchResult(
+            shape="keyword",
+            k=size,
+            from_=query.from_,
+            size=size,
+            total=int(total["value"]),
+            total_relation=str(total["relation"]),
+            hits=[self._hit(f, None, query) for f in fused],
+            model_id=info.model_id or None,
+            facets=facets,
+            next_search_after=list(hits[-1]["sort"]) if hits and len(hits) == size else None,
+        )
+
+    def _vector(self, query: SearchQuery, window, info: IndexInfo, run: _Run) -> SearchResult:
+        visual: Vector | None = None
+        if query.image is not None:
+            visual = self._checked_encoder(info).embed_images([query.image])[0]
+        elif query.vector is not None:
+            self.check_vector(query.vector, query.vector_model_id or "")
+            visual = list(query.vector)
+        elif query.product is not None:
+            visual = self.product_vector(query.product, info, run)
+        text_vector = None
+        if needs_text_vector(query):
+            assert query.clean_text is not None
+            text_vector = self._checked_encoder(info).embed_texts([query.clean_text])[0]
+        plans = plan_lists(
+            query, window, model_id=info.model_id, visual_vector=visual, text_vector=text_vector
+        )
+        lists = self._run_lists(plans, run)
+        rrf_k = query.rrf_k or self.settings.rrf_k
+        ranked = fuse(lists, query.fusion, rrf_k=rrf_k)[: window.k]
+        method = query.fusion if len(lists) > 1 else None
+        page = ranked[window.from_ : window.from_ + window.size]
+        facets = None
+        if query.facets:
+            facets = facet_counts([f.hit for f in ranked], mappings.facet_aggs())
+        return SearchResult(
+            shape=query.shape,
+            k=window.k,
+            from_=window.from_,
+            size=window.size,
+            total=len(ranked),
+            total_relation="eq",
+            hits=[self._hit(f, method, query, rrf_k) for f in page],
+            model_id=info.model_id,
+            fusion=method,
+            facets=facets,
+        )
+
+    def _run_lists(self, plans: list[ListPlan], run: _Run) -> list[RankedList]:
+        searches: list[dict[str, Any]] = []
+        for plan in plans:
+            run.record(plan.name, plan.weight, plan.query)
+            searches += [{"index": self.settings.index_alias}, plan.query.body()]
+        responses = self.es.msearch(searches=searches)["responses"]
+        lists = []
+        for plan, response in zip(plans, responses, strict=True):
+            if "error" in response:
+                error = response["error"]
+                reason = error.get("root_cause", [error])[0].get("reason", str(error))
+                if response.get("status", 500) == 400:
+                    raise QueryError("invalid_query", f"Elasticsearch refused the search: {reason}")
+                raise RuntimeError(f"Elasticsearch failed the {plan.name} list: {reason}")
+            lists.append(RankedList(plan.name, response["hits"]["hits"], plan.weight))
+        return lists
+
+    @staticmethod
+    def _hit(
+        fused: FusedHit, method: str | None, query: SearchQuery, rrf_k: int | None = None
+    ) -> dict[str, Any]:
+        source = fused.hit["_source"]
+        hit = {"document_id": fused.hit["_id"], **{f: source.get(f) for f in HIT_FIELDS}}
+        hit["score"] = fused.score
+        if query.explain:
+            hit["explanation"] = {
+                "fusion": method,
+                "rrf_k": rrf_k if method == "rrf" else None,
+                "lists": {
+                    name: {
+                        "rank": c.rank,
+                        "score": c.score,
+                        "weight": c.weight,
+                        "contribution": c.value,
+                    }
+                    for name, c in fused.contributions.items()
+                },
+            }
+        if "sort" in fused.hit:
+            hit["sort"] = list(fused.hit["sort"])
+        return hit

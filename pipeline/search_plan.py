@@ -1,0 +1,224 @@
+"""What a search asks for and how it becomes result lists: the query object, its validation
+and the plan of ranked lists with their fusion weights. Pure: no Elasticsearch, no model.
+
+Query shapes (``SearchQuery.shape``):
+
+- ``image``: an image (or a vector from ``POST /v1/embed``) -> kNN on the image vectors;
+- ``text``: CLIP text embedding -> kNN, fused with BM25 over title, description and tags
+  (``text_mode="hybrid"``, the default; ``"vector"`` is the kNN list alone);
+- ``image_text``: "like this, but ...": ``combine="embedding"`` (default) searches with
+  ``normalise(w * image + (1 - w) * text)``; ``combine="lists"`` runs an image and a text kNN
+  list and fuses them with weights ``w`` and ``1 - w`` (``w`` = ``image_weight``, default 0.5);
+- ``more_like_this``: a product's stored vector (its primary image) with the product excluded;
+  with text it behaves like ``image_text``;
+- ``keyword``: BM25 + filters, or filters alone without text (``text_mode="keyword"``, or no
+  image, vector or product at all); paged by Elasticsearch (from/size or ``search_after``).
+
+List weights: image-side kNN ``w`` (1 without text), text kNN ``1 - w`` (1 without an image),
+combined-embedding kNN 1, BM25 ``keyword_weight * (1 - w)`` (``keyword_weight`` without an
+image). So ``image_weight`` = 1 is the image alone and 0 the text alone. Lists of weight 0 are
+not run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from PIL import Image
+
+from pipeline.fusion import Fusion, combine_vectors
+from pipeline.query import (
+    MAX_NUM_CANDIDATES,
+    MAX_RESULT_WINDOW,
+    Filters,
+    KeywordQuery,
+    KnnQuery,
+    ProductRef,
+    Sort,
+    Vector,
+)
+from pipeline.settings import VitrineSettings
+
+TextMode = Literal["hybrid", "vector", "keyword"]
+Combine = Literal["embedding", "lists"]
+Shape = Literal["image", "text", "image_text", "more_like_this", "keyword"]
+MAX_TEXT_CHARS = 1000
+
+
+class QueryError(ValueError):
+    """A search that cannot be run as asked. ``reason`` is machine-readable:
+
+    ``invalid_query`` (parameters), ``dimension_mismatch`` / ``model_mismatch`` (a query vector
+    that does not fit the index), ``product_not_found`` (more-like-this), ``index_not_found``,
+    ``encoder_model_mismatch`` (this process's model is not the index's).
+    """
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchQuery:
+    """One search. Give at most one of ``image``, ``vector`` (with ``vector_model_id``) and
+    ``product``; ``text`` may go with any of them. ``k`` products form the ranked result window
+    (default ``search_default_k``), of which ``from_``/``size`` (default k) select a page."""
+
+    text: str | None = None
+    image: Image.Image | None = None
+    vector: Sequence[float] | None = None
+    vector_model_id: str | None = None
+    product: ProductRef | None = None
+    filters: Filters = field(default_factory=Filters)
+    k: int | None = None
+    num_candidates: int | None = None
+    from_: int = 0
+    size: int | None = None
+    search_after: Sequence[Any] | None = None
+    sort: Sort = "relevance"
+    text_mode: TextMode = "hybrid"
+    combine: Combine = "embedding"
+    image_weight: float = 0.5
+    keyword_weight: float = 1.0
+    fusion: Fusion = "rrf"
+    rrf_k: int | None = None
+    explain: bool = False
+    facets: bool = False
+
+    @property
+    def clean_text(self) -> str | None:
+        return self.text.strip() or None if self.text else None
+
+    @property
+    def has_visual(self) -> bool:
+        return self.image is not None or self.vector is not None or self.product is not None
+
+    @property
+    def shape(self) -> Shape:
+        if self.product is not None:
+            return "more_like_this"
+        if self.has_visual:
+            return "image_text" if self.clean_text else "image"
+        if self.clean_text and self.text_mode != "keyword":
+            return "text"
+        return "keyword"
+
+
+@dataclass(frozen=True)
+class Window:
+    """Sizes of a vector search: ``k`` products, ``k_docs`` image documents from kNN."""
+
+    k: int
+    k_docs: int
+    num_candidates: int
+    from_: int
+    size: int
+
+
+def validate(query: SearchQuery, settings: VitrineSettings) -> Window:
+    """Check the query against itself and the limits; return the sizes to search with."""
+
+    def bad(message: str) -> QueryError:
+        return QueryError("invalid_query", message)
+
+    for name, allowed in (
+        ("text_mode", ("hybrid", "vector", "keyword")),
+        ("combine", ("embedding", "lists")),
+        ("fusion", ("rrf", "linear")),
+        ("sort", ("relevance", "price_asc", "price_desc", "newest")),
+    ):
+        if getattr(query, name) not in allowed:
+            raise bad(f"{name} must be one of {', '.join(allowed)}")
+    visuals = [query.image is not None, query.vector is not None, query.product is not None]
+    if sum(visuals) > 1:
+        raise bad("give at most one of image, vector and product")
+    if query.vector is not None and not query.vector_model_id:
+        raise bad("a query vector needs the model_id it was made with (POST /v1/embed returns it)")
+    if query.text and len(query.text) > MAX_TEXT_CHARS:
+        raise bad(f"text is longer than {MAX_TEXT_CHARS} characters")
+    k = settings.search_default_k if query.k is None else query.k
+    if not 1 <= k <= settings.search_max_k:
+        raise bad(f"k must be between 1 and {settings.search_max_k}")
+    size = k if query.size is None else query.size
+    if not 0 <= size <= settings.search_max_k:
+        raise bad(f"size must be between 0 and {settings.search_max_k}")
+    if query.from_ < 0:
+        raise bad("from must be >= 0")
+    if not 0.0 <= query.image_weight <= 1.0:
+        raise bad("image_weight must be between 0 and 1")
+    if query.keyword_weight < 0:
+        raise bad("keyword_weight must be >= 0")
+    if query.rrf_k is not None and query.rrf_k < 1:
+        raise bad("rrf_k must be >= 1")
+    if query.shape == "keyword":
+        if query.from_ + size > MAX_RESULT_WINDOW:
+            raise bad(f"from + size must be <= {MAX_RESULT_WINDOW}; page deeper with search_after")
+        if query.search_after and query.from_:
+            raise bad("use either from or search_after, not both")
+    else:
+        if query.search_after:
+            raise bad("search_after pages keyword searches; page vector searches with from/size")
+        if query.sort != "relevance":
+            raise bad("sort applies to keyword searches only")
+    k_docs = min(k * settings.search_overfetch, MAX_NUM_CANDIDATES)
+    if query.num_candidates is None:
+        candidates = min(MAX_NUM_CANDIDATES, max(settings.search_num_candidates, 2 * k_docs))
+    elif k <= query.num_candidates <= MAX_NUM_CANDIDATES:
+        candidates = query.num_candidates
+    else:
+        raise bad(f"num_candidates must be between k ({k}) and {MAX_NUM_CANDIDATES}")
+    return Window(k, min(k_docs, candidates), candidates, query.from_, size)
+
+
+@dataclass(frozen=True)
+class ListPlan:
+    """One ranked list to run: its name (``image``, ``text``, ``image_text``, ``keyword``),
+    fusion weight and query."""
+
+    name: str
+    weight: float
+    query: KnnQuery | KeywordQuery
+
+
+def plan_lists(
+    query: SearchQuery,
+    window: Window,
+    *,
+    model_id: str,
+    visual_vector: Vector | None,
+    text_vector: Vector | None,
+) -> list[ListPlan]:
+    """The ranked lists of a vector search (every shape but ``keyword``) and their weights."""
+    text = query.clean_text
+    has_visual = visual_vector is not None
+    w = query.image_weight if has_visual and text else 1.0
+
+    def knn(vector: Vector) -> KnnQuery:
+        return KnnQuery(
+            vector, model_id, query.filters, window.k_docs, window.num_candidates, query.product
+        )
+
+    lists: list[ListPlan] = []
+    if visual_vector is not None and text_vector is not None and query.combine == "embedding":
+        combined = combine_vectors(visual_vector, text_vector, query.image_weight)
+        lists.append(ListPlan("image_text", 1.0, knn(combined)))
+    else:
+        if visual_vector is not None:
+            lists.append(ListPlan("image", w, knn(visual_vector)))
+        if text_vector is not None:
+            lists.append(ListPlan("text", 1.0 - w if has_visual else 1.0, knn(text_vector)))
+    if text and query.text_mode in ("hybrid", "keyword"):
+        weight = query.keyword_weight * (1.0 - w if has_visual else 1.0)
+        keyword = KeywordQuery(text, query.filters, model_id, 0, window.k, exclude=query.product)
+        lists.append(ListPlan("keyword", weight, keyword))
+    lists = [plan for plan in lists if plan.weight > 0]
+    if not lists:
+        raise QueryError("invalid_query", "every result list has weight 0")
+    return lists
+
+
+def needs_text_vector(query: SearchQuery) -> bool:
+    return bool(query.clean_text) and query.text_mode != "keyword" and query.shape != "keyword"
