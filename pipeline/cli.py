@@ -108,7 +108,9 @@ def init_index() -> None:
 
 @app.command()
 def worker(
-    concurrency: Annotated[int, typer.Option(help="Worker processes (each loads the model once).")] = 1,
+    concurrency: Annotated[
+        int, typer.Option(help="Worker processes (each loads the model once).")
+    ] = 1,
     pool: Annotated[str, typer.Option(help="Celery pool: prefork or solo.")] = "prefork",
     loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO",
     hostname: Annotated[str | None, typer.Option(help="Worker node name.")] = None,
@@ -140,21 +142,34 @@ def serve(
 # --------------------------------------------------------------------------- jobs
 
 
-def wait_with_progress(celery_app, job_ids: list[str], timeout_s: float) -> dict:
-    """Wait for jobs with a live progress bar of finished products; returns final statuses."""
+def import_with_progress(
+    settings: VitrineSettings, plan, *, batch_size: int, wait: bool, timeout_s: float
+):
+    """Run an import plan with a live progress bar (done products; enqueued and failed)."""
     from tqdm import tqdm
 
-    from workers.jobs import wait_for_jobs
+    from pipeline.importer import ImportProgress, run_import
+    from workers.app import create_celery
 
-    with tqdm(total=len(job_ids), unit="job", desc="embedding", file=sys.stderr) as bar:
+    with tqdm(total=len(plan.products), unit="product", desc="ingest", file=sys.stderr) as bar:
+        shown: list[tuple[int, int, int]] = []
 
-        def update(statuses: dict) -> None:
-            finished = [s for s in statuses.values() if s.finished]
-            if len(finished) != bar.n:
-                bar.set_postfix(failed=sum(1 for s in finished if s.state != "done"), refresh=False)
-                bar.update(len(finished) - bar.n)
+        def show(progress: ImportProgress) -> None:
+            state = (progress.enqueued, progress.done, progress.failed)
+            if shown and shown[-1] == state:
+                return
+            shown.append(state)
+            bar.set_postfix(enqueued=progress.enqueued, failed=progress.failed, refresh=False)
+            bar.update(progress.done - bar.n)
 
-        return wait_for_jobs(celery_app, job_ids, timeout_s=timeout_s, on_progress=update)
+        return run_import(
+            create_celery(settings),
+            plan,
+            batch_size=batch_size,
+            wait=wait,
+            timeout_s=timeout_s,
+            on_progress=show,
+        )
 
 
 @app.command()
@@ -179,14 +194,11 @@ def ingest(
     Exit status: 0 when every row was indexed (or, with --no-wait, enqueued), 1 when the file
     cannot be read, 2 when some rows were rejected or failed, or jobs were still running.
     """
-    from tqdm import tqdm
-
     from pipeline.catalogue import CatalogueError, summarise_rejections, write_reject_report
     from pipeline.images import ImageLimits
-    from pipeline.importer import ImportProgress, indexed_content_hashes, plan_import, run_import
+    from pipeline.importer import indexed_content_hashes, plan_import
     from pipeline.indexing import make_client
     from pipeline.storage import ImageStore
-    from workers.app import create_celery
 
     _setup_logging("WARNING")
     settings = _settings()
@@ -211,23 +223,9 @@ def ingest(
     if read.ignored_columns:
         typer.secho(f"ignored column(s): {', '.join(read.ignored_columns)}", fg="yellow")
 
-    with tqdm(total=len(plan.products), unit="product", desc="ingest", file=sys.stderr) as bar:
-
-        def show(progress: ImportProgress) -> None:
-            bar.set_postfix(enqueued=progress.enqueued, failed=progress.failed, refresh=False)
-            if progress.done != bar.n:
-                bar.update(progress.done - bar.n)
-            else:
-                bar.refresh()
-
-        result = run_import(
-            create_celery(settings),
-            plan,
-            batch_size=batch_size,
-            wait=wait,
-            timeout_s=timeout,
-            on_progress=show,
-        )
+    result = import_with_progress(
+        settings, plan, batch_size=batch_size, wait=wait, timeout_s=timeout
+    )
     report = write_reject_report(
         reject_report or catalogue.with_name(f"{catalogue.stem}.rejects.csv"), result.rejected
     )

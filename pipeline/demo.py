@@ -10,12 +10,13 @@ from pathlib import Path
 import typer
 
 from pipeline import services
-from pipeline.catalogue import read_catalogue
 from pipeline.encoders.open_clip_encoder import resolve_weights
-from pipeline.images import load_image
+from pipeline.images import ImageLimits, load_image
+from pipeline.importer import plan_import
 from pipeline.ingest import Ingestor
 from pipeline.query import Filters, knn_search_body, run_search
 from pipeline.settings import VitrineSettings
+from pipeline.storage import ImageStore
 from workers.process import worker_process
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,7 @@ def _print_hits(title: str, hits: list[dict]) -> None:
 
 
 def run_demo(settings: VitrineSettings, catalogue_path: Path) -> None:
-    from pipeline.cli import wait_with_progress
-    from workers.jobs import enqueue
+    from pipeline.cli import import_with_progress
 
     started = time.monotonic()
     typer.echo("1/5 local services")
@@ -57,21 +57,22 @@ def run_demo(settings: VitrineSettings, catalogue_path: Path) -> None:
     ingestor.ensure_index()
     typer.echo(f"    model_id {ingestor.encoder.model_id}; alias {settings.index_alias}")
 
-    catalogue = read_catalogue(catalogue_path)
-    typer.echo(f"3/5 worker; 4/5 enqueue {len(catalogue.products)} products from {catalogue_path}")
+    plan = plan_import(
+        catalogue_path,
+        store=ImageStore(settings.images_dir),
+        limits=ImageLimits.from_settings(settings),
+    )
+    typer.echo(f"3/5 worker; 4/5 enqueue {len(plan.products)} products from {catalogue_path}")
     worker_log = settings.home / "logs" / "demo-worker.log"
     worker_log.parent.mkdir(parents=True, exist_ok=True)
     typer.echo(f"    worker log: {worker_log}")
-    with worker_log.open("w") as log_file, worker_process(settings, output=log_file) as celery_app:
-        job_ids = enqueue(celery_app, catalogue.products, batch_size=8)
-        statuses = wait_with_progress(celery_app, job_ids, timeout_s=600)
-    results = [r for s in statuses.values() for r in s.results]
-    indexed = sum(1 for r in results if r["status"] == "indexed")
-    typer.echo(f"    indexed {indexed} of {len(results)} products")
+    with worker_log.open("w") as log_file, worker_process(settings, output=log_file):
+        result = import_with_progress(settings, plan, batch_size=8, wait=True, timeout_s=600)
+    typer.echo(f"    indexed {len(result.indexed)} of {len(plan.products)} products")
     ingestor.es.indices.refresh(index=settings.index_alias)
 
     typer.echo("5/5 queries")
-    probe = catalogue.products[0]
+    probe = plan.catalogue.products[0]
     vector = ingestor.encoder.embed_images([load_image(probe.images[0]).image])[0]
     model_id = ingestor.encoder.model_id
     body = knn_search_body(vector, model_id=model_id, k=5)

@@ -133,6 +133,7 @@ def search_template_source(name: str) -> str:
     return (
         source.replace("@filters@", "\n      ".join(partials["filters"]))
         .replace("@exclude@", "\n".join(partials["exclude"]))
+        .replace("@exact_rescore@", "\n".join(partials["exact_rescore"]))
         .replace("@facet_aggs@", json.dumps(partials["facet_aggs"]))
     )
 

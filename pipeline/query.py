@@ -96,6 +96,31 @@ def filter_clauses(filters: Filters, *, model_id: str | None = None) -> list[dic
     return clauses
 
 
+def exact_rescore(vector: Vector, *, window: int) -> dict[str, Any]:
+    """Re-score the retrieved documents with the exact float cosine, on kNN's (1 + cos) / 2 scale.
+
+    int8_hnsw ranks by quantised vectors, which can swap near-identical images; the float
+    vectors are still stored, so re-scoring the k hits restores the exact order cheaply.
+    """
+    script = "(cosineSimilarity(params.query_vector, 'image_vector') + 1.0) / 2.0"
+    return {
+        "window_size": window,
+        "query": {
+            "rescore_query": {
+                "script_score": {
+                    "query": {"match_all": {}},
+                    "script": {
+                        "source": script,
+                        "params": {"query_vector": [float(x) for x in vector]},
+                    },
+                }
+            },
+            "query_weight": 0.0,
+            "rescore_query_weight": 1.0,
+        },
+    }
+
+
 @dataclass(frozen=True)
 class ProductRef:
     merchant_id: str
@@ -150,6 +175,7 @@ class KnnQuery:
                 "num_candidates": self.candidates,
                 "filter": {"bool": bool_filter},
             },
+            "rescore": exact_rescore(self.vector, window=self.k),
             "size": self.k,
             "_source": SOURCE,
         }

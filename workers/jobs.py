@@ -31,7 +31,12 @@ class JobStatus:
         return self.state in ("done", "failed", "partially_failed")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "state": self.state, "results": self.results, "error": self.error}
+        return {
+            "job_id": self.job_id,
+            "state": self.state,
+            "results": self.results,
+            "error": self.error,
+        }
 
 
 def _description_key(job_id: str) -> str:
@@ -77,7 +82,9 @@ def enqueue(app: Celery, products: Sequence[Product], *, batch_size: int = 1) ->
 
 
 def enqueue_delete(app: Celery, merchant_id: str, product_id: str) -> str:
-    return _send(app, DELETE_TASK, [merchant_id, product_id], _describe([(merchant_id, product_id)]))
+    return _send(
+        app, DELETE_TASK, [merchant_id, product_id], _describe([(merchant_id, product_id)])
+    )
 
 
 def job_status(app: Celery, job_id: str) -> JobStatus:
@@ -97,7 +104,9 @@ def job_status(app: Celery, job_id: str) -> JobStatus:
         value = result.result
         results = value if isinstance(value, list) else [value]
         failed = sum(1 for r in results if r.get("status") == "failed")
-        verdict = "done" if not failed else "failed" if failed == len(results) else "partially_failed"
+        verdict = (
+            "done" if not failed else "failed" if failed == len(results) else "partially_failed"
+        )
         return JobStatus(job_id, verdict, results=results)
     return JobStatus(job_id, state.lower())
 

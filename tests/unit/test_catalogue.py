@@ -43,7 +43,13 @@ def test_invalid_and_duplicate_rows_are_rejected_with_row_and_reason(tmp_path):
 
 def test_jsonl_with_lists(tmp_path):
     path = tmp_path / "cat.jsonl"
-    row = {"product_id": 7, "merchant_id": "m", "title": "T", "tags": ["A"], "images": ["/a.jpg", "/b.jpg"]}
+    row = {
+        "product_id": 7,
+        "merchant_id": "m",
+        "title": "T",
+        "tags": ["A"],
+        "images": ["/a.jpg", "/b.jpg"],
+    }
     path.write_text(json.dumps(row) + "\n")
     [product] = read_catalogue(path).products
     assert product.product_id == "7" and product.tags == ["a"] and len(product.images) == 2

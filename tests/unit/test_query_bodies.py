@@ -11,6 +11,7 @@ from pipeline.query import (
     KnnQuery,
     ProductRef,
     ProductVectorQuery,
+    exact_rescore,
     filter_clauses,
     knn_search_body,
 )
@@ -89,10 +90,23 @@ def test_knn_body_filters_inside_knn_and_excludes_the_vector():
                 }
             },
         },
+        "rescore": exact_rescore([0.5, 0.25], window=30),
         "size": 30,
         "_source": {"excludes": ["image_vector"]},
     }
     assert "query" not in body  # no post-filtering
+
+
+def test_exact_rescore_replaces_the_quantised_knn_score_by_the_float_cosine():
+    rescore = exact_rescore([1.0, 0.0], window=7)
+    assert rescore["window_size"] == 7
+    assert (rescore["query"]["query_weight"], rescore["query"]["rescore_query_weight"]) == (
+        0.0,
+        1.0,
+    )
+    script = rescore["query"]["rescore_query"]["script_score"]["script"]
+    assert script["source"] == "(cosineSimilarity(params.query_vector, 'image_vector') + 1.0) / 2.0"
+    assert script["params"] == {"query_vector": [1.0, 0.0]}
 
 
 def test_knn_params_and_exclusion():
