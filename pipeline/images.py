@@ -168,7 +168,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 def _grey_to_l(img: Image.Image) -> Image.Image:
     """Scale 16/32-bit integer or float greyscale down to 8 bits instead of clipping at 255."""
     f = img.convert("F")
-    lo, hi = f.getextrema()
+    lo, hi = (float(v) for v in f.getextrema())  # type: ignore[arg-type]  # one band: (min, max)
     if img.mode.startswith("I;16") or (lo >= 0 and 255 < hi <= 65535):
         scale, offset = 255 / 65535, 0.0  # 16-bit samples (also 16-bit data held in mode "I")
     elif img.mode == "F" and lo >= 0 and hi <= 1:

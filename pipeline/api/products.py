@@ -219,18 +219,21 @@ async def _upsert(
     return body
 
 
+UPSERT_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    403: {"description": "metadata names another merchant"},
+    413: {"description": "body or image too large"},
+    415: {"description": "not a supported image (decoded), or wrong content type"},
+    422: {"description": "invalid metadata"},
+}
+
+
 @router.post(
     "/v1/products",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobAccepted,
     openapi_extra=UPLOAD_BODY,
-    responses={
-        **ERRORS,
-        403: {"description": "metadata names another merchant"},
-        413: {"description": "body or image too large"},
-        415: {"description": "not a supported image (decoded), or wrong content type"},
-        422: {"description": "invalid metadata"},
-    },
+    responses=UPSERT_ERRORS,
     summary="Create or replace a product; starts its embedding job",
 )
 async def create_product(
@@ -246,13 +249,7 @@ async def create_product(
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobAccepted,
     openapi_extra=UPLOAD_BODY,
-    responses={
-        **ERRORS,
-        403: {"description": "metadata names another merchant"},
-        413: {"description": "body or image too large"},
-        415: {"description": "not a supported image, or wrong content type"},
-        422: {"description": "invalid metadata"},
-    },
+    responses=UPSERT_ERRORS,
     summary="Replace a product (new metadata and/or images); starts its embedding job",
 )
 async def replace_product(
