@@ -300,6 +300,46 @@ def keys_list(
 
 
 @app.command()
+def enqueue(
+    products: Annotated[
+        Path, typer.Argument(help="JSON file (or - for stdin): one product object or a list.")
+    ],
+    batch_size: Annotated[int, typer.Option(help="Products per job (one forward pass).")] = 1,
+    wait: Annotated[bool, typer.Option(help="Wait for the jobs and print their results.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 600,
+) -> None:
+    """Start embedding jobs for products given as JSON, as an upload path does; prints job ids.
+
+    A product: {"product_id", "merchant_id", "title", "image" (URL or path), ...}; see README.
+    For catalogue files with validation and a reject report, use `vitrine ingest`.
+    """
+    from pydantic import TypeAdapter, ValidationError
+
+    from pipeline.documents import Product
+    from workers.app import create_celery
+    from workers.jobs import enqueue as enqueue_jobs
+    from workers.jobs import wait_for_jobs
+
+    raw = sys.stdin.read() if str(products) == "-" else products.read_text()
+    try:
+        data = json.loads(raw)
+        parsed = TypeAdapter(list[Product]).validate_python(
+            data if isinstance(data, list) else [data]
+        )
+    except (ValueError, ValidationError) as exc:
+        _fail(f"invalid products: {exc}")
+    celery_app = create_celery(_settings())
+    job_ids = enqueue_jobs(celery_app, parsed, batch_size=batch_size)
+    if not wait:
+        typer.echo("\n".join(job_ids))
+        return
+    statuses = wait_for_jobs(celery_app, job_ids, timeout_s=timeout)
+    typer.echo(json.dumps([s.to_dict() for s in statuses.values()], indent=2))
+    if any(s.state != "done" for s in statuses.values()):
+        raise typer.Exit(2)
+
+
+@app.command()
 def job(job_id: Annotated[str, typer.Argument(help="Job id printed by ingest.")]) -> None:
     """Show a job's state (queued, running, retrying, done, failed) and per-product results."""
     from workers.app import create_celery

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -222,3 +227,31 @@ def test_index_of_another_model_is_refused(es, settings, encoder):
     Ingestor(settings, es=es, encoder=encoder).ensure_index()
     with pytest.raises(indexing.IndexModelMismatch, match="re-embed"):
         indexing.ensure_indices(es, settings, "open_clip:other-model:x:32", 32)
+
+
+def test_enqueue_command_sends_products_as_json(worker, es, settings, tmp_path):
+    prefix = unique_prefix()
+    good = make_product(tmp_path, 700, prefix=prefix).model_dump()
+    bad = {**make_product(tmp_path, 701, prefix=prefix).model_dump(), "images": [str(tmp_path)]}
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "enqueue", "-", "--wait"],
+        input=json.dumps([good, bad]),
+        env={**os.environ, **settings.to_env()},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr  # one of the two jobs failed
+    statuses = {s["results"][0]["product_id"]: s for s in json.loads(result.stdout)}
+    assert statuses[good["product_id"]]["state"] == "done"
+    assert statuses[bad["product_id"]]["results"][0]["reason"] == "invalid_source"
+    assert len(_docs(es, settings, product_id=good["product_id"])) == 1
+
+    refused = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "enqueue", "-"],
+        input='{"product_id": "x"}',
+        env={**os.environ, **settings.to_env()},
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 1 and "invalid products" in refused.stderr
