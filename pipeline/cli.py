@@ -31,9 +31,15 @@ def _settings() -> VitrineSettings:
 
 
 def _setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "elastic_transport", "root", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    """Vitrine's own loggers at ``level``; libraries (HTTP clients, open_clip, which logs on the
+    root logger) only from warnings up."""
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for ours in ("pipeline", "workers"):
+        logging.getLogger(ours).setLevel(level)
+    # the ES client logs each retry with a traceback; the final error is reported once instead
+    logging.getLogger("elastic_transport").setLevel(logging.ERROR)
 
 
 def _fail(message: str) -> None:
@@ -367,12 +373,37 @@ def demo(
     """Run the whole path once: services, index, a real worker, the sample catalogue, a query."""
     from pipeline.demo import run_demo
 
-    _setup_logging("WARNING")
-    logging.getLogger("pipeline").setLevel(logging.INFO)
+    _setup_logging()
     run_demo(_settings(), catalogue)
 
 
 register_search(app, _settings)
 
+
+def main() -> None:
+    """Console entry point: known operational errors become one clear line, not a traceback."""
+    from elasticsearch import ConnectionError as ESConnectionError
+    from kombu.exceptions import OperationalError
+    from redis import ConnectionError as RedisConnectionError
+
+    from pipeline.encoders import EncoderError
+    from pipeline.indexing import IndexModelMismatch
+    from pipeline.services import ServiceError
+
+    hint = "`vitrine services start` starts local ones"
+    try:
+        app()
+    except (EncoderError, IndexModelMismatch, ServiceError) as exc:
+        message = str(exc)
+    except ESConnectionError as exc:
+        message = f"Elasticsearch is not reachable ({exc}); {hint}"
+    except (RedisConnectionError, OperationalError) as exc:
+        message = f"Redis is not reachable ({exc}); {hint}"
+    else:
+        return
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise SystemExit(1)
+
+
 if __name__ == "__main__":
-    app()
+    main()
