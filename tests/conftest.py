@@ -92,11 +92,16 @@ def celery_app(services, settings: VitrineSettings):
 
 
 @pytest.fixture(scope="session")
-def worker(es, settings: VitrineSettings, tmp_path_factory) -> Iterator:
+def worker_log(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("worker") / "worker.log"
+
+
+@pytest.fixture(scope="session")
+def worker(es, settings: VitrineSettings, worker_log: Path) -> Iterator:
     """A real worker process (prefork, one child) consuming this session's queue."""
     from workers.process import worker_process
 
-    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+    log_path = worker_log
     with log_path.open("w") as log:
         try:
             with worker_process(settings, output=log) as app:
