@@ -6,17 +6,13 @@ the request acts for: product ids in URLs and bodies are always that merchant's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, Response, status
+from fastapi import Depends, HTTPException, Response, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from redis import Redis
 
-from pipeline.api.app import ApiState, api_state
-from pipeline.apikeys import ApiKey, ApiKeyStore
-from pipeline.ratelimit import RateLimiter, RedisCounter
-from pipeline.storage import ImageStore
+from pipeline.api.app import ApiState, MerchantServices, api_state
+from pipeline.apikeys import ApiKey
 
 _api_key_header = APIKeyHeader(
     name="X-API-Key", auto_error=False, description="Merchant API key (`vitrine keys create`)."
@@ -24,37 +20,8 @@ _api_key_header = APIKeyHeader(
 _bearer = HTTPBearer(auto_error=False, description="The same API key as a bearer token.")
 
 
-@dataclass
-class MerchantServices:
-    """What the merchant routes share: Redis-backed keys and limits, the image store."""
-
-    keys: ApiKeyStore
-    limiter: RateLimiter
-    store: ImageStore
-
-    @classmethod
-    def from_state(cls, state: ApiState) -> MerchantServices:
-        settings = state.settings
-        redis = Redis.from_url(settings.redis_url, socket_timeout=5)
-        return cls(
-            keys=ApiKeyStore(redis, settings.redis_prefix),
-            limiter=RateLimiter(
-                RedisCounter(redis),
-                limit=settings.upload_rate_limit,
-                window_s=settings.upload_rate_window_s,
-                prefix=settings.redis_prefix,
-            ),
-            store=ImageStore(settings.images_dir),
-        )
-
-
-def merchant_services(request: Request) -> MerchantServices:
-    """Created on first use and kept on the app (creating two by a race is harmless)."""
-    services = getattr(request.app.state, "merchant_services", None)
-    if services is None:
-        services = MerchantServices.from_state(request.app.state.vitrine)
-        request.app.state.merchant_services = services
-    return services
+def merchant_services(state: Annotated[ApiState, Depends(api_state)]) -> MerchantServices:
+    return state.merchant_services
 
 
 def current_key(

@@ -214,13 +214,8 @@ def _query_image(
     return None
 
 
-def get_searcher(request: Request, state: Annotated[ApiState, Depends(api_state)]) -> Searcher:
-    """One ``Searcher`` per application (it caches the index's model for a few seconds)."""
-    searcher = getattr(request.app.state, "vitrine_searcher", None)
-    if searcher is None:
-        searcher = Searcher(state.settings, state.es, state.get_encoder)
-        request.app.state.vitrine_searcher = searcher
-    return searcher
+def get_searcher(state: Annotated[ApiState, Depends(api_state)]) -> Searcher:
+    return state.searcher
 
 
 async def _call(function: Any, *args: Any) -> Any:
@@ -305,7 +300,7 @@ async def search(
 ) -> dict[str, Any]:
     """Every query shape with filters applied inside kNN, fusion (RRF or linear), one hit per
     product, from/size over the fused list (``search_after`` for keyword searches), facets and
-    explanations. See ``SearchRequest`` for the fields and ``docs/frontend-search.md`` for the
+    explanations. See ``SearchRequest`` for the fields and the README's frontend section for the
     equivalent stored-template calls."""
     fields, upload = await _read_body(request, state)
     if "request" in fields:  # multipart: the SearchRequest as a JSON field

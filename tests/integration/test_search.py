@@ -295,7 +295,7 @@ def test_templates_render_exactly_the_python_bodies(es, settings, cat, encoder):
 
 def run_like_a_frontend(es, settings, result) -> list[dict]:
     """Reproduce a search from its template calls only: run them, then de-duplicate and fuse
-    as docs/frontend-search.md tells frontend developers to."""
+    as the README's frontend section tells frontend developers to."""
     lists, vector = [], None
     for call in result.requests:
         params = dict(call["params"])
