@@ -56,10 +56,7 @@ def services_install() -> None:
     from pipeline import services
 
     _setup_logging()
-    try:
-        services.install_all(_settings())
-    except services.ServiceError as exc:
-        _fail(str(exc))
+    services.install_all(_settings())
 
 
 @services_app.command("start")
@@ -68,11 +65,8 @@ def services_start() -> None:
     from pipeline import services
 
     _setup_logging()
-    try:
-        for status in services.start_all(_settings()):
-            typer.echo(f"{status.name}: running, {status.detail}")
-    except services.ServiceError as exc:
-        _fail(str(exc))
+    for status in services.start_all(_settings()):
+        typer.echo(f"{status.name}: running, {status.detail}")
 
 
 @services_app.command("stop")
@@ -158,13 +152,13 @@ def import_with_progress(
     from workers.app import create_celery
 
     with tqdm(total=len(plan.products), unit="product", desc="ingest", file=sys.stderr) as bar:
-        shown: list[tuple[int, int, int]] = []
+        last_shown: list[tuple[int, int, int]] = [(-1, -1, -1)]
 
         def show(progress: ImportProgress) -> None:
             state = (progress.enqueued, progress.done, progress.failed)
-            if shown and shown[-1] == state:
+            if state == last_shown[0]:
                 return
-            shown.append(state)
+            last_shown[0] = state
             bar.set_postfix(enqueued=progress.enqueued, failed=progress.failed, refresh=False)
             bar.update(progress.done - bar.n)
 
@@ -346,7 +340,9 @@ def enqueue(
 
 
 @app.command()
-def job(job_id: Annotated[str, typer.Argument(help="Job id printed by ingest.")]) -> None:
+def job(
+    job_id: Annotated[str, typer.Argument(help="Job id printed by enqueue or ingest.")],
+) -> None:
     """Show a job's state (queued, running, retrying, done, failed) and per-product results."""
     from workers.app import create_celery
     from workers.jobs import job_status

@@ -62,10 +62,6 @@ class Product(BaseModel):
         return category.strip().lower() or None if category else None
 
     @property
-    def key(self) -> str:
-        return f"{self.merchant_id}/{self.product_id}"
-
-    @property
     def content_hash(self) -> str:
         """SHA-256 of the product as sent (metadata and image references, canonical JSON).
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -96,7 +97,12 @@ def filter_clauses(filters: Filters, *, model_id: str | None = None) -> list[dic
     return clauses
 
 
-def exact_rescore(vector: Vector, *, window: int) -> dict[str, Any]:
+def as_floats(vector: Vector) -> list[float]:
+    """A query vector as JSON-ready Python floats (a list, or an encoder's output row)."""
+    return [float(x) for x in vector]
+
+
+def exact_rescore(vector: list[float], *, window: int) -> dict[str, Any]:
     """Re-score the retrieved documents with the exact float cosine, on kNN's (1 + cos) / 2 scale.
 
     int8_hnsw ranks by quantised vectors, which can swap near-identical images; the float
@@ -111,7 +117,7 @@ def exact_rescore(vector: Vector, *, window: int) -> dict[str, Any]:
                     "query": {"match_all": {}},
                     "script": {
                         "source": script,
-                        "params": {"query_vector": [float(x) for x in vector]},
+                        "params": {"query_vector": vector},
                     },
                 }
             },
@@ -157,6 +163,10 @@ class KnnQuery:
     def candidates(self) -> int:
         return self.num_candidates or min(MAX_NUM_CANDIDATES, max(100, 10 * self.k))
 
+    @cached_property
+    def query_vector(self) -> list[float]:
+        return as_floats(self.vector)
+
     @property
     def template(self) -> str:
         return "more-like-this" if self.exclude else "knn"
@@ -170,19 +180,19 @@ class KnnQuery:
         return {
             "knn": {
                 "field": VECTOR_FIELD,
-                "query_vector": [float(x) for x in self.vector],
+                "query_vector": self.query_vector,
                 "k": self.k,
                 "num_candidates": self.candidates,
                 "filter": {"bool": bool_filter},
             },
-            "rescore": exact_rescore(self.vector, window=self.k),
+            "rescore": exact_rescore(self.query_vector, window=self.k),
             "size": self.k,
             "_source": SOURCE,
         }
 
     def template_params(self) -> dict[str, Any]:
         params: dict[str, Any] = {
-            "query_vector": [float(x) for x in self.vector],
+            "query_vector": self.query_vector,
             "model_id": self.model_id,
             "k": self.k,
             "num_candidates": self.candidates,

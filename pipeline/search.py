@@ -27,7 +27,7 @@ from pipeline.fusion import (
     fuse,
     single,
 )
-from pipeline.query import KeywordQuery, ProductRef, ProductVectorQuery, Vector
+from pipeline.query import KeywordQuery, ProductRef, ProductVectorQuery, Vector, as_floats
 from pipeline.search_plan import (
     ListPlan,
     QueryError,
@@ -198,7 +198,7 @@ class Searcher:
         else:
             vector, kind = (image_vec, "image") if image_vec is not None else (text_vec, "text")
         assert vector is not None
-        return Embedding(encoder.model_id, encoder.dim, [float(x) for x in vector], kind)
+        return Embedding(encoder.model_id, encoder.dim, as_floats(vector), kind)
 
     def product_vector(self, product: ProductRef, info: IndexInfo, run: _Run) -> list[float]:
         lookup = ProductVectorQuery(product, info.model_id)

@@ -51,11 +51,11 @@ def _describe(products: Sequence[tuple[str, str]]) -> dict[str, Any]:
 
 
 def _send(app: Celery, task: str, args: list, description: dict) -> str:
-    """Send a task under a fresh job id. The description is stored twice: as the QUEUED result
-    (replaced once the task starts) and under its own key, kept as long as results are, so that
-    ``job_description`` can tell whose job it is in every state."""
+    """Send a task under a fresh job id, marked QUEUED before it is sent. The description is
+    stored under its own key, kept as long as results are, so that ``job_description`` can tell
+    whose job it is in every state."""
     job_id = str(uuid.uuid4())
-    app.backend.store_result(job_id, description, QUEUED)
+    app.backend.store_result(job_id, None, QUEUED)
     app.backend.set(_description_key(job_id), json.dumps(description))
     app.send_task(task, args=args, task_id=job_id, queue=app.vitrine_settings.queue)
     return job_id
