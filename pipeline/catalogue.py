@@ -18,6 +18,7 @@ import pandas as pd
 from pydantic import ValidationError
 
 from pipeline.documents import Product
+from pipeline.images import is_http_url
 
 REQUIRED_COLUMNS = ("product_id", "merchant_id", "title")
 LIST_SEPARATOR = "|"
@@ -117,7 +118,7 @@ def _as_list(value: Any) -> list[str]:
 
 
 def _resolve_image(image: str, base: Path) -> str:
-    if image.startswith(("http://", "https://")) or Path(image).is_absolute():
+    if is_http_url(image) or Path(image).is_absolute():
         return image
     return str((base / image).resolve())
 

@@ -182,6 +182,11 @@ def _grey_to_l(img: Image.Image) -> Image.Image:
     return f.point(lambda v: v * scale + (offset + 0.5)).convert("L")
 
 
+def is_http_url(source: str) -> bool:
+    """An http(s) URL (any case): the only kind of URL an image is fetched from."""
+    return source.lower().startswith(("http://", "https://"))
+
+
 def read_image_bytes(
     source: str | os.PathLike[str],
     limits: ImageLimits = DEFAULT_LIMITS,

@@ -14,7 +14,7 @@ from elasticsearch import Elasticsearch, NotFoundError
 from pydantic import ValidationError
 
 from pipeline.documents import Product
-from pipeline.images import ImageLimits, decode_image
+from pipeline.images import ImageLimits, decode_image, is_http_url
 from pipeline.mappings import product_documents_query
 from pipeline.storage import ImageStore, StoredImage
 
@@ -51,7 +51,7 @@ def _url_images(metadata: dict[str, Any]) -> tuple[list[Any], list[dict[str, Any
     urls = value if isinstance(value, list) else [value]
     errors = []
     for i, url in enumerate(urls):
-        if not (isinstance(url, str) and url.lower().startswith(("http://", "https://"))):
+        if not (isinstance(url, str) and is_http_url(url)):
             loc = (field, i) if isinstance(value, list) else (field,)
             errors.append(
                 _error(loc, "must be an http(s) URL; upload image files as multipart 'image' parts")
@@ -85,7 +85,7 @@ def validate_metadata(
     errors += url_errors
     for key in ("image_url", "image", "images"):
         payload.pop(key, None)
-    urls = [u for u in urls if isinstance(u, str) and u.lower().startswith(("http://", "https://"))]
+    urls = [u for u in urls if isinstance(u, str) and is_http_url(u)]
     payload["images"] = [_PENDING.format(i) for i in range(files)] + urls
     if not payload["images"] and not url_errors:
         errors.append(
@@ -194,7 +194,7 @@ def product_view(sources: list[dict[str, Any]]) -> dict[str, Any]:
             "image_index": s.get("image_index"),
             "image_sha256": s.get("image_sha256"),
             "image_url": f"/v1/images/{s['image_sha256']}"
-            if not str(s.get("image_url", "")).startswith(("http://", "https://"))
+            if not is_http_url(str(s.get("image_url", "")))
             else s["image_url"],
             "width": s.get("width"),
             "height": s.get("height"),

@@ -43,7 +43,14 @@ from pipeline.api.search_models import (
     SearchResponse,
 )
 from pipeline.encoders import EncoderError
-from pipeline.images import ImageError, ImageLimits, Reason, decode_image, load_image
+from pipeline.images import (
+    ImageError,
+    ImageLimits,
+    Reason,
+    decode_image,
+    is_http_url,
+    load_image,
+)
 from pipeline.query import Filters, ProductRef
 from pipeline.search import Searcher
 from pipeline.search_plan import QueryError, SearchQuery
@@ -197,7 +204,7 @@ def _query_image(
         if upload is not None:  # an empty file part is an empty image, not "no image"
             return decode_image(upload, limits).image
         if url:
-            if not url.lower().startswith(("http://", "https://")):
+            if not is_http_url(url):
                 raise ImageError(Reason.INVALID_SOURCE, "image_url must be an http(s) URL")
             return load_image(url, limits).image
         if b64:
