@@ -126,9 +126,11 @@ def plan_import(
         else:
             plan.products.append(stored)
     if indexed_hashes is not None and plan.products:
-        known = indexed_hashes([p.content_hash for p in plan.products])
-        plan.unchanged = [p for p in plan.products if p.content_hash in known]
-        plan.products = [p for p in plan.products if p.content_hash not in known]
+        hashes = [p.content_hash for p in plan.products]
+        known = indexed_hashes(hashes)
+        candidates = list(zip(plan.products, hashes, strict=True))
+        plan.unchanged = [p for p, h in candidates if h in known]
+        plan.products = [p for p, h in candidates if h not in known]
     return plan
 
 

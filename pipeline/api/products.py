@@ -204,16 +204,29 @@ async def _upsert(
             raise _image_http_error(i, exc) from exc
     product = uploads.attach_images(product, stored)
     [job_id] = await run_in_threadpool(enqueue, state.celery, [product])
-    body = JobAccepted(
-        job_id=job_id,
-        status_url=f"/v1/jobs/{job_id}",
-        merchant_id=product.merchant_id,
-        product_id=product.product_id,
+    return _accepted(
+        response,
+        job_id,
+        product.merchant_id,
+        product.product_id,
         images=[
             StoredImageOut(sha256=s.sha256, url=f"/v1/images/{s.sha256}", stored=s.created)
             for s in stored
         ],
         image_urls=product.images[len(stored) :],
+    )
+
+
+def _accepted(
+    response: Response, job_id: str, merchant_id: str, product_id: str, **extra: Any
+) -> JobAccepted:
+    """The 202 answer: the job id, where to follow it (body and ``Location``), and ``extra``."""
+    body = JobAccepted(
+        job_id=job_id,
+        status_url=f"/v1/jobs/{job_id}",
+        merchant_id=merchant_id,
+        product_id=product_id,
+        **extra,
     )
     response.headers["Location"] = body.status_url
     return body
@@ -279,13 +292,7 @@ def delete_product(
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no indexed product {product_id!r}")
     job_id = enqueue_delete(state.celery, key.merchant_id, product_id)
-    response.headers["Location"] = f"/v1/jobs/{job_id}"
-    return JobAccepted(
-        job_id=job_id,
-        status_url=f"/v1/jobs/{job_id}",
-        merchant_id=key.merchant_id,
-        product_id=product_id,
-    )
+    return _accepted(response, job_id, key.merchant_id, product_id)
 
 
 @router.get(
