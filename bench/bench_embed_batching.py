@@ -12,12 +12,12 @@ from pathlib import Path
 
 import torch
 
+from pipeline.dev.samples import product_image
 from pipeline.encoders.open_clip_encoder import (
     OpenClipEncoder,
     create_random_checkpoint,
     resolve_weights,
 )
-from pipeline.samples import product_image
 from pipeline.settings import VitrineSettings
 
 

@@ -13,13 +13,13 @@ import time
 import uuid
 from pathlib import Path
 
+from pipeline.dev.samples import COLOURS, product_image
+from pipeline.dev.worker_process import worker_process
 from pipeline.documents import Product
 from pipeline.encoders.open_clip_encoder import create_random_checkpoint
-from pipeline.indexing import make_client
-from pipeline.samples import COLOURS, product_image
+from pipeline.es.client import make_client
+from pipeline.jobs import enqueue, wait_for_jobs
 from pipeline.settings import VitrineSettings
-from workers.jobs import enqueue, wait_for_jobs
-from workers.process import worker_process
 
 
 def products(directory: Path, count: int, run: str) -> list[Product]:

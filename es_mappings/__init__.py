@@ -1,1 +1,1 @@
-"""Elasticsearch and Kibana definitions as data files; read them with ``pipeline.mappings``."""
+"""Elasticsearch and Kibana definitions as data files; read them with ``pipeline.es.mappings``."""

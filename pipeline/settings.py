@@ -46,8 +46,11 @@ class VitrineSettings(BaseSettings):
     task_soft_time_limit_s: int = 300
     task_time_limit_s: int = 360
     task_max_retries: int = 5
-    task_retry_backoff_s: float = Field(
-        2.0, description="First retry delay; doubles per attempt (capped at 300 s), with jitter."
+    task_retry_backoff_s: int = Field(
+        2,
+        ge=1,
+        description="Back-off factor in whole seconds (Celery's retry_backoff): the n-th retry "
+        "waits a random 0..factor*2^n seconds (full jitter), capped at 300 s.",
     )
 
     # Model

@@ -1,7 +1,7 @@
 """Shared fixtures.
 
 Unit tests use none of the services. Integration tests (``tests/integration``) get a real local
-Elasticsearch and Redis (started through ``pipeline.services``, as ``vitrine services start``
+Elasticsearch and Redis (started through ``pipeline.dev.services``, as ``vitrine services start``
 does), a tiny random-initialised open_clip checkpoint loaded through the real
 ``pretrained=<path>`` path, and a real ``vitrine worker`` process. Names (alias, errors index,
 queue) are unique per test session, so sessions never see each other's data.
@@ -46,7 +46,7 @@ def settings(session_id: str, tiny_checkpoint: Path, tmp_path_factory) -> Vitrin
         min_image_side=64,
         batch_size=8,
         task_max_retries=2,
-        task_retry_backoff_s=0.2,
+        task_retry_backoff_s=1,
         image_fetch_timeout_s=2.0,
         image_max_bytes=2 * 1024 * 1024,
         image_max_pixels=4_000_000,
@@ -56,16 +56,17 @@ def settings(session_id: str, tiny_checkpoint: Path, tmp_path_factory) -> Vitrin
 
 @pytest.fixture(scope="session")
 def services(settings: VitrineSettings) -> None:
-    from pipeline import services as local_services
+    from pipeline.dev import services as local_services
 
     local_services.start_all(settings)
 
 
 @pytest.fixture(scope="session")
 def es(services, settings: VitrineSettings) -> Iterator:
-    from pipeline import indexing, mappings
+    from pipeline.es import mappings
+    from pipeline.es.client import make_client
 
-    client = indexing.make_client(settings)
+    client = make_client(settings)
     yield client
     created = list(client.indices.get(index=f"{settings.index_alias}-*", expand_wildcards="all"))
     for index in [*created, settings.errors_index]:
@@ -86,7 +87,7 @@ def encoder(settings: VitrineSettings):
 
 @pytest.fixture(scope="session")
 def celery_app(services, settings: VitrineSettings):
-    from workers.app import create_celery
+    from pipeline.jobs import create_celery
 
     return create_celery(settings)
 
@@ -99,7 +100,7 @@ def worker_log(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def worker(es, settings: VitrineSettings, worker_log: Path) -> Iterator:
     """A real worker process (prefork, one child) consuming this session's queue."""
-    from workers.process import worker_process
+    from pipeline.dev.worker_process import worker_process
 
     log_path = worker_log
     with log_path.open("w") as log:

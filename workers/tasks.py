@@ -9,24 +9,30 @@ and returned in the job result.
 from __future__ import annotations
 
 import logging
-import random
 import threading
-from typing import Any
+from typing import Any, cast
 
-from celery import Task
-from celery.signals import worker_process_init
+from celery import Task, current_app, shared_task
+from celery.signals import after_setup_logger, worker_process_init
+from celery.utils.time import get_exponential_backoff_interval
 from elasticsearch import ApiError, TransportError
 from pydantic import ValidationError
 
-from pipeline import indexing
 from pipeline.documents import Product
-from pipeline.ingest import FAILED, Ingestor, ProductResult
-from workers.app import app
+from pipeline.es import indexing
+from pipeline.ingest.ingestor import FAILED, Ingestor, ProductResult
+from pipeline.jobs import DELETE_TASK, INDEX_TASK, VitrineCelery
+from pipeline.settings import VitrineSettings
 
 log = logging.getLogger(__name__)
+MAX_BACKOFF_S = 300
 
 _ingestor: Ingestor | None = None
 _ingestor_lock = threading.Lock()
+
+
+def _settings(app: Any) -> VitrineSettings:
+    return cast(VitrineCelery, app).settings
 
 
 def ingestor() -> Ingestor:
@@ -34,7 +40,7 @@ def ingestor() -> Ingestor:
     global _ingestor
     with _ingestor_lock:
         if _ingestor is None:
-            _ingestor = Ingestor(app.vitrine_settings)
+            _ingestor = Ingestor(_settings(current_app))
         return _ingestor
 
 
@@ -44,9 +50,29 @@ def _load_model_after_fork(**_: Any) -> None:
     ingestor().load_model()
 
 
-def _countdown(task: Task) -> float:
-    base = app.vitrine_settings.task_retry_backoff_s * 2**task.request.retries
-    return min(base, 300.0) * random.uniform(0.8, 1.2)
+@after_setup_logger.connect
+def _quiet_http_clients(**_: object) -> None:
+    """Keep worker logs about products, not about every HTTP request to Elasticsearch."""
+    for name in ("elastic_transport", "httpx"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _can_retry(task: Task) -> bool:
+    return bool(task.request.retries < _settings(task.app).task_max_retries)
+
+
+def _retry(task: Task, **kwargs: Any) -> Exception:
+    """Celery's retry with exponential back-off and full jitter, bounded by the settings."""
+    settings = _settings(task.app)
+    countdown = get_exponential_backoff_interval(
+        factor=settings.task_retry_backoff_s,
+        retries=task.request.retries,
+        maximum=MAX_BACKOFF_S,
+        full_jitter=True,
+    )
+    return cast(
+        Exception, task.retry(countdown=countdown, max_retries=settings.task_max_retries, **kwargs)
+    )
 
 
 def _is_transient_es_error(exc: Exception) -> bool:
@@ -79,39 +105,35 @@ def _ingest(task: Task, payloads: list[dict], done: list[dict]) -> list[dict]:
     try:
         results += runtime.ingest(products) if products else []
     except Exception as exc:
-        if _is_transient_es_error(exc) and task.request.retries < task.max_retries:
+        if _is_transient_es_error(exc) and _can_retry(task):
             log.warning("job %s: Elasticsearch unavailable (%s), retrying", task.request.id, exc)
-            raise task.retry(exc=exc, countdown=_countdown(task)) from exc
+            raise _retry(task, exc=exc) from exc
         raise
     transient = {
         (r.merchant_id, r.product_id) for r in results if r.status == FAILED and r.transient
     }
-    if transient and task.request.retries < task.max_retries:
+    if transient and _can_retry(task):
         finished = [r.to_dict() for r in results if (r.merchant_id, r.product_id) not in transient]
         retry_payloads = [p for p in products if (p.merchant_id, p.product_id) in transient]
         log.warning(
             "job %s: transient failure for %d product(s), retrying", task.request.id, len(transient)
         )
-        raise task.retry(
+        raise _retry(
+            task,
             args=[[p.model_dump() for p in retry_payloads]],
             kwargs={"done": done + finished},
-            countdown=_countdown(task),
         )
     runtime.record_failures(results, job_id=task.request.id, attempts=task.request.retries + 1)
     return done + [r.to_dict() for r in results]
 
 
-@app.task(
-    bind=True, name="vitrine.index_products", max_retries=app.vitrine_settings.task_max_retries
-)
+@shared_task(bind=True, name=INDEX_TASK)
 def index_products(self: Task, products: list[dict], done: list[dict] | None = None) -> list[dict]:
     """Embed and index several products in one forward pass; one result per product."""
     return _ingest(self, products, done or [])
 
 
-@app.task(
-    bind=True, name="vitrine.delete_product", max_retries=app.vitrine_settings.task_max_retries
-)
+@shared_task(bind=True, name=DELETE_TASK)
 def delete_product(self: Task, merchant_id: str, product_id: str) -> dict:
     """Remove every document of a product."""
     runtime = ingestor()
@@ -119,7 +141,7 @@ def delete_product(self: Task, merchant_id: str, product_id: str) -> dict:
         deleted = indexing.delete_product(runtime.es, runtime.settings, merchant_id, product_id)
     except Exception as exc:
         if _is_transient_es_error(exc):
-            raise self.retry(exc=exc, countdown=_countdown(self)) from exc
+            raise _retry(self, exc=exc) from exc
         raise
     log.info("deleted product %s/%s (%d documents)", merchant_id, product_id, deleted)
     return {

@@ -11,8 +11,8 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Response, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from pipeline.api.app import ApiState, MerchantServices, api_state
-from pipeline.apikeys import ApiKey
+from pipeline.api.deps import Services
+from pipeline.merchants.apikeys import ApiKey
 
 _api_key_header = APIKeyHeader(
     name="X-API-Key", auto_error=False, description="Merchant API key (`vitrine keys create`)."
@@ -20,12 +20,8 @@ _api_key_header = APIKeyHeader(
 _bearer = HTTPBearer(auto_error=False, description="The same API key as a bearer token.")
 
 
-def merchant_services(state: Annotated[ApiState, Depends(api_state)]) -> MerchantServices:
-    return state.merchant_services
-
-
 def current_key(
-    services: Annotated[MerchantServices, Depends(merchant_services)],
+    services: Services,
     api_key: Annotated[str | None, Depends(_api_key_header)] = None,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
 ) -> ApiKey:
@@ -50,7 +46,7 @@ def current_key(
 def write_allowance(
     response: Response,
     key: Annotated[ApiKey, Depends(current_key)],
-    services: Annotated[MerchantServices, Depends(merchant_services)],
+    services: Services,
 ) -> ApiKey:
     """Count a write (upload, change, delete) against the key's rate limit; 429 when over."""
     decision = services.limiter.hit(key.key_id)
@@ -72,5 +68,3 @@ def write_allowance(
 
 Merchant = Annotated[ApiKey, Depends(current_key)]
 Writer = Annotated[ApiKey, Depends(write_allowance)]
-State = Annotated[ApiState, Depends(api_state)]
-Services = Annotated[MerchantServices, Depends(merchant_services)]

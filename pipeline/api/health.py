@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from pipeline.api.app import ApiState, api_state
+from pipeline.api.deps import ApiState, State
 
 router = APIRouter(tags=["operations"])
 
@@ -37,7 +35,7 @@ def _check(state: ApiState) -> dict[str, dict]:
 
 
 @router.get("/healthz", summary="Reachability of Elasticsearch, Redis and the workers")
-async def healthz(state: Annotated[ApiState, Depends(api_state)]) -> JSONResponse:
+async def healthz(state: State) -> JSONResponse:
     checks = await run_in_threadpool(_check, state)
     ok = all(c["ok"] for c in checks.values())
     return JSONResponse({"ok": ok, "checks": checks}, status_code=200 if ok else 503)

@@ -18,13 +18,14 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from pipeline import uploads
-from pipeline.api.auth import Merchant, Services, State, Writer
-from pipeline.apikeys import ApiKey
+from pipeline.api.auth import Merchant, Writer
+from pipeline.api.deps import Services, State
 from pipeline.documents import ID_PATTERN
 from pipeline.images import ImageError, ImageLimits, Reason
+from pipeline.jobs import enqueue, enqueue_delete, job_description, job_status
+from pipeline.merchants import uploads
+from pipeline.merchants.apikeys import ApiKey
 from pipeline.storage import SHA256_PATTERN
-from workers.jobs import enqueue, enqueue_delete, job_description, job_status
 
 router = APIRouter(tags=["merchant upload API"])
 

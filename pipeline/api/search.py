@@ -22,18 +22,18 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Annotated, Any
+from typing import Any
 
 from elasticsearch import ApiError, TransportError
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from PIL import Image
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from pipeline.api.app import ApiState, api_state
-from pipeline.api.search_models import (
+from pipeline.api.deps import ApiState, SearcherDep, State
+from pipeline.api.models import (
     EMBED_EXAMPLES,
     SEARCH_EXAMPLES,
     EmbedRequest,
@@ -51,9 +51,8 @@ from pipeline.images import (
     is_http_url,
     load_image,
 )
-from pipeline.query import Filters, ProductRef
-from pipeline.search import Searcher
-from pipeline.search_plan import QueryError, SearchQuery
+from pipeline.search.plan import QueryError, SearchQuery
+from pipeline.search.query import Filters, ProductRef
 
 router = APIRouter(prefix="/v1", tags=["search"])
 
@@ -221,10 +220,6 @@ def _query_image(
     return None
 
 
-def get_searcher(state: Annotated[ApiState, Depends(api_state)]) -> Searcher:
-    return state.searcher
-
-
 async def _call(function: Any, *args: Any) -> Any:
     try:
         return await run_in_threadpool(function, *args)
@@ -245,8 +240,8 @@ async def _call(function: Any, *args: Any) -> Any:
 )
 async def embed(
     request: Request,
-    state: Annotated[ApiState, Depends(api_state)],
-    searcher: Annotated[Searcher, Depends(get_searcher)],
+    state: State,
+    searcher: SearcherDep,
 ) -> EmbedResponse:
     """Embed a query image (``image`` file, ``image_url`` or ``image_base64``) and/or ``text``
     with the API's model. With both, the vector is ``normalise(w*image + (1-w)*text)`` with
@@ -302,8 +297,8 @@ def to_query(body: SearchRequest, image: Image.Image | None) -> SearchQuery:
 )
 async def search(
     request: Request,
-    state: Annotated[ApiState, Depends(api_state)],
-    searcher: Annotated[Searcher, Depends(get_searcher)],
+    state: State,
+    searcher: SearcherDep,
 ) -> dict[str, Any]:
     """Every query shape with filters applied inside kNN, fusion (RRF or linear), one hit per
     product, from/size over the fused list (``search_after`` for keyword searches), facets and

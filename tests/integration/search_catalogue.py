@@ -14,8 +14,8 @@ from typing import Any
 
 from pipeline.documents import Product
 from pipeline.images import load_image
-from pipeline.ingest import Ingestor
-from pipeline.query import Filters
+from pipeline.ingest.ingestor import Ingestor
+from pipeline.search.query import Filters
 from tests.integration.helpers import near_duplicate, pattern_image
 
 # name: (merchant a|b, image seeds, title, description, tags, category, price, currency, in stock)

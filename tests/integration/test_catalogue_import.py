@@ -13,9 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app as cli
+from pipeline.jobs import wait_for_jobs
 from pipeline.storage import ImageStore
 from tests.integration.helpers import ImageServer, pattern_image, unique_prefix, write_image
-from workers.jobs import wait_for_jobs
 
 COLUMNS = ["product_id", "merchant_id", "title", "price", "in_stock", "tags", "image"]
 

@@ -27,9 +27,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline import mappings
+from pipeline.es import mappings
 from pipeline.images import ImageLimits
-from pipeline.importer import plan_import, run_import
+from pipeline.ingest.importer import plan_import, run_import
 from pipeline.storage import ImageStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,7 +64,7 @@ def page_settings(settings):
 
 @pytest.fixture(scope="module")
 def demo_catalogue(page_settings, es, tmp_path_factory) -> Path:
-    from workers.process import worker_process
+    from pipeline.dev.worker_process import worker_process
 
     directory = tmp_path_factory.mktemp("page-catalogue")
     with (SAMPLES / "catalogue.csv").open(newline="") as fh:

@@ -10,11 +10,17 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline import indexing
+from pipeline.es import indexing
 from pipeline.images import load_image
-from pipeline.query import Filters, knn_search_body, run_search
+from pipeline.jobs import enqueue, enqueue_delete, job_status, wait_for_jobs
+from pipeline.search.query import Filters, KnnQuery
 from tests.integration.helpers import make_product, unique_prefix, write_image
-from workers.jobs import enqueue, enqueue_delete, job_status, wait_for_jobs
+
+
+def run_search(es, index: str, body: dict) -> list[dict]:
+    """Hits of a search body as ``{"_id", "_score", **_source}``."""
+    hits = es.search(index=index, **body)["hits"]["hits"]
+    return [{"_id": h["_id"], "_score": h["_score"], **h["_source"]} for h in hits]
 
 
 def _docs(es, settings, **terms) -> list[dict]:
@@ -65,7 +71,7 @@ def test_knn_with_own_image_returns_product_first(worker, es, settings, encoder,
     es.indices.refresh(index=settings.index_alias)
     for product in products:
         vector = encoder.embed_images([load_image(product.images[0]).image])[0]
-        body = knn_search_body(vector, model_id=encoder.model_id, k=3, filters=Filters())
+        body = KnnQuery(vector, encoder.model_id, Filters(), 3).body()
         hits = run_search(es, settings.index_alias, body)
         assert hits[0]["product_id"] == product.product_id
 
@@ -110,7 +116,7 @@ def test_keyword_filters_are_applied_inside_knn(
     es.indices.refresh(index=settings.index_alias)
     # query with product 3's image: the nearest vector must still be excluded if it does not match
     vector = encoder.embed_images([load_image(products[3].images[0]).image])[0]
-    body = knn_search_body(vector, model_id=encoder.model_id, k=10, filters=filters)
+    body = KnnQuery(vector, encoder.model_id, filters, 10).body()
     body["knn"]["filter"]["bool"]["filter"].append({"prefix": {"product_id": prefix}})
     found = {
         int(h["product_id"].rsplit("-", 1)[1]) - 200
@@ -222,7 +228,7 @@ def test_job_status_of_an_unknown_job(worker):
 
 
 def test_index_of_another_model_is_refused(es, settings, encoder):
-    from pipeline.ingest import Ingestor
+    from pipeline.ingest.ingestor import Ingestor
 
     Ingestor(settings, es=es, encoder=encoder).ensure_index()
     with pytest.raises(indexing.IndexModelMismatch, match="re-embed"):

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from redis import Redis
 
 from pipeline.api.app import create_app
-from pipeline.apikeys import ApiKeyStore
+from pipeline.merchants.apikeys import ApiKeyStore
 from pipeline.storage import ImageStore
 from tests.integration.helpers import ImageServer, pattern_image, unique_prefix
 
@@ -534,8 +534,8 @@ def test_healthz_and_openapi_docs(client):
 def test_admin_cli_creates_lists_and_revokes_keys(client, settings):
     from typer.testing import CliRunner
 
-    from pipeline.apikeys import KEY_PATTERN
     from pipeline.cli import app as cli
+    from pipeline.merchants.apikeys import KEY_PATTERN
 
     runner, env = CliRunner(), settings.to_env()
     merchant = f"cli-{unique_prefix()}"

@@ -11,13 +11,14 @@ import pytest
 from elasticsearch import BadRequestError
 from typer.testing import CliRunner
 
-from pipeline import fusion, mappings
 from pipeline.encoders import Encoder
-from pipeline.fusion import RankedList
-from pipeline.ingest import Ingestor
-from pipeline.query import Filters, KeywordQuery, KnnQuery, ProductRef, ProductVectorQuery
-from pipeline.search import Searcher
-from pipeline.search_plan import QueryError, SearchQuery
+from pipeline.es import mappings
+from pipeline.ingest.ingestor import Ingestor
+from pipeline.search import fusion
+from pipeline.search.fusion import RankedList
+from pipeline.search.plan import QueryError, SearchQuery
+from pipeline.search.query import Filters, KeywordQuery, KnnQuery, ProductRef, ProductVectorQuery
+from pipeline.search.searcher import Searcher
 from tests.integration.helpers import unique_prefix
 from tests.integration.search_catalogue import Catalogue, build_catalogue, index_catalogue
 

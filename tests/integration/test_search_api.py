@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from pipeline.api.app import create_app
-from pipeline.fusion import combine_vectors
-from pipeline.ingest import Ingestor
+from pipeline.ingest.ingestor import Ingestor
+from pipeline.search.fusion import combine_vectors
 from tests.integration.helpers import ImageServer, pattern_image, unique_prefix
 from tests.integration.search_catalogue import Catalogue, build_catalogue, index_catalogue
 

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from pipeline import services as local_services
+from pipeline.dev import services as local_services
 
 
 def test_elasticsearch_is_the_verified_release(services, settings):

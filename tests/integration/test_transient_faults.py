@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from pipeline.jobs import enqueue, wait_for_jobs
 from tests.integration.helpers import make_product, pattern_image, unique_prefix
-from workers.jobs import enqueue, wait_for_jobs
 
 
 class FlakyImageHost:

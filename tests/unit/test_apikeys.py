@@ -2,7 +2,7 @@ import hashlib
 
 import pytest
 
-from pipeline.apikeys import KEY_PATTERN, ApiKeyStore, generate_key, hash_key, key_id_of
+from pipeline.merchants.apikeys import KEY_PATTERN, ApiKeyStore, generate_key, hash_key, key_id_of
 
 
 class FakeRedis:

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from pipeline.catalogue import CatalogueError, read_catalogue
+from pipeline.ingest.catalogue import CatalogueError, read_catalogue
 
 
 def test_csv_rows_become_products_with_resolved_images(tmp_path):

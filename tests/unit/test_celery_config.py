@@ -1,7 +1,7 @@
 """The Celery settings that make delivery safe for long, idempotent embedding jobs."""
 
+from pipeline.jobs import create_celery
 from pipeline.settings import VitrineSettings
-from workers.app import create_celery
 
 
 def test_reliability_settings():
@@ -19,7 +19,7 @@ def test_reliability_settings():
 
 def test_tasks_are_registered_under_stable_names():
     import workers.tasks  # noqa: F401  (registers the tasks on the module-level app)
+    from pipeline.jobs import DELETE_TASK, INDEX_TASK
     from workers.app import app
-    from workers.jobs import DELETE_TASK, INDEX_TASK
 
     assert {INDEX_TASK, DELETE_TASK} <= set(app.tasks)

@@ -5,8 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from pipeline import fusion, mappings
-from pipeline.fusion import RankedList
+from pipeline.es import mappings
+from pipeline.search import fusion
+from pipeline.search.fusion import RankedList
 
 
 def hit(product: str, score: float | None = 1.0, *, merchant: str = "m", image: int = 0, **src):

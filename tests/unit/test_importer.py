@@ -3,15 +3,15 @@ import hashlib
 
 import pandas as pd
 
-from pipeline.catalogue import (
+from pipeline.documents import Product
+from pipeline.images import ImageLimits
+from pipeline.ingest.catalogue import (
     RejectedRow,
     read_catalogue,
     summarise_rejections,
     write_reject_report,
 )
-from pipeline.documents import Product
-from pipeline.images import ImageLimits
-from pipeline.importer import batches_by_merchant, content_hash_query, plan_import
+from pipeline.ingest.importer import batches_by_merchant, content_hash_query, plan_import
 from pipeline.storage import ImageStore
 
 

@@ -1,6 +1,6 @@
 """The pure builders produce bodies that agree with each other and with es_mappings/."""
 
-from pipeline import mappings
+from pipeline.es import mappings
 from tests.unit.test_kibana_objects import LENS_FIELDS_BY_DATA_VIEW
 
 

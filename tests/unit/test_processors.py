@@ -8,7 +8,7 @@ from PIL import Image
 
 from pipeline.documents import Product
 from pipeline.encoders import Encoder, l2_normalise
-from pipeline.processors import (
+from pipeline.ingest.processors import (
     IngestError,
     IngestItem,
     Processor,

@@ -4,8 +4,9 @@ import re
 
 import pytest
 
-from pipeline import mappings
-from pipeline.query import (
+from pipeline.es import mappings
+from pipeline.search.plan import QueryError, SearchQuery, Window, plan_lists, validate
+from pipeline.search.query import (
     Filters,
     KeywordQuery,
     KnnQuery,
@@ -13,9 +14,7 @@ from pipeline.query import (
     ProductVectorQuery,
     exact_rescore,
     filter_clauses,
-    knn_search_body,
 )
-from pipeline.search_plan import QueryError, SearchQuery, Window, plan_lists, validate
 from pipeline.settings import VitrineSettings
 
 ALL_FILTERS = Filters(
@@ -137,10 +136,6 @@ def test_knn_limits_and_defaults():
         KnnQuery([1.0], "m", k=20, num_candidates=10)
     with pytest.raises(ValueError):
         KnnQuery([1.0], "m", k=20, num_candidates=10_001)
-
-
-def test_knn_search_body_is_the_knn_query():
-    assert knn_search_body([0.1], model_id="m", k=4) == KnnQuery([0.1], "m", k=4).body()
 
 
 # --------------------------------------------------------------------------- keyword

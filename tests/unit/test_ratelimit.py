@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.ratelimit import MemoryCounter, RateLimiter, window_bounds
+from pipeline.merchants.ratelimit import MemoryCounter, RateLimiter, window_bounds
 
 
 class Clock:

@@ -4,8 +4,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from pipeline.catalogue import read_catalogue
-from pipeline.samples import write_sample_catalogue
+from pipeline.dev.samples import write_sample_catalogue
+from pipeline.ingest.catalogue import read_catalogue
 
 BUNDLED = Path(__file__).resolve().parents[2] / "samples" / "catalogue"
 

@@ -1,7 +1,6 @@
 import pytest
 
-from pipeline.storage import StoredImage
-from pipeline.uploads import (
+from pipeline.merchants.uploads import (
     ForeignMerchant,
     MetadataError,
     attach_images,
@@ -10,6 +9,7 @@ from pipeline.uploads import (
     public_job_results,
     validate_metadata,
 )
+from pipeline.storage import StoredImage
 
 
 def locs(exc: MetadataError) -> list[tuple]:

@@ -17,8 +17,8 @@ from typing import IO
 
 from celery import Celery
 
+from pipeline.jobs import create_celery
 from pipeline.settings import VitrineSettings
-from workers.app import create_celery
 
 
 @contextmanager

@@ -10,10 +10,11 @@ from datetime import UTC, datetime
 
 from elasticsearch import Elasticsearch
 
-from pipeline import indexing
 from pipeline.documents import Product, build_document, document_id
 from pipeline.encoders import Encoder, get_encoder
-from pipeline.processors import IngestItem, ProcessorChain, ProcessorContext
+from pipeline.es import indexing
+from pipeline.es.client import make_client
+from pipeline.ingest.processors import IngestItem, ProcessorChain, ProcessorContext
 from pipeline.settings import VitrineSettings
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class Ingestor:
         encoder: Encoder | None = None,
     ):
         self.settings = settings
-        self.es = es or indexing.make_client(settings)
+        self.es = es or make_client(settings)
         self._encoder = encoder
         self.chain = ProcessorChain(
             settings.processors, ProcessorContext(settings, lambda: self.encoder)

@@ -14,8 +14,8 @@ from elasticsearch import Elasticsearch, NotFoundError
 from pydantic import ValidationError
 
 from pipeline.documents import Product
+from pipeline.es.mappings import product_documents_query
 from pipeline.images import ImageLimits, decode_image, is_http_url
-from pipeline.mappings import product_documents_query
 from pipeline.storage import ImageStore, StoredImage
 
 # Placeholder image references while the metadata is validated before any file is stored.

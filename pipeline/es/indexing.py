@@ -1,6 +1,6 @@
 """Writing to Elasticsearch: index set-up behind an alias, bulk writes with bounded retries,
 product replacement and deletion, and the ingest-errors record. Bodies come from
-``pipeline.mappings``; this module is the IO around them."""
+``pipeline.es.mappings``; this module is the IO around them."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from elasticsearch import Elasticsearch, NotFoundError
+from elasticsearch import Elasticsearch
 from elasticsearch.helpers import streaming_bulk
 
-from pipeline import mappings
+from pipeline.es import mappings
+from pipeline.es.client import write_index_info
 from pipeline.settings import VitrineSettings
 
 log = logging.getLogger(__name__)
@@ -21,37 +22,6 @@ log = logging.getLogger(__name__)
 
 class IndexModelMismatch(RuntimeError):
     """The alias's write index holds vectors of another model (re-embed into a new index)."""
-
-
-def make_client(settings: VitrineSettings) -> Elasticsearch:
-    auth: dict[str, Any] = {}
-    if settings.es_api_key:
-        auth["api_key"] = settings.es_api_key.get_secret_value()
-    elif settings.es_username:
-        password = settings.es_password.get_secret_value() if settings.es_password else ""
-        auth["basic_auth"] = (settings.es_username, password)
-    if settings.es_ca_certs:
-        auth["ca_certs"] = str(settings.es_ca_certs)
-    return Elasticsearch(
-        settings.es_url,
-        request_timeout=settings.es_request_timeout_s,
-        retry_on_timeout=True,
-        max_retries=3,
-        retry_on_status=(502, 503, 504),
-        **auth,
-    )
-
-
-def write_index_model(es: Elasticsearch, alias: str) -> tuple[str, str] | None:
-    """``(index, model_id)`` of the alias's write index, or None if the alias does not exist."""
-    try:
-        aliases = es.indices.get_alias(name=alias)
-    except NotFoundError:
-        return None
-    names = [i for i, a in aliases.items() if a["aliases"][alias].get("is_write_index", True)]
-    index = names[0] if names else sorted(aliases)[-1]
-    meta = es.indices.get_mapping(index=index)[index]["mappings"].get("_meta", {})
-    return index, meta.get("model_id", "")
 
 
 def ensure_indices(es: Elasticsearch, settings: VitrineSettings, model_id: str, dims: int) -> str:
@@ -70,7 +40,7 @@ def ensure_indices(es: Elasticsearch, settings: VitrineSettings, model_id: str, 
     if not es.indices.exists(index=settings.errors_index):
         es.options(ignore_status=400).indices.create(index=settings.errors_index)
     install_search_templates(es, settings)
-    current = write_index_model(es, alias)
+    current = write_index_info(es, alias)
     if current is None:
         index = mappings.product_index_name(alias, model_id)
         es.options(ignore_status=400).indices.create(
@@ -78,10 +48,10 @@ def ensure_indices(es: Elasticsearch, settings: VitrineSettings, model_id: str, 
         )
         log.info("created index %s behind alias %s for model %s", index, alias, model_id)
         return index
-    index, existing_model = current
-    if existing_model != model_id:
+    index = current.index
+    if current.model_id != model_id:
         raise IndexModelMismatch(
-            f"alias {alias} writes to {index}, which holds vectors of model {existing_model!r}, "
+            f"alias {alias} writes to {index}, which holds vectors of model {current.model_id!r}, "
             f"not {model_id!r}; re-embed into a new index or point VITRINE_INDEX_ALIAS elsewhere"
         )
     _add_new_fields(es, index, alias)

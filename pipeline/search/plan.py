@@ -28,8 +28,8 @@ from typing import Any, Literal
 
 from PIL import Image
 
-from pipeline.fusion import Fusion, combine_vectors
-from pipeline.query import (
+from pipeline.search.fusion import Fusion, combine_vectors
+from pipeline.search.query import (
     MAX_NUM_CANDIDATES,
     MAX_RESULT_WINDOW,
     Filters,

@@ -15,9 +15,8 @@ from functools import cached_property
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from elasticsearch import Elasticsearch
 
-from pipeline import mappings
+from pipeline.es import mappings
 
 VECTOR_FIELD = "image_vector"
 MAX_NUM_CANDIDATES = 10_000  # Elasticsearch's limit
@@ -302,23 +301,3 @@ class ProductVectorQuery:
     def template_params(self) -> dict[str, Any]:
         params = {"merchant_id": self.product.merchant_id, "product_id": self.product.product_id}
         return {**params, "model_id": self.model_id} if self.model_id else params
-
-
-def knn_search_body(
-    vector: Vector,
-    *,
-    model_id: str,
-    filters: Filters = Filters(),
-    k: int = 10,
-    num_candidates: int | None = None,
-) -> dict[str, Any]:
-    """kNN over image vectors with filters applied during the HNSW search."""
-    return KnnQuery(vector, model_id, filters, k, num_candidates).body()
-
-
-def run_search(es: Elasticsearch, index: str, body: dict[str, Any]) -> list[dict[str, Any]]:
-    """Execute a body; return hits as ``{"_id", "_score", **_source}``."""
-    response = es.search(index=index, **body)
-    return [
-        {"_id": h["_id"], "_score": h["_score"], **h["_source"]} for h in response["hits"]["hits"]
-    ]

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.documents import ID_PATTERN
-from pipeline.search_plan import MAX_TEXT_CHARS
+from pipeline.search.plan import MAX_TEXT_CHARS
 
 MAX_VECTOR_DIMS = 4096
 

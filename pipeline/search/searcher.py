@@ -1,7 +1,7 @@
 """Running searches: embed the query, check it against the index, run the planned lists against
 Elasticsearch (one ``_msearch``), fuse, de-duplicate, page, facet and explain.
 
-Bodies come from ``pipeline.query`` and the plan from ``pipeline.search_plan``; every request
+Bodies come from ``pipeline.search.query`` and the plan from ``pipeline.search.plan``; every request
 is also reported as the stored template and parameters that reproduce it (``explain``), which
 is exactly what a frontend calling Elasticsearch directly sends.
 """
@@ -13,12 +13,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from elasticsearch import BadRequestError, Elasticsearch, NotFoundError
+from elasticsearch import BadRequestError, Elasticsearch
 from PIL import Image
 
-from pipeline import mappings
 from pipeline.encoders import Encoder, get_encoder
-from pipeline.fusion import (
+from pipeline.es import mappings
+from pipeline.es.client import IndexInfo, write_index_info
+from pipeline.search.fusion import (
     FusedHit,
     RankedList,
     combine_vectors,
@@ -27,8 +28,7 @@ from pipeline.fusion import (
     fuse,
     single,
 )
-from pipeline.query import KeywordQuery, ProductRef, ProductVectorQuery, Vector, as_floats
-from pipeline.search_plan import (
+from pipeline.search.plan import (
     ListPlan,
     QueryError,
     SearchQuery,
@@ -36,6 +36,7 @@ from pipeline.search_plan import (
     plan_lists,
     validate,
 )
+from pipeline.search.query import KeywordQuery, ProductRef, ProductVectorQuery, Vector, as_floats
 from pipeline.settings import VitrineSettings
 
 __all__ = ["Embedding", "IndexInfo", "QueryError", "SearchQuery", "SearchResult", "Searcher"]
@@ -44,15 +45,6 @@ HIT_FIELDS = (
     "product_id", "merchant_id", "title", "description", "category", "tags", "price",
     "currency", "in_stock", "image_url", "image_index", "image_sha256", "quality_flags",
 )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class IndexInfo:
-    """The alias's write index and the model whose vectors it holds (its ``_meta``)."""
-
-    index: str
-    model_id: str
-    dims: int
 
 
 @dataclass(frozen=True)
@@ -136,16 +128,11 @@ class Searcher:
         if self._info and now - self._info[0] < self._ttl:
             return self._info[1]
         alias = self.settings.index_alias
-        try:
-            aliases = self.es.indices.get_alias(name=alias)
-        except NotFoundError:
+        info = write_index_info(self.es, alias)
+        if info is None:
             raise QueryError(
                 "index_not_found", f"no index behind alias {alias}; run `vitrine init-index`"
-            ) from None
-        writers = [i for i, a in aliases.items() if a["aliases"][alias].get("is_write_index", True)]
-        index = writers[0] if writers else sorted(aliases)[-1]
-        meta = self.es.indices.get_mapping(index=index)[index]["mappings"].get("_meta", {})
-        info = IndexInfo(index, str(meta.get("model_id", "")), int(meta.get("dims", 0)))
+            )
         self._info = (now, info)
         return info
 

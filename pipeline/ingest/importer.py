@@ -1,6 +1,6 @@
 """Catalogue import: a catalogue file in, embedding jobs out, and an account of every row.
 
-1. ``plan_import`` reads and validates the file (``pipeline.catalogue``), copies every local
+1. ``plan_import`` reads and validates the file (``pipeline.ingest.catalogue``), copies every local
    image file into the content store (so the API's demo page can show it, and so its SHA-256
    becomes part of the product's ``content_hash``), rejects rows whose image file cannot be read,
    and, in changed-only mode, drops products whose ``content_hash`` is already indexed.
@@ -23,9 +23,9 @@ from typing import Any
 from celery import Celery
 from elasticsearch import Elasticsearch, NotFoundError
 
-from pipeline.catalogue import IMAGE, INDEXING, Catalogue, RejectedRow, read_catalogue
 from pipeline.documents import Product
 from pipeline.images import ImageError, ImageLimits, read_image_bytes
+from pipeline.ingest.catalogue import IMAGE, INDEXING, Catalogue, RejectedRow, read_catalogue
 from pipeline.storage import ImageStore
 
 HASH_LOOKUP_CHUNK = 1000
@@ -158,7 +158,7 @@ def run_import(
     on_progress: Callable[[ImportProgress], None] | None = None,
 ) -> ImportResult:
     """Enqueue the plan's products and (unless ``wait`` is False) wait for every job."""
-    from workers.jobs import enqueue, wait_for_jobs
+    from pipeline.jobs import enqueue, wait_for_jobs
 
     result = ImportResult(plan)
     progress = ImportProgress(total=len(plan.products))
@@ -189,7 +189,7 @@ def run_import(
             celery_app, result.job_ids, timeout_s=timeout_s, on_progress=update
         )
     except TimeoutError:
-        from workers.jobs import job_status
+        from pipeline.jobs import job_status
 
         statuses = {j: job_status(celery_app, j) for j in result.job_ids}
     rows = plan.catalogue.rows

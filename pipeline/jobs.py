@@ -1,5 +1,10 @@
-"""The client side of the job queue: what upload paths call to start embedding jobs, and job
-status look-ups. Tasks are sent by name, so callers need neither torch nor the model."""
+"""The job queue: the Celery application factory (Redis broker and result backend), what upload
+paths call to start embedding jobs, and job status look-ups.
+
+Tasks live in ``workers.tasks`` and are sent by name, so callers need neither torch nor the
+model. Delivery is at-least-once (late acks, requeue when a worker dies); tasks are idempotent,
+so a redelivered job just rewrites the same documents.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +18,50 @@ from typing import Any
 from celery import Celery
 
 from pipeline.documents import Product
+from pipeline.settings import VitrineSettings
 
 INDEX_TASK = "vitrine.index_products"
 DELETE_TASK = "vitrine.delete_product"
+#: The module that defines the tasks; a worker imports it by name (the library never does).
+TASKS_MODULE = "workers.tasks"
+
+
+class VitrineCelery(Celery):
+    """A Celery app that carries the settings it was built from (workers read theirs here)."""
+
+    def __init__(self, settings: VitrineSettings, **kwargs: Any) -> None:
+        super().__init__("vitrine", broker=settings.redis_url, backend=settings.redis_url, **kwargs)
+        self.settings = settings
+
+
+def create_celery(settings: VitrineSettings, *, worker: bool = False) -> VitrineCelery:
+    """The Celery app for these settings; ``worker=True`` also loads the task module."""
+    app = VitrineCelery(settings)
+    # A task may wait for its retry countdown while reserved: the visibility timeout must exceed
+    # the longest task plus the longest back-off, or Redis redelivers it to another worker.
+    visibility_timeout = max(3600, 2 * settings.task_time_limit_s + 300)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.task_soft_time_limit_s,
+        task_time_limit=settings.task_time_limit_s,
+        task_default_queue=settings.queue,
+        task_track_started=True,
+        result_extended=True,
+        result_expires=7 * 24 * 3600,
+        broker_transport_options={"visibility_timeout": visibility_timeout},
+        result_backend_transport_options={"visibility_timeout": visibility_timeout},
+        broker_connection_retry_on_startup=True,
+        worker_send_task_events=True,
+        imports=[TASKS_MODULE] if worker else [],
+    )
+    return app
+
+
 QUEUED = "QUEUED"  # our own state, stored before sending so a job id is known at once
 
 
@@ -50,14 +96,14 @@ def _describe(products: Sequence[tuple[str, str]]) -> dict[str, Any]:
     }
 
 
-def _send(app: Celery, task: str, args: list, description: dict) -> str:
+def _send(app: VitrineCelery, task: str, args: list, description: dict) -> str:
     """Send a task under a fresh job id, marked QUEUED before it is sent. The description is
     stored under its own key, kept as long as results are, so that ``job_description`` can tell
     whose job it is in every state."""
     job_id = str(uuid.uuid4())
     app.backend.store_result(job_id, None, QUEUED)
     app.backend.set(_description_key(job_id), json.dumps(description))
-    app.send_task(task, args=args, task_id=job_id, queue=app.vitrine_settings.queue)
+    app.send_task(task, args=args, task_id=job_id, queue=app.settings.queue)
     return job_id
 
 
@@ -68,7 +114,7 @@ def job_description(app: Celery, job_id: str) -> dict[str, Any] | None:
     return json.loads(raw) if raw else None
 
 
-def enqueue(app: Celery, products: Sequence[Product], *, batch_size: int = 1) -> list[str]:
+def enqueue(app: VitrineCelery, products: Sequence[Product], *, batch_size: int = 1) -> list[str]:
     """Start embedding jobs for products, ``batch_size`` products per job; returns job ids.
 
     Re-sending a product is safe: its documents are overwritten, never duplicated.
@@ -81,7 +127,7 @@ def enqueue(app: Celery, products: Sequence[Product], *, batch_size: int = 1) ->
     return job_ids
 
 
-def enqueue_delete(app: Celery, merchant_id: str, product_id: str) -> str:
+def enqueue_delete(app: VitrineCelery, merchant_id: str, product_id: str) -> str:
     return _send(
         app, DELETE_TASK, [merchant_id, product_id], _describe([(merchant_id, product_id)])
     )

@@ -9,15 +9,18 @@ from pathlib import Path
 
 import typer
 
-from pipeline import services
+from pipeline.cli.progress import import_with_progress
+from pipeline.dev import services
+from pipeline.dev.worker_process import worker_process
 from pipeline.encoders.open_clip_encoder import resolve_weights
 from pipeline.images import ImageLimits, load_image
-from pipeline.importer import plan_import
-from pipeline.ingest import Ingestor
-from pipeline.query import Filters, knn_search_body, run_search
+from pipeline.ingest.importer import plan_import
+from pipeline.ingest.ingestor import Ingestor
+from pipeline.search.plan import SearchQuery
+from pipeline.search.query import Filters
+from pipeline.search.searcher import Searcher
 from pipeline.settings import VitrineSettings
 from pipeline.storage import ImageStore
-from workers.process import worker_process
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +32,11 @@ def _print_hits(title: str, hits: list[dict]) -> None:
         typer.echo(
             f"  {rank}. {hit['product_id']:<14} {hit['title']:<18} {hit['category']:<7} "
             f"{price:>10}  tags={','.join(hit['tags'])}  stock={hit['in_stock']}  "
-            f"score={hit['_score']:.4f}"
+            f"score={hit['score']:.4f}"
         )
 
 
 def run_demo(settings: VitrineSettings, catalogue_path: Path) -> None:
-    from pipeline.cli import import_with_progress
-
     started = time.monotonic()
     typer.echo("1/5 local services")
     for status in services.start_all(settings):
@@ -73,19 +74,13 @@ def run_demo(settings: VitrineSettings, catalogue_path: Path) -> None:
 
     typer.echo("5/5 queries")
     probe = plan.catalogue.products[0]
-    vector = ingestor.encoder.embed_images([load_image(probe.images[0]).image])[0]
-    model_id = ingestor.encoder.model_id
-    body = knn_search_body(vector, model_id=model_id, k=5)
-    _print_hits(
-        f"image of '{probe.title}' -> similar products (kNN, k=5):",
-        run_search(ingestor.es, settings.index_alias, body),
-    )
+    searcher = Searcher(settings, ingestor.es, ingestor.encoder)
+    image = load_image(probe.images[0]).image
+    similar = searcher.search(SearchQuery(image=image, k=5))
+    _print_hits(f"image of '{probe.title}' -> similar products (kNN, k=5):", similar.hits)
     filters = Filters(tags_any=["sale"], in_stock=True, max_price=60)
-    body = knn_search_body(vector, model_id=model_id, k=5, filters=filters)
-    _print_hits(
-        "same image, filtered inside kNN: tag=sale, in stock, price <= 60:",
-        run_search(ingestor.es, settings.index_alias, body),
-    )
+    filtered = searcher.search(SearchQuery(image=image, k=5, filters=filters))
+    _print_hits("same image, filtered inside kNN: tag=sale, in stock, price <= 60:", filtered.hits)
     typer.echo(
         f"\ndone in {time.monotonic() - started:.0f}s. Services keep running: "
         "`vitrine services stop` stops them."

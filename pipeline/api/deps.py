@@ -1,0 +1,83 @@
+"""What every route shares: the application state (settings, clients, the model, merchant
+services) and the FastAPI dependencies that hand it out. Routers import this, never ``app``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Annotated
+
+from elasticsearch import Elasticsearch
+from fastapi import Depends, Request
+from redis import Redis
+
+from pipeline.encoders import Encoder, get_encoder
+from pipeline.jobs import VitrineCelery
+from pipeline.merchants.apikeys import ApiKeyStore
+from pipeline.merchants.ratelimit import RateLimiter, RedisCounter
+from pipeline.search.searcher import Searcher
+from pipeline.settings import VitrineSettings
+from pipeline.storage import ImageStore
+
+
+@dataclass
+class MerchantServices:
+    """What the merchant routes share: Redis-backed keys and limits, the image store."""
+
+    keys: ApiKeyStore
+    limiter: RateLimiter
+    store: ImageStore
+
+
+@dataclass
+class ApiState:
+    """Everything the routes share, one per application. The parts below are built on first
+    use (building two in a race is harmless)."""
+
+    settings: VitrineSettings
+    es: Elasticsearch
+    celery: VitrineCelery
+    encoder: Encoder | None = None  # loaded in the lifespan
+
+    def get_encoder(self) -> Encoder:
+        if self.encoder is None:
+            self.encoder = get_encoder(self.settings)
+        return self.encoder
+
+    @cached_property
+    def searcher(self) -> Searcher:
+        """It caches the index's model for a few seconds, so there is one per application."""
+        return Searcher(self.settings, self.es, self.get_encoder)
+
+    @cached_property
+    def merchant_services(self) -> MerchantServices:
+        settings = self.settings
+        redis = Redis.from_url(settings.redis_url, socket_timeout=5)
+        return MerchantServices(
+            keys=ApiKeyStore(redis, settings.redis_prefix),
+            limiter=RateLimiter(
+                RedisCounter(redis),
+                limit=settings.upload_rate_limit,
+                window_s=settings.upload_rate_window_s,
+                prefix=settings.redis_prefix,
+            ),
+            store=ImageStore(settings.images_dir),
+        )
+
+
+def api_state(request: Request) -> ApiState:
+    """FastAPI dependency: the application's shared state."""
+    return request.app.state.vitrine
+
+
+def merchant_services(state: Annotated[ApiState, Depends(api_state)]) -> MerchantServices:
+    return state.merchant_services
+
+
+def get_searcher(state: Annotated[ApiState, Depends(api_state)]) -> Searcher:
+    return state.searcher
+
+
+State = Annotated[ApiState, Depends(api_state)]
+Services = Annotated[MerchantServices, Depends(merchant_services)]
+SearcherDep = Annotated[Searcher, Depends(get_searcher)]

@@ -1,0 +1,124 @@
+"""The ``vitrine`` command line, assembled from its command modules: local services, index
+set-up, worker, API server, jobs, keys, search and demo.
+
+Settings come from ``VITRINE_*`` environment variables, read once per command
+(``pipeline.cli.common.settings``). Heavy modules (torch, the API) load only in the commands
+that need them, so ``vitrine --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.cli import jobs, keys, search, services
+from pipeline.cli.common import settings, setup_logging
+
+app = typer.Typer(
+    help="Vitrine: visual product search for Elasticsearch shops. "
+    "Configuration comes from VITRINE_* environment variables (see README).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(services.app, name="services")
+app.add_typer(keys.app, name="keys")
+app.command()(jobs.ingest)
+app.command()(jobs.enqueue)
+app.command()(jobs.job)
+app.command()(search.search)
+
+
+@app.command("init-index")
+def init_index() -> None:
+    """Install the index templates and create the product index for the configured model."""
+    from pipeline.ingest.ingestor import Ingestor
+
+    setup_logging()
+    current = settings()
+    ingestor = Ingestor(current)
+    ingestor.ensure_index()
+    typer.echo(f"alias {current.index_alias} ready for model {ingestor.encoder.model_id}")
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[
+        int, typer.Option(help="Worker processes (each loads the model once).")
+    ] = 1,
+    pool: Annotated[str, typer.Option(help="Celery pool: prefork or solo.")] = "prefork",
+    loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO",
+    hostname: Annotated[str | None, typer.Option(help="Worker node name.")] = None,
+) -> None:
+    """Run a Celery worker that embeds and indexes products from the queue."""
+    from pipeline.jobs import create_celery
+
+    celery_app = create_celery(settings(), worker=True)
+    argv = ["worker", f"--concurrency={concurrency}", f"--pool={pool}", f"--loglevel={loglevel}"]
+    argv += [f"--queues={celery_app.settings.queue}"]
+    if hostname:
+        argv.append(f"--hostname={hostname}")
+    celery_app.worker_main(argv)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+) -> None:
+    """Run the HTTP API (OpenAPI page at /docs)."""
+    import uvicorn
+
+    from pipeline.api.app import create_app
+
+    setup_logging()
+    uvicorn.run(create_app(settings()), host=host, port=port)
+
+
+@app.command()
+def samples(
+    directory: Annotated[Path, typer.Argument(help="Where to write images/ and catalogue.csv.")],
+) -> None:
+    """(Re)generate the synthetic sample catalogue."""
+    from pipeline.dev.samples import write_sample_catalogue
+
+    typer.echo(write_sample_catalogue(directory))
+
+
+@app.command()
+def demo(
+    catalogue: Annotated[Path, typer.Option(help="Catalogue to ingest.")] = Path(
+        "samples/catalogue/catalogue.csv"
+    ),
+) -> None:
+    """Run the whole path once: services, index, a real worker, the sample catalogue, a query."""
+    from pipeline.cli.demo import run_demo
+
+    setup_logging()
+    run_demo(settings(), catalogue)
+
+
+def main() -> None:
+    """Console entry point: known operational errors become one clear line, not a traceback."""
+    from elasticsearch import ConnectionError as ESConnectionError
+    from kombu.exceptions import OperationalError
+    from redis import ConnectionError as RedisConnectionError
+
+    from pipeline.dev.services import ServiceError
+    from pipeline.encoders import EncoderError
+    from pipeline.es.indexing import IndexModelMismatch
+
+    hint = "`vitrine services start` starts local ones"
+    try:
+        app()
+    except (EncoderError, IndexModelMismatch, ServiceError) as exc:
+        message = str(exc)
+    except ESConnectionError as exc:
+        message = f"Elasticsearch is not reachable ({exc}); {hint}"
+    except (RedisConnectionError, OperationalError) as exc:
+        message = f"Redis is not reachable ({exc}); {hint}"
+    else:
+        return
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise SystemExit(1)

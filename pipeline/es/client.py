@@ -1,0 +1,50 @@
+"""The Elasticsearch client of a process, and what the alias's write index says about itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from elasticsearch import Elasticsearch, NotFoundError
+
+from pipeline.settings import VitrineSettings
+
+
+def make_client(settings: VitrineSettings) -> Elasticsearch:
+    auth: dict[str, Any] = {}
+    if settings.es_api_key:
+        auth["api_key"] = settings.es_api_key.get_secret_value()
+    elif settings.es_username:
+        password = settings.es_password.get_secret_value() if settings.es_password else ""
+        auth["basic_auth"] = (settings.es_username, password)
+    if settings.es_ca_certs:
+        auth["ca_certs"] = str(settings.es_ca_certs)
+    return Elasticsearch(
+        settings.es_url,
+        request_timeout=settings.es_request_timeout_s,
+        retry_on_timeout=True,
+        max_retries=3,
+        retry_on_status=(502, 503, 504),
+        **auth,
+    )
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """The alias's write index and the model whose vectors it holds (its ``_meta``)."""
+
+    index: str
+    model_id: str
+    dims: int
+
+
+def write_index_info(es: Elasticsearch, alias: str) -> IndexInfo | None:
+    """The alias's write index and its model, or None if the alias does not exist."""
+    try:
+        aliases = es.indices.get_alias(name=alias)
+    except NotFoundError:
+        return None
+    writers = [i for i, a in aliases.items() if a["aliases"][alias].get("is_write_index", True)]
+    index = writers[0] if writers else sorted(aliases)[-1]
+    meta = es.indices.get_mapping(index=index)[index]["mappings"].get("_meta", {})
+    return IndexInfo(index, str(meta.get("model_id", "")), int(meta.get("dims", 0)))
