@@ -139,6 +139,11 @@ def _write_es_config(settings: VitrineSettings, home: Path, dirs: dict[str, Path
         "xpack.security.enabled: false\n"
         "xpack.ml.enabled: false\n"
         "ingest.geoip.downloader.enabled: false\n"
+        # The default watermarks are percentages (85/90/95 %) of the whole disk: on a large,
+        # shared disk a dev node refuses new shards with many GB still free. Absolute ones.
+        "cluster.routing.allocation.disk.watermark.low: 2gb\n"
+        "cluster.routing.allocation.disk.watermark.high: 1gb\n"
+        "cluster.routing.allocation.disk.watermark.flood_stage: 512mb\n"
         f"path.data: {dirs['data']}\n"
         f"path.logs: {dirs['logs']}\n"
     )
