@@ -1,4 +1,4 @@
-"""A local HTTP server on 127.0.0.1 for the fetch-guard tests (unit and reliability).
+"""A local HTTP server on loopback for the fetch-guard tests (unit and reliability).
 
 Routes: ``/img/<name>`` serves ``images[name]``; ``/redirect?to=<url>`` answers 302 to ``url``;
 ``/chain/<n>`` redirects n times before serving ``images["ok"]``; ``/drip/<name>`` declares the
@@ -22,7 +22,9 @@ class _Server(ThreadingHTTPServer):
 
 
 class FetchTestServer:
-    def __init__(self, *, drip_interval_s: float = 0.3) -> None:
+    def __init__(self, *, host: str = "127.0.0.1", drip_interval_s: float = 0.3) -> None:
+        assert host.startswith("127."), "fetch tests only ever listen on loopback"
+        self.host = host
         self.images: dict[str, bytes] = {}
         self.requests: list[tuple[str, str]] = []
         self.drip_interval_s = drip_interval_s
@@ -70,13 +72,13 @@ class FetchTestServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.httpd = _Server(("127.0.0.1", 0), Handler)
+        self.httpd = _Server((host, 0), Handler)
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
-    def url(self, path: str, host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port}{path}"
+    def url(self, path: str, host: str | None = None) -> str:
+        return f"http://{host or self.host}:{self.port}{path}"
 
     def close(self) -> None:
         self.stop.set()
