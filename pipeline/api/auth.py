@@ -14,6 +14,7 @@ from starlette.datastructures import Headers
 
 from pipeline.api.deps import ApiState, Services
 from pipeline.fetch import FetchPolicy
+from pipeline.images import is_http_url
 from pipeline.merchants.apikeys import ApiKey
 
 _api_key_header = APIKeyHeader(
@@ -75,9 +76,12 @@ Writer = Annotated[ApiKey, Depends(write_allowance)]
 def authorise_image_url(state: ApiState, headers: Headers, url: str) -> None:
     """Only callers with a valid API key make the server fetch an arbitrary ``image_url``
     (blocking: Redis). Anonymous callers may if ``anonymous_image_urls`` is on or the URL's host
-    is allow-listed; otherwise 401, and nothing is fetched."""
+    is allow-listed; otherwise 401, and nothing is fetched. Other than http(s) URLs are refused
+    later, to everyone, as ``invalid_source``."""
     settings = state.settings
-    if settings.anonymous_image_urls or FetchPolicy.from_settings(settings).url_allowed(url):
+    if not is_http_url(url) or settings.anonymous_image_urls:
+        return
+    if FetchPolicy.from_settings(settings).url_allowed(url):
         return
     scheme, _, token = headers.get("authorization", "").partition(" ")
     key = headers.get("x-api-key") or (token.strip() if scheme.lower() == "bearer" else "")
