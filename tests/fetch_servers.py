@@ -9,6 +9,7 @@ read). Every request's path and ``Host`` header are recorded.
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -22,7 +23,13 @@ class _Server(ThreadingHTTPServer):
 
 
 class FetchTestServer:
-    def __init__(self, *, host: str = "127.0.0.1", drip_interval_s: float = 0.3) -> None:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        drip_interval_s: float = 0.3,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         assert host.startswith("127."), "fetch tests only ever listen on loopback"
         self.host = host
         self.images: dict[str, bytes] = {}
@@ -73,12 +80,14 @@ class FetchTestServer:
                 pass
 
         self.httpd = _Server((host, 0), Handler)
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
-    def url(self, path: str, host: str | None = None) -> str:
-        return f"http://{host or self.host}:{self.port}{path}"
+    def url(self, path: str, host: str | None = None, scheme: str = "http") -> str:
+        return f"{scheme}://{host or self.host}:{self.port}{path}"
 
     def close(self) -> None:
         self.stop.set()

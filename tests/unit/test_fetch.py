@@ -9,7 +9,10 @@ targets are proven refused by the absence of any connection.
 from __future__ import annotations
 
 import ipaddress
+import shutil
 import socket
+import ssl
+import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -231,6 +234,54 @@ def test_connection_goes_to_the_checked_address_with_the_name_as_host(
     policy = FetchPolicy.parse(["127.0.0.1/32"])
     assert get(f"http://images.test:{server.port}/img/ok", policy) == IMAGE
     assert lookups == ["images.test"] and connections == ["127.0.0.1"]
+    assert server.requests[-1] == ("/img/ok", f"images.test:{server.port}")
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, ...]]:
+    """An https server on 127.0.0.1 whose self-signed certificate is for ``images.test`` only;
+    yields it, the server names (SNI) its clients asked for, and the certificate file."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=images.test",
+         "-addext", "subjectAltName=DNS:images.test"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    names: list[str | None] = []
+    context.sni_callback = lambda _sock, name, _ctx: names.append(name)
+    srv = FetchTestServer(tls=context)
+    srv.images["ok"] = IMAGE
+    yield srv, names, cert
+    srv.close()
+
+
+def test_tls_uses_the_name_while_connecting_to_the_checked_address(
+    monkeypatch: pytest.MonkeyPatch,
+    tls_server: tuple[Any, ...],
+    connections: list[str],
+) -> None:
+    server, names, cert = tls_server
+    real = socket.getaddrinfo
+    monkeypatch.setattr(
+        socket,
+        "getaddrinfo",
+        lambda host, port, *a, **k: (
+            [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+            if host == "images.test"
+            else real(host, port, *a, **k)
+        ),
+    )
+    trusting = ssl.create_default_context(cafile=str(cert))
+    monkeypatch.setattr(httpcore._sync.connection, "default_ssl_context", lambda: trusting)
+    url = server.url("/img/ok", host="images.test", scheme="https")
+    assert get(url, LOCAL) == IMAGE  # the certificate is checked against images.test, not the IP
+    assert names == ["images.test"] and connections == ["127.0.0.1"]
     assert server.requests[-1] == ("/img/ok", f"images.test:{server.port}")
 
 
