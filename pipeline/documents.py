@@ -1,7 +1,9 @@
 """Products as merchants send them, and the Elasticsearch documents made from them.
 
 One document per product image. Its ``_id`` is derived from merchant, product and image hash, so
-re-sending the same product overwrites the same document instead of adding a duplicate.
+re-sending the same product overwrites the same document instead of adding a duplicate, and the
+derivation is injective (``stable_id``), so no two merchants' or products' ids can meet however
+their ids are spelt.
 """
 
 from __future__ import annotations
@@ -74,8 +76,22 @@ class Product(BaseModel):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def stable_id(*parts: str) -> str:
+    """A deterministic id for a tuple of strings: SHA-256 of the length-prefixed parts.
+
+    Joining with a separator is not injective when parts may contain it (merchant ``shop-d:a``
+    with product ``b:c`` vs merchant ``shop-d`` with product ``a:b:c``); length prefixes are."""
+    digest = hashlib.sha256()
+    for part in parts:
+        data = part.encode("utf-8", "surrogatepass")
+        digest.update(b"%d:" % len(data))
+        digest.update(data)
+    return digest.hexdigest()
+
+
 def document_id(merchant_id: str, product_id: str, image_sha256: str) -> str:
-    return f"{merchant_id}:{product_id}:{image_sha256[:16]}"
+    """The ``_id`` of a product-image document."""
+    return stable_id("product-image", merchant_id, product_id, image_sha256)
 
 
 def build_document(

@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from pipeline.fetch import FetchPolicy
 
 
 def _default_home() -> Path:
@@ -72,7 +75,21 @@ class VitrineSettings(BaseSettings):
     # Images
     image_max_bytes: int = 20 * 1024 * 1024
     image_max_pixels: int = 50_000_000
-    image_fetch_timeout_s: float = 10.0
+    image_fetch_timeout_s: float = Field(
+        10.0, description="Deadline of one image fetch as a whole (resolution, redirects, body)."
+    )
+    fetch_allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Internal image stores that image URLs may reach: CIDRs, addresses and host "
+        "names ('*.name' for its subdomains), comma-separated. Everything else that is not a "
+        "public address (loopback, private, link-local, metadata...) is refused.",
+    )
+    fetch_max_redirects: int = Field(5, ge=0, description="Redirects one image fetch follows.")
+    anonymous_image_urls: bool = Field(
+        False,
+        description="Let callers without an API key have /v1/embed and /v1/search fetch an "
+        "image_url (allow-listed hosts are always allowed).",
+    )
     min_image_side: int = Field(256, description="Below this width/height an image is flagged.")
 
     # Ingest
@@ -117,6 +134,21 @@ class VitrineSettings(BaseSettings):
         default_factory=_default_services_dir,
         description="Local Elasticsearch/Redis installs and data (dev, demo, tests).",
     )
+
+    @field_validator("fetch_allow", mode="before")
+    @classmethod
+    def _split_fetch_allow(cls, value: Any) -> Any:
+        """Accept a comma-separated string or a JSON list (``to_env`` writes JSON)."""
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else text.split(",")
+        return value
+
+    @field_validator("fetch_allow")
+    @classmethod
+    def _valid_fetch_allow(cls, entries: list[str]) -> list[str]:
+        FetchPolicy.parse(entries)  # fail at start-up, not at the first fetch
+        return [e.strip() for e in entries if e.strip()]
 
     @property
     def models_dir(self) -> Path:

@@ -48,6 +48,9 @@ def settings(session_id: str, tiny_checkpoint: Path, tmp_path_factory) -> Vitrin
         task_max_retries=2,
         task_retry_backoff_s=1,
         image_fetch_timeout_s=2.0,
+        # The tests' image servers run on 127.0.0.1, an address the fetch guard refuses unless
+        # allow-listed (tests/reliability proves the refusal with settings without this).
+        fetch_allow=["127.0.0.1"],
         image_max_bytes=2 * 1024 * 1024,
         image_max_pixels=4_000_000,
         home=tmp_path_factory.mktemp("home"),
@@ -113,5 +116,6 @@ def worker(es, settings: VitrineSettings, worker_log: Path) -> Iterator:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "tests/integration" in str(item.path).replace(os.sep, "/"):
+        path = str(item.path).replace(os.sep, "/")
+        if "tests/integration" in path or "tests/reliability" in path:
             item.add_marker(pytest.mark.integration)

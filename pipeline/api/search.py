@@ -32,6 +32,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from pipeline.api.auth import authorise_image_url
 from pipeline.api.deps import ApiState, SearcherDep, State
 from pipeline.api.models import (
     EMBED_EXAMPLES,
@@ -43,6 +44,7 @@ from pipeline.api.models import (
     SearchResponse,
 )
 from pipeline.encoders import EncoderError
+from pipeline.fetch import FetchPolicy
 from pipeline.images import (
     ImageError,
     ImageLimits,
@@ -205,7 +207,7 @@ def _query_image(
         if url:
             if not is_http_url(url):
                 raise ImageError(Reason.INVALID_SOURCE, "image_url must be an http(s) URL")
-            return load_image(url, limits).image
+            return load_image(url, limits, policy=FetchPolicy.from_settings(state.settings)).image
         if b64:
             payload = b64.split(",", 1)[1] if b64.startswith("data:") else b64
             if len(payload) > (limits.max_bytes + 2) // 3 * 4 + 4:
@@ -251,6 +253,8 @@ async def embed(
     body: EmbedRequest = _validate(EmbedRequest, fields)
 
     def work() -> EmbedResponse:
+        if body.image_url:
+            authorise_image_url(state, request.headers, body.image_url)
         image = _query_image(state, upload, body.image_url, body.image_base64)
         embedding = searcher.embed(image=image, text=body.text, image_weight=body.image_weight)
         return EmbedResponse(**embedding.__dict__)
@@ -324,6 +328,8 @@ async def search(
         raise _error(400, "invalid_query", "give at most one of image, vector and product_id")
 
     def work() -> dict[str, Any]:
+        if body.image_url:
+            authorise_image_url(state, request.headers, body.image_url)
         image = _query_image(state, upload, body.image_url, body.image_base64)
         return searcher.search(to_query(body, image)).to_dict()
 

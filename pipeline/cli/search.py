@@ -12,7 +12,8 @@ import typer
 from pipeline.cli.common import fail, settings
 from pipeline.encoders import EncoderError
 from pipeline.es.client import make_client
-from pipeline.images import ImageError, load_image
+from pipeline.fetch import FetchPolicy
+from pipeline.images import ImageError, ImageLimits, load_image
 from pipeline.search.plan import QueryError, SearchQuery
 from pipeline.search.query import Filters, ProductRef
 from pipeline.search.searcher import Searcher
@@ -120,7 +121,11 @@ def search(
         if "://" not in image and not Path(image).exists():
             fail(f"no such image file: {image}")
         try:
-            query_image = load_image(image).image
+            query_image = load_image(
+                image,
+                ImageLimits.from_settings(current),
+                policy=FetchPolicy.from_settings(current),
+            ).image
         except ImageError as exc:
             fail(f"query image: {exc.reason}: {exc.message}")
     filters = Filters(

@@ -13,6 +13,7 @@ from typing import Any
 from elasticsearch import Elasticsearch
 from elasticsearch.helpers import streaming_bulk
 
+from pipeline.documents import stable_id
 from pipeline.es import mappings
 from pipeline.es.client import write_index_info
 from pipeline.settings import VitrineSettings
@@ -171,7 +172,7 @@ def record_ingest_error(
     """Record a failed product-image job where operators and Kibana can see it."""
     es.index(
         index=settings.errors_index,
-        id=f"{job_id}:{merchant_id}:{product_id}:{image or ''}"[:512],
+        id=stable_id("ingest-error", job_id, merchant_id, product_id, image or ""),
         document={
             "job_id": job_id,
             "product_id": product_id,

@@ -11,6 +11,7 @@ import pytest
 from elasticsearch import BadRequestError
 from typer.testing import CliRunner
 
+from pipeline.documents import document_id
 from pipeline.encoders import Encoder
 from pipeline.es import mappings
 from pipeline.ingest.ingestor import Ingestor
@@ -54,7 +55,10 @@ def test_image_finds_its_product_first_and_each_product_once(searcher, cat):
     assert sorted(names) == sorted(ALL)  # the sneaker's two images give one hit
     keys = [(h["merchant_id"], h["product_id"]) for h in result.hits]
     assert len(keys) == len(set(keys)) == result.total
-    assert result.hits[0]["document_id"].startswith(f"{cat.prefix}-a:{cat.prefix}-sneaker:")
+    top = result.hits[0]
+    assert (top["merchant_id"], top["product_id"]) == (f"{cat.prefix}-a", f"{cat.prefix}-sneaker")
+    expected_id = document_id(top["merchant_id"], top["product_id"], top["image_sha256"])
+    assert top["document_id"] == expected_id
 
 
 @pytest.mark.parametrize("name", ["boot", "scarf", "sneaker_b"])
