@@ -61,7 +61,8 @@ class VitrineSettings(BaseSettings):
     encoder_options: dict[str, Any] = Field(
         default_factory=dict,
         description="The encoder plugin's own options: VITRINE_ENCODER_OPTIONS as a JSON object, "
-        "or one VITRINE_ENCODER_OPTIONS__<KEY> variable per option (keys lower-cased).",
+        "or one VITRINE_ENCODER_OPTIONS__<KEY> variable per option (key lower-cased, value a "
+        "string).",
     )
     # open_clip's options (the built-in encoder predates encoder_options)
     model_arch: str = "ViT-B-32"

@@ -74,9 +74,12 @@ def serve(
     import uvicorn
 
     from pipeline.api.app import create_app
+    from pipeline.encoders import load_factory
 
     setup_logging()
-    uvicorn.run(create_app(settings()), host=host, port=port)
+    current = settings()
+    load_factory(current.encoder)  # a missing or broken encoder plugin: one line, not a traceback
+    uvicorn.run(create_app(current), host=host, port=port)
 
 
 @app.command()
