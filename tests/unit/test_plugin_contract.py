@@ -235,9 +235,11 @@ def test_an_undeclared_field_fails_the_item(tmp_path):
 def test_encoder_options_from_json_or_one_variable_each(monkeypatch):
     monkeypatch.setenv("VITRINE_ENCODER_OPTIONS", '{"bins": 4, "weights": "/w.pt"}')
     assert VitrineSettings().encoder_options == {"bins": 4, "weights": "/w.pt"}
+    monkeypatch.setenv("VITRINE_ENCODER_OPTIONS__BINS", "8")  # one key overrides the JSON's
+    assert VitrineSettings().encoder_options == {"bins": "8", "weights": "/w.pt"}
     monkeypatch.delenv("VITRINE_ENCODER_OPTIONS")
-    monkeypatch.setenv("VITRINE_ENCODER_OPTIONS__BINS", "8")
     assert VitrineSettings().encoder_options == {"bins": "8"}  # strings: the plugin converts
+    monkeypatch.delenv("VITRINE_ENCODER_OPTIONS__BINS")
     settings = VitrineSettings(encoder_options={"bins": 4})
     for key, value in settings.to_env().items():
         monkeypatch.setenv(key, value)
@@ -266,3 +268,26 @@ def _items(tmp_path, n: int) -> list[IngestItem]:
         product = Product(product_id=f"p{i}", merchant_id="m", title="t", images=[str(path)])
         items.append(IngestItem(product, 0))
     return items
+
+
+# ---------------------------------------------------------------- the demo's encoder
+
+
+def test_demo_keeps_a_configured_encoder_and_never_resolves_clip_for_it(monkeypatch):
+    from pipeline.cli import demo
+
+    def no_clip(settings):
+        raise AssertionError("CLIP weights resolved for another encoder")
+
+    monkeypatch.setattr(demo, "resolve_weights", no_clip)
+    settings = VitrineSettings(encoder="example_histogram", encoder_options={"bins": 4})
+    assert demo._demo_model(settings) is settings
+
+
+def test_demo_without_clip_weights_prefers_the_offline_image_encoder(tmp_path, monkeypatch):
+    pytest.importorskip("timm")
+    from pipeline.cli import demo
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    chosen = demo._demo_model(VitrineSettings(model_pretrained=str(tmp_path / "none.pt")))
+    assert chosen.encoder == "efficientnet_lite0"
