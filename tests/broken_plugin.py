@@ -13,6 +13,7 @@ broken_import = broken_vitrine_plugin:factory
 not_callable = ok_vitrine_plugin:NOT_CALLABLE
 wrong_type = ok_vitrine_plugin:returns_a_string
 bad_output = ok_vitrine_plugin:bad_output
+text_without_tower = ok_vitrine_plugin:text_without_tower
 
 [vitrine.processors]
 broken_missing = no_such_module_for_vitrine:Processor
@@ -48,6 +49,14 @@ class BadOutputEncoder(Encoder):
 
 def bad_output(settings):
     return BadOutputEncoder()
+
+
+class ClaimsText(BadOutputEncoder):
+    capabilities = frozenset({"image", "text"})
+
+
+def text_without_tower(settings):
+    return ClaimsText()
 
 
 class ClashingProcessor(Processor):

@@ -67,10 +67,11 @@ class Encoder(ABC):
     - ``embed_images`` / ``embed_texts`` MUST return a float32 ``(len(inputs), dim)`` array of
       finite, L2-normalised rows (within ``UNIT_TOLERANCE``), in input order. The pipeline checks
       this and fails the affected products with ``encoder_output_invalid`` otherwise.
-    - The factory (the entry point, ``(settings) -> Encoder``) SHOULD load weights once and read
-      its own options from ``settings.encoder_options``; it runs once per process, after fork,
-      and MUST NOT download anything when the weights are not available (raise
-      ``EncoderError``). Respect ``settings.device`` and ``settings.torch_threads``.
+    - The factory (the entry point, ``(settings) -> Encoder``) runs once per process, after
+      fork; it SHOULD load weights there, once, and read its own options from
+      ``settings.encoder_options``. It MUST NOT hang on a network it cannot reach: when the
+      weights are not available it raises ``EncoderError`` saying what to do. Respect
+      ``settings.device`` and ``settings.torch_threads``.
     - ``embed_*`` MAY be called from several threads (the API's thread pool); guard any state
       that is not thread-safe. They SHOULD batch by ``settings.batch_size``.
     - ``semantic`` SHOULD be False for weights that carry no meaning (random initialisation).
@@ -186,6 +187,8 @@ def _contract_problem(encoder: object) -> str | None:
         return f"dim {dim!r} is not a positive integer"
     if IMAGE not in encoder.capabilities or not encoder.capabilities <= {IMAGE, TEXT}:
         return f"capabilities {sorted(encoder.capabilities)} must include 'image' (and 'text')"
+    if encoder.supports_text and type(encoder).embed_texts is Encoder.embed_texts:
+        return "it declares 'text' but does not implement embed_texts"
     return None
 
 

@@ -101,6 +101,8 @@ def test_encoders_that_break_the_contract_are_refused(broken):
         create_encoder(VitrineSettings(encoder="not_callable"))
     with pytest.raises(EncoderError, match="factory returned str, not an Encoder"):
         create_encoder(VitrineSettings(encoder="wrong_type"))
+    with pytest.raises(EncoderError, match="declares 'text' but does not implement embed_texts"):
+        create_encoder(VitrineSettings(encoder="text_without_tower"))
 
 
 def test_a_chosen_broken_processor_fails_naming_every_broken_one(broken):
