@@ -33,6 +33,11 @@ if ! "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
   echo "==> installing torch 2.14.1 / torchvision 0.29.1 (a few minutes)"
   "$VENV/bin/pip" install -q torch==2.14.1 torchvision==0.29.1
 fi
+# Until 2026-11 the distribution was named "vitrine" (on PyPI, another project's name): drop it
+# so that its entry points and `vitrine` script do not shadow vitrine-search's.
+if "$VENV/bin/pip" show vitrine >/dev/null 2>&1; then
+  "$VENV/bin/pip" uninstall -q -y vitrine
+fi
 echo "==> installing vitrine-search (the vitrine package; with the offline image encoder)"
 "$VENV/bin/pip" install -q -e ".[dev,offline-image]" 2>&1 | grep -v -E "^WARNING: Location .* is ignored" || true
 "$VENV/bin/python" -c "import pipeline, workers, open_clip, elasticsearch, celery, timm"
