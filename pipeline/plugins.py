@@ -11,8 +11,6 @@ from __future__ import annotations
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-DISTRIBUTION = "vitrine-search"
-
 
 class PluginError(RuntimeError):
     """A configured plugin is not installed or cannot be loaded."""
