@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -106,9 +107,12 @@ def build_document(
     quality_flags: list[str] | None = None,
     auto_tags: list[str] | None = None,
     indexed_at: datetime | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``_source`` of one product-image document."""
+    """The ``_source`` of one product-image document; ``extra`` (fields written by plugin
+    processors) never overrides Vitrine's own fields."""
     return {
+        **(extra or {}),
         "product_id": product.product_id,
         "merchant_id": product.merchant_id,
         "title": product.title,

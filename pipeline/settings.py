@@ -24,7 +24,9 @@ def _default_services_dir() -> Path:
 
 
 class VitrineSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="VITRINE_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="VITRINE_", env_nested_delimiter="__", extra="ignore"
+    )
 
     # Elasticsearch
     es_url: str = "http://127.0.0.1:9200"
@@ -58,6 +60,13 @@ class VitrineSettings(BaseSettings):
 
     # Model
     encoder: str = Field("open_clip", description="Name of the encoder plugin (entry point).")
+    encoder_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The encoder plugin's own options: VITRINE_ENCODER_OPTIONS as a JSON object, "
+        "or one VITRINE_ENCODER_OPTIONS__<KEY> variable per option (key lower-cased, value a "
+        "string).",
+    )
+    # open_clip's options (the built-in encoder predates encoder_options)
     model_arch: str = "ViT-B-32"
     model_pretrained: str = Field(
         "laion2b_s34b_b79k",
@@ -65,8 +74,8 @@ class VitrineSettings(BaseSettings):
     )
     allow_random_weights: bool = Field(
         False,
-        description="If real weights cannot be obtained, fall back to a locally generated "
-        "random-initialised checkpoint (mechanics only, no semantics; model_id says so).",
+        description="If real open_clip weights cannot be obtained, fall back to a locally "
+        "generated random-initialised checkpoint (mechanics only; model_id says so).",
     )
     device: str = "cpu"
     batch_size: int = 16
@@ -164,7 +173,7 @@ class VitrineSettings(BaseSettings):
         for name, value in self.model_dump(exclude_none=True).items():
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
-            elif isinstance(value, list):
+            elif isinstance(value, list | dict):
                 value = json.dumps(value)
             env[f"VITRINE_{name.upper()}"] = str(value)
         return env

@@ -12,9 +12,10 @@ Both take ``application/json`` or ``multipart/form-data``:
   ``explain``, per-hit list contributions and the template calls that reproduce the search.
 
 Errors are ``{"detail": {"reason", "message"}}``: 400 bad parameters or vector (wrong
-dimension, another model), 404 unknown product, 413 image too large, 415 other content types,
-422 an image that cannot be used (and request validation errors, FastAPI's format),
-503 no index / Elasticsearch unreachable / the API's model is not the index's.
+dimension, another model; ``text_not_supported`` by an image-only encoder), 404 unknown
+product, 413 image too large, 415 other content types, 422 an image that cannot be used (and
+request validation errors, FastAPI's format), 500 ``encoder_output_invalid`` (a faulty encoder
+plugin), 503 no index / Elasticsearch unreachable / the API's model is not the index's.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from pipeline.api.models import (
     SearchRequest,
     SearchResponse,
 )
-from pipeline.encoders import EncoderError
+from pipeline.encoders import EncoderError, EncoderOutputInvalid
 from pipeline.fetch import FetchPolicy
 from pipeline.images import (
     ImageError,
@@ -65,16 +66,20 @@ QUERY_ERROR_STATUS = {
     "product_not_found": 404,
     "index_not_found": 503,
     "encoder_model_mismatch": 503,
+    "text_not_supported": 400,
 }
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in {
-        400: "Bad parameters, base64 or image URL; query vector of another dimension or model",
+        400: "Bad parameters, base64 or image URL; query vector of another dimension or model; "
+        "text_not_supported (a text vector from an image-only encoder)",
         404: "More-like-this product not indexed",
         413: "Query image over the size limit",
         415: "Neither application/json nor multipart/form-data",
         422: "Query image cannot be decoded (reason: corrupt, not_an_image, ...), "
         "or the body fails validation",
+        500: "encoder_output_invalid: the encoder returned a vector of the wrong shape, "
+        "non-finite or not of unit length",
         503: "No index, Elasticsearch unreachable, or the API's model is not the index's",
     }.items()
 }
@@ -229,6 +234,8 @@ async def _call(function: Any, *args: Any) -> Any:
         raise _query_error(exc) from exc
     except (TransportError, ApiError) as exc:
         raise _error(503, "elasticsearch_unavailable", f"Elasticsearch failed: {exc}") from exc
+    except EncoderOutputInvalid as exc:
+        raise _error(500, exc.reason, str(exc)) from exc
     except EncoderError as exc:
         raise _error(503, "model_unavailable", f"the model cannot be loaded: {exc}") from exc
 

@@ -52,9 +52,12 @@ def worker(
     hostname: Annotated[str | None, typer.Option(help="Worker node name.")] = None,
 ) -> None:
     """Run a Celery worker that embeds and indexes products from the queue."""
+    from pipeline.ingest.ingestor import check_plugins
     from pipeline.jobs import create_celery
 
-    celery_app = create_celery(settings(), worker=True)
+    current = settings()
+    check_plugins(current)
+    celery_app = create_celery(current, worker=True)
     argv = ["worker", f"--concurrency={concurrency}", f"--pool={pool}", f"--loglevel={loglevel}"]
     argv += [f"--queues={celery_app.settings.queue}"]
     if hostname:
@@ -71,9 +74,12 @@ def serve(
     import uvicorn
 
     from pipeline.api.app import create_app
+    from pipeline.encoders import load_factory
 
     setup_logging()
-    uvicorn.run(create_app(settings()), host=host, port=port)
+    current = settings()
+    load_factory(current.encoder)  # a missing or broken encoder plugin: one line, not a traceback
+    uvicorn.run(create_app(current), host=host, port=port)
 
 
 @app.command()
@@ -108,11 +114,12 @@ def main() -> None:
     from pipeline.dev.services import ServiceError
     from pipeline.encoders import EncoderError
     from pipeline.es.indexing import IndexModelMismatch
+    from pipeline.plugins import PluginError
 
     hint = "`vitrine services start` starts local ones"
     try:
         app()
-    except (EncoderError, IndexModelMismatch, ServiceError) as exc:
+    except (EncoderError, IndexModelMismatch, ServiceError, PluginError) as exc:
         message = str(exc)
     except ESConnectionError as exc:
         message = f"Elasticsearch is not reachable ({exc}); {hint}"

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from pipeline.cli.common import fail, settings
-from pipeline.encoders import EncoderError
+from pipeline.encoders import EncoderError, EncoderOutputInvalid
 from pipeline.es.client import make_client
 from pipeline.fetch import FetchPolicy
 from pipeline.images import ImageError, ImageLimits, load_image
@@ -162,6 +162,8 @@ def search(
         result = Searcher(current, es).search(query).to_dict()
     except QueryError as exc:
         fail(f"{exc.reason}: {exc.message}")
+    except EncoderOutputInvalid as exc:
+        fail(f"{exc.reason}: {exc}")
     except EncoderError as exc:
         fail(f"cannot load the model: {exc}")
     finally:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.encoders import Encoder, EncoderError, l2_normalise
+from pipeline.encoders import IMAGE, TEXT, Encoder, EncoderError, l2_normalise
 from pipeline.settings import VitrineSettings
 
 log = logging.getLogger(__name__)
@@ -165,6 +165,8 @@ def _download(arch: str, tag: str, settings: VitrineSettings) -> str | None:
 
 
 class OpenClipEncoder(Encoder):
+    capabilities = frozenset({IMAGE, TEXT})
+
     def __init__(self, arch: str, weights: ResolvedWeights, *, device: str, batch_size: int):
         open_clip = _open_clip()
         self.model, _, self.preprocess = open_clip.create_model_and_transforms(

@@ -25,8 +25,17 @@ class IndexModelMismatch(RuntimeError):
     """The alias's write index holds vectors of another model (re-embed into a new index)."""
 
 
-def ensure_indices(es: Elasticsearch, settings: VitrineSettings, model_id: str, dims: int) -> str:
+def ensure_indices(
+    es: Elasticsearch,
+    settings: VitrineSettings,
+    model_id: str,
+    dims: int,
+    extra_fields: dict[str, Any] | None = None,
+) -> str:
     """Install templates and create the product index for this model if the alias has none.
+
+    ``extra_fields`` are the mappings of fields that plugin processors write; they are added to
+    the index (new or existing) because its mapping is strict.
 
     Returns the write index. Raises ``IndexModelMismatch`` if the alias already points at an
     index of a different model: vectors of two models must never share an index.
@@ -45,7 +54,7 @@ def ensure_indices(es: Elasticsearch, settings: VitrineSettings, model_id: str, 
     if current is None:
         index = mappings.product_index_name(alias, model_id)
         es.options(ignore_status=400).indices.create(
-            index=index, **mappings.product_index_body(alias, model_id, dims)
+            index=index, **mappings.product_index_body(alias, model_id, dims, extra_fields)
         )
         log.info("created index %s behind alias %s for model %s", index, alias, model_id)
         return index
@@ -55,14 +64,18 @@ def ensure_indices(es: Elasticsearch, settings: VitrineSettings, model_id: str, 
             f"alias {alias} writes to {index}, which holds vectors of model {current.model_id!r}, "
             f"not {model_id!r}; re-embed into a new index or point VITRINE_INDEX_ALIAS elsewhere"
         )
-    _add_new_fields(es, index, alias)
+    _add_new_fields(es, index, alias, extra_fields or {})
     return index
 
 
-def _add_new_fields(es: Elasticsearch, index: str, alias: str) -> None:
-    """Add fields that the template gained since ``index`` was created (e.g. ``content_hash``):
-    the mapping is strict, so documents with a field the index lacks would be refused."""
-    wanted = mappings.products_index_template(alias)["template"]["mappings"]["properties"]
+def _add_new_fields(es: Elasticsearch, index: str, alias: str, extra: dict[str, Any]) -> None:
+    """Add fields that the template gained since ``index`` was created (e.g. ``content_hash``)
+    and those of newly configured processors: the mapping is strict, so documents with a field
+    the index lacks would be refused."""
+    wanted = {
+        **extra,
+        **mappings.products_index_template(alias)["template"]["mappings"]["properties"],
+    }
     live = es.indices.get_mapping(index=index)[index]["mappings"].get("properties", {})
     missing = {name: spec for name, spec in wanted.items() if name not in live}
     if missing:

@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 from elasticsearch import Elasticsearch
 
 from pipeline.documents import Product, build_document, document_id
-from pipeline.encoders import Encoder, get_encoder
+from pipeline.encoders import Encoder, get_encoder, load_factory
 from pipeline.es import indexing
 from pipeline.es.client import make_client
-from pipeline.ingest.processors import IngestItem, ProcessorChain, ProcessorContext
+from pipeline.ingest.processors import IngestItem, ProcessorChain, ProcessorContext, load_chain
 from pipeline.settings import VitrineSettings
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,14 @@ class ProductResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def check_plugins(settings: VitrineSettings) -> None:
+    """Import the configured processors and encoder plugin without building them, so that a
+    worker refuses to start with one line naming a missing or broken plugin (``PluginError``,
+    ``EncoderError``) instead of failing in every pool process."""
+    load_chain(settings.processors)
+    load_factory(settings.encoder)
 
 
 class Ingestor:
@@ -70,7 +78,13 @@ class Ingestor:
 
     def ensure_index(self) -> None:
         if not self._index_ready:
-            indexing.ensure_indices(self.es, self.settings, self.encoder.model_id, self.encoder.dim)
+            indexing.ensure_indices(
+                self.es,
+                self.settings,
+                self.encoder.model_id,
+                self.encoder.dim,
+                self.chain.field_mappings,
+            )
             self._index_ready = True
 
     def ingest(self, products: Sequence[Product]) -> list[ProductResult]:
@@ -108,6 +122,7 @@ class Ingestor:
                         quality_flags=item.quality_flags,
                         auto_tags=item.auto_tags,
                         indexed_at=now,
+                        extra=item.extra,
                     ),
                 )
             )

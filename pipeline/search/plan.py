@@ -52,7 +52,8 @@ class QueryError(ValueError):
 
     ``invalid_query`` (parameters), ``dimension_mismatch`` / ``model_mismatch`` (a query vector
     that does not fit the index), ``product_not_found`` (more-like-this), ``index_not_found``,
-    ``encoder_model_mismatch`` (this process's model is not the index's).
+    ``encoder_model_mismatch`` (this process's model is not the index's), ``text_not_supported``
+    (a text vector from an image-only encoder; hybrid text searches fall back to keywords).
     """
 
     def __init__(self, reason: str, message: str):

@@ -16,7 +16,7 @@ from typing import Any
 from elasticsearch import BadRequestError, Elasticsearch
 from PIL import Image
 
-from pipeline.encoders import Encoder, get_encoder
+from pipeline.encoders import Encoder, TextNotSupported, get_encoder
 from pipeline.es import mappings
 from pipeline.es.client import IndexInfo, write_index_info
 from pipeline.search.fusion import (
@@ -174,8 +174,10 @@ class Searcher:
         if image is None and not text:
             raise QueryError("invalid_query", "give an image, a text, or both")
         encoder = self.encoder
-        image_vec = encoder.embed_images([image])[0] if image is not None else None
-        text_vec = encoder.embed_texts([text])[0] if text else None
+        if text and not encoder.supports_text:
+            raise _text_not_supported(encoder, "embed text")
+        image_vec = encoder.encode_images([image])[0] if image is not None else None
+        text_vec = encoder.encode_texts([text])[0] if text else None
         vector: Any
         if image_vec is not None and text_vec is not None:
             try:
@@ -253,7 +255,7 @@ class Searcher:
     def _vector(self, query: SearchQuery, window, info: IndexInfo, run: _Run) -> SearchResult:
         visual: Vector | None = None
         if query.image is not None:
-            visual = self._checked_encoder(info).embed_images([query.image])[0]
+            visual = self._checked_encoder(info).encode_images([query.image])[0]
         elif query.vector is not None:
             self.check_vector(query.vector, query.vector_model_id or "")
             visual = list(query.vector)
@@ -262,7 +264,11 @@ class Searcher:
         text_vector = None
         if needs_text_vector(query):
             assert query.clean_text is not None
-            text_vector = self._checked_encoder(info).embed_texts([query.clean_text])[0]
+            encoder = self._checked_encoder(info)
+            if encoder.supports_text:
+                text_vector = encoder.encode_texts([query.clean_text])[0]
+            elif query.text_mode != "hybrid":  # hybrid keeps its keyword list for the text
+                raise _text_not_supported(encoder, "search by text vector")
         plans = plan_lists(
             query, window, model_id=info.model_id, visual_vector=visual, text_vector=text_vector
         )
@@ -328,3 +334,11 @@ class Searcher:
         if "sort" in fused.hit:
             hit["sort"] = list(fused.hit["sort"])
         return hit
+
+
+def _text_not_supported(encoder: Encoder, what: str) -> QueryError:
+    return QueryError(
+        TextNotSupported.reason,
+        f"the encoder {encoder.model_id} embeds images only and cannot {what}; use "
+        "text_mode='hybrid' or 'keyword' for text",
+    )

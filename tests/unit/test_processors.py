@@ -16,6 +16,7 @@ from pipeline.ingest.processors import (
     ProcessorContext,
     available_processors,
 )
+from pipeline.plugins import PluginError
 from pipeline.settings import VitrineSettings
 
 
@@ -78,9 +79,9 @@ def test_builtin_processors_are_registered_as_entry_points():
 
 
 def test_unknown_or_incomplete_chains_are_refused(encoder):
-    with pytest.raises(ValueError, match="unknown processor"):
+    with pytest.raises(PluginError, match="unknown vitrine.processors plugin 'nope'; installed: "):
         chain(encoder, processors=["decode_image", "nope", "embed_image"])
-    with pytest.raises(ValueError, match="embed_image"):
+    with pytest.raises(PluginError, match="embed_image"):
         chain(encoder, processors=["decode_image"])
 
 
