@@ -107,14 +107,16 @@ def es_api_keys(es, settings: VitrineSettings) -> Iterator[dict[str, str]]:
 
 
 @pytest.fixture(scope="session")
-def worker_settings(es, settings: VitrineSettings, es_api_keys, encoder) -> VitrineSettings:
+def worker_settings(
+    request: pytest.FixtureRequest, es, settings: VitrineSettings, es_api_keys
+) -> VitrineSettings:
     """The worker process's settings: with security on, the worker API key, after an admin (the
     tests' client) has set up templates and indices, which a worker may not do."""
     if not es_api_keys:
         return settings
     from pipeline.ingest.ingestor import Ingestor
 
-    Ingestor(settings, es=es, encoder=encoder).ensure_index()
+    Ingestor(settings, es=es, encoder=request.getfixturevalue("encoder")).ensure_index()
     return with_api_key(settings, es_api_keys["worker"])
 
 

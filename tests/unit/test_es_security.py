@@ -5,9 +5,11 @@ from __future__ import annotations
 from fnmatch import fnmatch
 
 import pytest
+from elastic_transport import ApiResponseMeta, HttpHeaders, NodeConfig
+from elasticsearch import AuthorizationException, NotFoundError
 
 from pipeline.dev import secure_es
-from pipeline.es import mappings, security
+from pipeline.es import indexing, mappings, security
 from pipeline.settings import VitrineSettings
 
 ALIAS, ERRORS = "shop-products", "shop-ingest-errors"
@@ -90,3 +92,36 @@ def test_https_url_selects_the_secure_node(tmp_path):
     assert "xpack.security.enabled: true" in lines
     assert "xpack.security.http.ssl.enabled: true" in lines
     assert "xpack.security.transport.ssl.enabled: true" in lines
+
+
+def api_error(cls, status: int):
+    node = NodeConfig("https", "127.0.0.1", 9200)
+    return cls("refused", ApiResponseMeta(status, "1.1", HttpHeaders(), 0.0, node), {})
+
+
+class WorkerRights:
+    """A client whose credentials may read the alias but not set anything up (the worker)."""
+
+    def __init__(self, index: str | None, model_id: str = "") -> None:
+        self.index, self.model_id, self.indices = index, model_id, self
+
+    def put_index_template(self, **_):
+        raise api_error(AuthorizationException, 403)
+
+    def get_alias(self, name: str) -> dict:
+        if self.index is None:
+            raise api_error(NotFoundError, 404)
+        return {self.index: {"aliases": {name: {"is_write_index": True}}}}
+
+    def get_mapping(self, index: str) -> dict:
+        return {index: {"mappings": {"_meta": {"model_id": self.model_id, "dims": 4}}}}
+
+
+def test_without_admin_rights_the_worker_uses_the_admins_index():
+    settings = VitrineSettings(index_alias=ALIAS, errors_index=ERRORS)
+    es = WorkerRights(PRODUCT_INDEX, "m")
+    assert indexing.ensure_indices(es, settings, "m", 4) == PRODUCT_INDEX  # type: ignore[arg-type]
+    with pytest.raises(indexing.IndexModelMismatch):
+        indexing.ensure_indices(es, settings, "other", 4)  # type: ignore[arg-type]
+    with pytest.raises(indexing.IndexNotReady, match="vitrine init-index"):
+        indexing.ensure_indices(WorkerRights(None), settings, "m", 4)  # type: ignore[arg-type]
