@@ -7,6 +7,10 @@ worker API key (``tests/conftest.py``), so every worker test of that pass exerci
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from elasticsearch import AuthenticationException, AuthorizationException
 from elasticsearch import ConnectionError as ESConnectionError
@@ -14,7 +18,7 @@ from fastapi.testclient import TestClient
 from redis import Redis
 
 from pipeline.api.app import create_app
-from pipeline.es import indexing, mappings
+from pipeline.es import indexing, mappings, security
 from pipeline.es.client import make_client, write_index_info
 from pipeline.jobs import enqueue, wait_for_jobs
 from pipeline.merchants.apikeys import ApiKeyStore
@@ -141,3 +145,27 @@ def test_api_serves_with_the_search_key(keys, indexed, settings):
             f"/v1/products/{products[0].product_id}", headers={"X-API-Key": merchant_key}
         )
         assert view.status_code == 200, view.text
+
+
+def test_setup_command_writes_one_private_key_file_per_role(keys, settings, session_id, tmp_path):
+    deployment = settings.model_copy(update={"index_alias": f"test-cli-{session_id}"})
+    env = {**os.environ, **deployment.to_env()}
+    command = [sys.executable, "-m", "pipeline.cli", "es-security"]
+    try:
+        result = subprocess.run(
+            [*command, "setup", "--env-dir", str(tmp_path), "--expiration", "1h"],
+            env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        for role in security.ROLES:
+            path = tmp_path / f"es-{role}.env"
+            assert path.stat().st_mode & 0o777 == 0o600
+            key = path.read_text().strip().removeprefix("VITRINE_ES_API_KEY=")
+            me = make_client(with_api_key(settings, key)).security.authenticate()
+            assert me["api_key"]["name"] == security.role_name(deployment.index_alias, role)
+        removed = subprocess.run([*command, "remove"], env=env, capture_output=True, text=True)
+        assert removed.returncode == 0, removed.stderr
+        with pytest.raises(AuthenticationException):
+            make_client(with_api_key(settings, key)).security.authenticate()
+    finally:
+        subprocess.run([*command, "remove"], env=env, capture_output=True)
