@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli import jobs, keys, search, services
+from pipeline.cli import es_security, jobs, keys, search, services
 from pipeline.cli.common import settings, setup_logging
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ app = typer.Typer(
 )
 app.add_typer(services.app, name="services")
 app.add_typer(keys.app, name="keys")
+app.add_typer(es_security.app, name="es-security")
 app.command()(jobs.ingest)
 app.command()(jobs.enqueue)
 app.command()(jobs.job)
@@ -113,13 +114,13 @@ def main() -> None:
 
     from pipeline.dev.services import ServiceError
     from pipeline.encoders import EncoderError
-    from pipeline.es.indexing import IndexModelMismatch
+    from pipeline.es.indexing import IndexModelMismatch, IndexNotReady
     from pipeline.plugins import PluginError
 
     hint = "`vitrine services start` starts local ones"
     try:
         app()
-    except (EncoderError, IndexModelMismatch, ServiceError, PluginError) as exc:
+    except (EncoderError, IndexModelMismatch, IndexNotReady, ServiceError, PluginError) as exc:
         message = str(exc)
     except ESConnectionError as exc:
         message = f"Elasticsearch is not reachable ({exc}); {hint}"
