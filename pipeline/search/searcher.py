@@ -9,14 +9,15 @@ is exactly what a frontend calling Elasticsearch directly sends.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from elasticsearch import BadRequestError, Elasticsearch
 from PIL import Image
 
-from pipeline.encoders import Encoder, get_encoder
+from pipeline.documents import HIT_FIELDS
+from pipeline.encoders import Encoder, LazyEncoder
 from pipeline.es import mappings
 from pipeline.es.client import IndexInfo, write_index_info
 from pipeline.search.fusion import (
@@ -40,11 +41,6 @@ from pipeline.search.query import KeywordQuery, ProductRef, ProductVectorQuery, 
 from pipeline.settings import VitrineSettings
 
 __all__ = ["Embedding", "IndexInfo", "QueryError", "SearchQuery", "SearchResult", "Searcher"]
-
-HIT_FIELDS = (
-    "product_id", "merchant_id", "title", "description", "category", "tags", "price",
-    "currency", "in_stock", "image_url", "image_index", "image_sha256", "quality_flags",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -102,23 +98,17 @@ class Searcher:
         self,
         settings: VitrineSettings,
         es: Elasticsearch,
-        encoder: Encoder | Callable[[], Encoder] | None = None,
+        encoder: Encoder | LazyEncoder | None = None,
         *,
         index_info_ttl_s: float = 10.0,
     ):
         self.settings = settings
         self.es = es
-        self._encoder = encoder
+        self.encoder = (
+            encoder if isinstance(encoder, LazyEncoder) else LazyEncoder(settings, encoder)
+        )
         self._ttl = index_info_ttl_s
         self._info: tuple[float, IndexInfo] | None = None
-
-    @property
-    def encoder(self) -> Encoder:
-        if self._encoder is None:
-            self._encoder = get_encoder(self.settings)
-        elif not isinstance(self._encoder, Encoder):
-            self._encoder = self._encoder()
-        return self._encoder
 
     # ------------------------------------------------------------------ index and vectors
 
@@ -137,7 +127,7 @@ class Searcher:
         return info
 
     def _checked_encoder(self, info: IndexInfo) -> Encoder:
-        encoder = self.encoder
+        encoder = self.encoder()
         if encoder.model_id != info.model_id:
             raise QueryError(
                 "encoder_model_mismatch",
@@ -173,7 +163,7 @@ class Searcher:
         text = text.strip() if text else None
         if image is None and not text:
             raise QueryError("invalid_query", "give an image, a text, or both")
-        encoder = self.encoder
+        encoder = self.encoder()
         image_vec = encoder.embed_images([image])[0] if image is not None else None
         text_vec = encoder.embed_texts([text])[0] if text else None
         vector: Any
