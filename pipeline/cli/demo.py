@@ -56,7 +56,7 @@ def run_demo(settings: VitrineSettings, catalogue_path: Path) -> None:
         )
     ingestor = Ingestor(settings)
     ingestor.ensure_index()
-    typer.echo(f"    model_id {ingestor.encoder.model_id}; alias {settings.index_alias}")
+    typer.echo(f"    model_id {ingestor.encoder().model_id}; alias {settings.index_alias}")
 
     plan = plan_import(
         catalogue_path,
