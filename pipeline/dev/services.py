@@ -17,6 +17,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -264,7 +265,7 @@ def stop_redis(settings: VitrineSettings) -> ServiceStatus:
 # --------------------------------------------------------------------------- shared
 
 
-def _wait_until(probe, timeout_s: float, logs: Path) -> ServiceStatus:
+def _wait_until(probe: Callable[[], ServiceStatus], timeout_s: float, logs: Path) -> ServiceStatus:
     deadline = time.monotonic() + timeout_s
     status = probe()
     while not status.running:

@@ -16,6 +16,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from urllib.parse import urlparse
 
 import numpy as np
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 
 
-def _open_clip():
+def _open_clip() -> ModuleType:
     """Import open_clip with Vitrine's extra model configs (e.g. the tiny test model) added."""
     import open_clip
 

@@ -33,6 +33,7 @@ from pipeline.search.plan import (
     ListPlan,
     QueryError,
     SearchQuery,
+    Window,
     needs_text_vector,
     plan_lists,
     validate,
@@ -240,7 +241,9 @@ class Searcher:
             next_search_after=list(hits[-1]["sort"]) if hits and len(hits) == size else None,
         )
 
-    def _vector(self, query: SearchQuery, window, info: IndexInfo, run: _Run) -> SearchResult:
+    def _vector(
+        self, query: SearchQuery, window: Window, info: IndexInfo, run: _Run
+    ) -> SearchResult:
         visual: Vector | None = None
         if query.image is not None:
             visual = self._checked_encoder(info).embed_images([query.image])[0]
