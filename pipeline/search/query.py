@@ -38,13 +38,11 @@ _SORT_FIRST: dict[str, dict[str, str] | None] = {
 }
 
 
+# The one declaration of the search filters: POST /v1/search takes this model as its "filters"
+# (its docstring and title "SearchFilters" are the API docs'), the CLI builds it from its
+# options, and template_params / filter_clauses turn it into Elasticsearch terms.
 class Filters(BaseModel):
-    """Applied inside the kNN search (never after it) and to keyword searches.
-
-    The one declaration of the search filters: ``POST /v1/search`` takes this model as its
-    ``filters`` (its title stays ``SearchFilters`` in the API docs), the CLI builds it from its
-    options, and ``template_params`` / ``filter_clauses`` turn it into Elasticsearch terms.
-    """
+    """Applied inside the kNN search (never after it) and to keyword searches."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", title="SearchFilters")
 
