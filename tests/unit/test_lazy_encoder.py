@@ -19,7 +19,7 @@ def test_nothing_is_loaded_before_the_first_call():
 
 def test_a_given_encoder_is_used_and_shared():
     encoder = MeanColourEncoder()
-    ingestor = Ingestor(UNKNOWN, es=object(), encoder=encoder)  # type: ignore[arg-type]
+    ingestor = Ingestor(UNKNOWN, es=object(), encoder=encoder)
     assert ingestor.encoder() is encoder
-    assert Searcher(UNKNOWN, object(), ingestor.encoder).encoder is ingestor.encoder  # type: ignore[arg-type]
-    assert Searcher(UNKNOWN, object(), encoder).encoder() is encoder  # type: ignore[arg-type]
+    assert Searcher(UNKNOWN, object(), ingestor.encoder).encoder is ingestor.encoder
+    assert Searcher(UNKNOWN, object(), encoder).encoder() is encoder
