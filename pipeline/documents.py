@@ -4,6 +4,12 @@ One document per product image. Its ``_id`` is derived from merchant, product an
 re-sending the same product overwrites the same document instead of adding a duplicate, and the
 derivation is injective (``stable_id``), so no two merchants' or products' ids can meet however
 their ids are spelt.
+
+``ProductDocument`` is the one declaration of a document's fields. Its parts say where a field
+is shown: search hits show ``ProductFields`` and ``ImageFields``; a product view shows
+``ProductFields`` and ``IndexingFields`` once and ``ImageFields`` and ``IndexingFields`` per
+image. ``es_mappings/products_index_template.json`` gives each field its Elasticsearch type;
+``tests/unit/test_document_schema.py`` holds the two together.
 """
 
 from __future__ import annotations
@@ -16,7 +22,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$"
 
@@ -95,6 +108,58 @@ def document_id(merchant_id: str, product_id: str, image_sha256: str) -> str:
     return stable_id("product-image", merchant_id, product_id, image_sha256)
 
 
+class ProductFields(BaseModel):
+    """What the merchant says about the product (from ``Product``): the same on each of its
+    image documents."""
+
+    product_id: str
+    merchant_id: str
+    title: str
+    description: str
+    category: str | None
+    tags: list[str]
+    price: float | None
+    currency: str | None
+    in_stock: bool
+
+
+class ImageFields(BaseModel):
+    """The image a document is about, and what the processors found in it."""
+
+    image_url: str
+    image_index: int
+    image_sha256: str
+    width: int
+    height: int
+    quality_flags: list[str]
+    auto_tags: list[str]
+
+
+class IndexingFields(BaseModel):
+    """How and when the product was indexed: the same on each image document of one write."""
+
+    model_id: str
+    content_hash: str
+    indexed_at: datetime
+
+    @field_serializer("indexed_at")
+    def _iso(self, value: datetime) -> str:
+        return value.isoformat()
+
+
+class ProductDocument(IndexingFields, ImageFields, ProductFields):
+    """The ``_source`` of one product-image document (fields in the order product, image,
+    indexing: pydantic takes the last base's fields first)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_vector: list[float]
+
+
+#: What a search hit shows of its document, in this order.
+HIT_FIELDS = (*ProductFields.model_fields, *ImageFields.model_fields)
+
+
 def build_document(
     product: Product,
     *,
@@ -109,28 +174,20 @@ def build_document(
     indexed_at: datetime | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``_source`` of one product-image document; ``extra`` (fields written by plugin
-    processors) never overrides Vitrine's own fields."""
-    return {
-        **(extra or {}),
-        "product_id": product.product_id,
-        "merchant_id": product.merchant_id,
-        "title": product.title,
-        "description": product.description,
-        "category": product.category,
-        "tags": product.tags,
-        "auto_tags": auto_tags or [],
-        "quality_flags": quality_flags or [],
-        "price": product.price,
-        "currency": product.currency,
-        "in_stock": product.in_stock,
-        "image_url": product.images[image_index],
-        "image_index": image_index,
-        "image_sha256": image_sha256,
-        "width": width,
-        "height": height,
-        "image_vector": [float(x) for x in np.asarray(vector, dtype=np.float32)],
-        "model_id": model_id,
-        "content_hash": product.content_hash,
-        "indexed_at": (indexed_at or datetime.now(UTC)).isoformat(),
-    }
+    """The ``_source`` of one product-image document (validated against ``ProductDocument``);
+    ``extra`` (fields written by plugin processors) never overrides Vitrine's own fields."""
+    document = ProductDocument(
+        **product.model_dump(include=set(ProductFields.model_fields)),
+        image_url=product.images[image_index],
+        image_index=image_index,
+        image_sha256=image_sha256,
+        width=width,
+        height=height,
+        quality_flags=quality_flags or [],
+        auto_tags=auto_tags or [],
+        model_id=model_id,
+        content_hash=product.content_hash,
+        indexed_at=indexed_at or datetime.now(UTC),
+        image_vector=np.asarray(vector, dtype=np.float32).tolist(),
+    )
+    return {**(extra or {}), **document.model_dump(mode="json")}

@@ -54,8 +54,7 @@ from pipeline.images import (
     is_http_url,
     load_image,
 )
-from pipeline.search.plan import QueryError, SearchQuery
-from pipeline.search.query import Filters, ProductRef
+from pipeline.search.plan import QueryError
 
 router = APIRouter(prefix="/v1", tags=["search"])
 
@@ -269,36 +268,6 @@ async def embed(
     return await _call(work)
 
 
-def to_query(body: SearchRequest, image: Image.Image | None) -> SearchQuery:
-    product = None
-    if body.product_id or (body.merchant_id and not body.product_id):
-        if not (body.product_id and body.merchant_id):
-            raise _error(400, "invalid_query", "product_id and merchant_id go together")
-        product = ProductRef(body.merchant_id, body.product_id)
-    return SearchQuery(
-        text=body.text,
-        image=image,
-        vector=body.vector,
-        vector_model_id=body.model_id,
-        product=product,
-        filters=Filters(**body.filters.model_dump()),
-        k=body.k,
-        num_candidates=body.num_candidates,
-        from_=body.from_,
-        size=body.size,
-        search_after=body.search_after,
-        sort=body.sort,
-        text_mode=body.text_mode,
-        combine=body.combine,
-        image_weight=body.image_weight,
-        keyword_weight=body.keyword_weight,
-        fusion=body.fusion,
-        rrf_k=body.rrf_k,
-        explain=body.explain,
-        facets=body.facets,
-    )
-
-
 @router.post(
     "/search",
     response_model=SearchResponse,
@@ -338,6 +307,6 @@ async def search(
         if body.image_url:
             authorise_image_url(state, request.headers, body.image_url)
         image = _query_image(state, upload, body.image_url, body.image_base64)
-        return searcher.search(to_query(body, image)).to_dict()
+        return searcher.search(body.to_query(image)).to_dict()
 
     return await _call(work)

@@ -40,7 +40,7 @@ def init_index() -> None:
     current = settings()
     ingestor = Ingestor(current)
     ingestor.ensure_index()
-    typer.echo(f"alias {current.index_alias} ready for model {ingestor.encoder.model_id}")
+    typer.echo(f"alias {current.index_alias} ready for model {ingestor.encoder().model_id}")
 
 
 @app.command()

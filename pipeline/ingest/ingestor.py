@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from elasticsearch import Elasticsearch
 
 from pipeline.documents import Product, build_document, document_id
-from pipeline.encoders import Encoder, get_encoder, load_factory
+from pipeline.encoders import Encoder, LazyEncoder, load_factory
 from pipeline.es import indexing
 from pipeline.es.client import make_client
 from pipeline.ingest.processors import IngestItem, ProcessorChain, ProcessorContext, load_chain
@@ -60,29 +60,22 @@ class Ingestor:
     ):
         self.settings = settings
         self.es = es or make_client(settings)
-        self._encoder = encoder
-        self.chain = ProcessorChain(
-            settings.processors, ProcessorContext(settings, lambda: self.encoder)
-        )
+        self.encoder = LazyEncoder(settings, encoder)
+        self.chain = ProcessorChain(settings.processors, ProcessorContext(settings, self.encoder))
         self._index_ready = False
-
-    @property
-    def encoder(self) -> Encoder:
-        if self._encoder is None:
-            self._encoder = get_encoder(self.settings)
-        return self._encoder
 
     def load_model(self) -> None:
         """Load the encoder now rather than on the first job."""
-        _ = self.encoder
+        self.encoder()
 
     def ensure_index(self) -> None:
         if not self._index_ready:
+            encoder = self.encoder()
             indexing.ensure_indices(
                 self.es,
                 self.settings,
-                self.encoder.model_id,
-                self.encoder.dim,
+                encoder.model_id,
+                encoder.dim,
                 self.chain.field_mappings,
             )
             self._index_ready = True
@@ -118,7 +111,7 @@ class Ingestor:
                         width=item.image.width,
                         height=item.image.height,
                         vector=item.vector,
-                        model_id=self.encoder.model_id,
+                        model_id=self.encoder().model_id,
                         quality_flags=item.quality_flags,
                         auto_tags=item.auto_tags,
                         indexed_at=now,
@@ -146,7 +139,7 @@ class Ingestor:
                     result.merchant_id,
                     result.product_id,
                     len(result.documents),
-                    self.encoder.model_id,
+                    self.encoder().model_id,
                 )
         return list(results.values())
 
@@ -165,6 +158,6 @@ class Ingestor:
                     reason=result.reason or "unknown",
                     message=result.message or "",
                     image=result.image,
-                    model_id=self.encoder.model_id,
+                    model_id=self.encoder().model_id,
                     attempts=attempts,
                 )

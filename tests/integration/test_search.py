@@ -4,7 +4,6 @@ the stored templates against the Python path; errors for vectors that do not fit
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -340,7 +339,7 @@ def test_templates_return_the_same_hits_as_the_python_path(es, settings, searche
         ),
     ]
     for query in queries:
-        result = searcher.search(replace(query, explain=True))
+        result = searcher.search(query.model_copy(update={"explain": True}))
         assert result.requests and result.hits, query
         expected = [{"document_id": h["document_id"], "score": h["score"]} for h in result.hits]
         got = run_like_a_frontend(es, settings, result)
