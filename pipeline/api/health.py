@@ -26,7 +26,9 @@ def _unreachable(name: str, exc: Exception) -> dict:
 def _check(state: ApiState) -> dict[str, dict]:
     checks: dict[str, dict] = {}
     try:
-        health = state.es.cluster.health(timeout="2s")
+        # this deployment's indices only: another tenant's red index is not our outage
+        index = f"{state.settings.index_alias}-*"
+        health = state.es.cluster.health(index=index, timeout="2s")
         checks["elasticsearch"] = {
             "ok": health["status"] in ("green", "yellow"),
             "status": health["status"],

@@ -21,8 +21,8 @@ from pipeline.api.auth import Merchant, Writer
 from pipeline.api.body import MAX_FIELD_BYTES, parse_json, read_body
 from pipeline.api.deps import Services, State
 from pipeline.api.errors import Problem, image_problem
-from pipeline.api.public import image_path
-from pipeline.documents import ID_PATTERN
+from pipeline.api.public import image_path, without_server_paths
+from pipeline.documents import ID_PATTERN, MAX_IMAGE_REF_CHARS, Product
 from pipeline.images import ImageError, ImageLimits
 from pipeline.jobs import enqueue, enqueue_delete, job_description, job_status
 from pipeline.merchants import uploads
@@ -36,6 +36,20 @@ ProductId = Annotated[str, Path(pattern=ID_PATTERN, description="The merchant's 
 JobId = Annotated[
     str, Path(pattern=r"^[A-Za-z0-9-]{1,64}$", description="The job id of a 202 answer.")
 ]
+
+
+def _metadata_schema() -> dict[str, Any]:
+    """The JSON upload body's schema, from the ``Product`` model (so its limits are documented
+    and fuzzed): images are http(s) URLs, given as ``image_url`` or ``images``."""
+    schema = Product.model_json_schema()
+    schema.pop("title", None)
+    properties = schema["properties"]
+    url = {"type": "string", "format": "uri", "maxLength": MAX_IMAGE_REF_CHARS}
+    properties["images"] = {**properties["images"], "items": url, "description": "Image URLs."}
+    properties["image_url"] = {**url, "description": "One image URL (instead of images)."}
+    schema["required"] = ["title"]
+    return schema
+
 
 _METADATA_EXAMPLE = {
     "product_id": "sku-123",
@@ -73,9 +87,10 @@ UPLOAD_BODY: dict[str, Any] = {
             },
             "application/json": {
                 "schema": {
-                    "type": "object",
+                    **_metadata_schema(),
                     "description": "Product metadata with image URLs: image_url (one) or "
-                    "images (a list). merchant_id may be omitted (it is the key's).",
+                    "images (a list). merchant_id may be omitted (it is the key's); product_id "
+                    "too on PUT (it is the URL's).",
                     "example": {**_METADATA_EXAMPLE, "image_url": "https://cdn.example/sku.jpg"},
                 }
             },
@@ -280,7 +295,7 @@ def get_product(product_id: ProductId, key: Merchant, state: State) -> dict[str,
     responses={**ERRORS, 404: {"description": "no such job of this merchant"}},
     summary="State of an embedding or delete job, with the reason of any failure",
 )
-def get_job(job_id: JobId, key: Merchant, state: State) -> JobView:
+def get_job(job_id: JobId, request: Request, key: Merchant, state: State) -> JobView:
     """Jobs of other merchants answer 404, exactly like jobs that do not exist."""
     description = job_description(state.celery, job_id)
     current = job_status(state.celery, job_id)
@@ -289,12 +304,17 @@ def get_job(job_id: JobId, key: Merchant, state: State) -> JobView:
         raise Problem("job_not_found", f"no job {job_id!r}")
     assert description is not None
     own = f"{key.merchant_id}/"  # every product of the job is this merchant's (checked above)
+    store = state.settings.images_dir
+    results = uploads.public_job_results(current.results)
+    for result in results:
+        if isinstance(result.get("message"), str):
+            result["message"] = without_server_paths(request, result["message"], store)
     return JobView(
         job_id=job_id,
         state=current.state,
         products=[p.removeprefix(own) for p in description.get("products", [])],
-        results=uploads.public_job_results(current.results),
-        error=current.error,
+        results=results,
+        error=without_server_paths(request, current.error, store) if current.error else None,
     )
 
 

@@ -1,8 +1,11 @@
-"""What public answers show of stored documents: an image kept in this server's store appears
-as its public URL (``GET /v1/images/<sha256>``), never as the server path it is stored under."""
+"""What public answers show of stored documents and jobs: an image kept in this server's store
+appears as its public URL (``GET /v1/images/<sha256>``), never as the server path it is stored
+under."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 from fastapi import Request
@@ -23,3 +26,12 @@ def public_image_url(request: Request, url: Any, sha256: Any) -> str | None:
     if isinstance(sha256, str) and SHA256_PATTERN.match(sha256):
         return image_path(request, sha256)
     return None
+
+
+def without_server_paths(request: Request, text: str, store_root: Path) -> str:
+    """``text`` (a job's failure message) with stored images' paths replaced by their public
+    URLs and any other path under the store by a placeholder."""
+    root = str(store_root).rstrip("/")
+    stored = re.compile(re.escape(root) + r"/[0-9a-f]{2}/([0-9a-f]{64})")
+    text = stored.sub(lambda match: image_path(request, match.group(1)), text)
+    return text.replace(root, "<image store>")
