@@ -210,6 +210,20 @@ def test_every_path_that_needs_elasticsearch_is_503_when_it_is_down(settings, ke
         assert "127.0.0.1" not in health.text and "refused" not in health.text.lower()
 
 
+def test_paths_that_need_redis_are_503_when_it_is_down(settings, key):
+    down = settings.model_copy(update={"redis_url": "redis://127.0.0.1:9/0"})  # nothing listens
+    with TestClient(create_app(down, load_model=False)) as client:
+        answers = {
+            "get product": client.get("/v1/products/sku-1", headers={"X-API-Key": key}),
+            "search (rate limit)": client.post("/v1/search", json={"text": "red"}),
+            "embed (rate limit)": client.post("/v1/embed", json={"text": "red"}),
+        }
+        for name, response in answers.items():
+            assert response.status_code == 503, (name, response.text)
+            assert response.json()["detail"]["reason"] == "redis_unavailable", name
+            assert "127.0.0.1" not in response.text, name
+
+
 # --------------------------------------------------------------------------- public answers
 
 
