@@ -38,7 +38,6 @@ STATUS_BY_REASON: dict[str, int] = {
     "invalid_content_length": 400,
     "body_too_large": 413,
     "unsupported_media_type": 415,
-    "invalid_json": 422,
     # who is asking
     "missing_api_key": 401,
     "invalid_api_key": 401,

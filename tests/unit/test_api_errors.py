@@ -34,7 +34,6 @@ def test_every_image_reason_has_a_deliberate_row():
         ("invalid_query", 400),
         ("dimension_mismatch", 400),
         ("unsupported_media_type", 415),
-        ("invalid_json", 422),
         ("missing_api_key", 401),
         ("foreign_merchant", 403),
         ("product_not_found", 404),
