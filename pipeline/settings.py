@@ -120,6 +120,16 @@ class VitrineSettings(BaseSettings):
         120, description="Writes (POST/PUT/DELETE of products) allowed per API key per window."
     )
     upload_rate_window_s: int = Field(60, description="Length of the upload rate-limit window.")
+    search_rate_limit: int = Field(
+        600, ge=1, description="Searches and embeds allowed per API key per window."
+    )
+    search_rate_limit_per_address: int = Field(
+        120,
+        ge=1,
+        description="Searches and embeds without an API key allowed per client address per "
+        "window (behind a proxy, run uvicorn with --proxy-headers to see the real address).",
+    )
+    search_rate_window_s: int = Field(60, ge=1, description="Length of the search rate window.")
     redis_prefix: str = Field(
         "vitrine", description="Prefix of the API's own Redis keys (API keys, rate limits)."
     )

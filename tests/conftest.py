@@ -58,6 +58,7 @@ def settings(session_id: str, tiny_checkpoint: Path, tmp_path_factory) -> Vitrin
         fetch_allow=["127.0.0.1"],
         image_max_bytes=2 * 1024 * 1024,
         image_max_pixels=4_000_000,
+        search_rate_limit_per_address=100_000,  # every test client shares one address
         home=tmp_path_factory.mktemp("home"),
     )
 
