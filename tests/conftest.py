@@ -113,5 +113,6 @@ def worker(es, settings: VitrineSettings, worker_log: Path) -> Iterator:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "tests/integration" in str(item.path).replace(os.sep, "/"):
+        path = str(item.path).replace(os.sep, "/")
+        if "tests/integration" in path or "tests/reliability" in path:
             item.add_marker(pytest.mark.integration)
