@@ -41,7 +41,8 @@ class VitrineCelery(Celery):
         self.settings = settings
 
 
-#: Slack for a due job waiting for a free pool process, on top of its retry wait and run time.
+#: Slack for a received job waiting for a free pool process (one still loading the model, or
+#: busy with another job whose retry fell due), on top of its retry wait and run time.
 VISIBILITY_MARGIN_S = 60
 
 
@@ -55,8 +56,9 @@ def visibility_timeout_s(settings: VitrineSettings) -> int:
 
 
 def redelivery_bound_s(settings: VitrineSettings) -> int:
-    """Longest time from delivery to requeue of a job whose worker died, with any worker of
-    the queue running: the visibility timeout plus one sweep interval."""
+    """Longest time from receipt to requeue of a job whose worker died, while another worker
+    of the queue runs: the visibility timeout plus one sweep interval. With none running, the
+    job is requeued when the next one starts, if that is later."""
     return visibility_timeout_s(settings) + settings.unacked_restore_interval_s
 
 

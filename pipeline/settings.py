@@ -61,16 +61,18 @@ class VitrineSettings(BaseSettings):
     visibility_timeout_s: int | None = Field(
         None,
         ge=1,
-        description="Seconds after delivery when Redis hands a job that no worker acknowledged "
-        "to another worker: the redelivery bound for jobs of a worker that died. Default: "
-        "task_time_limit_s + task_retry_backoff_max_s + 60 (12 minutes with the defaults). "
-        "Shorter than a job's run time plus its retry wait means that job runs twice "
-        "(harmless, writes are idempotent, but wasted work).",
+        description="Seconds after a worker received a job when Redis hands it, still "
+        "unacknowledged, to another worker: the redelivery bound for jobs of a worker that "
+        "died. Default: task_time_limit_s + task_retry_backoff_max_s + 60 (12 minutes with the "
+        "defaults). The clock runs from receipt, through any wait for a free pool process, its "
+        "retry wait and its run: shorter than that means the job runs twice (harmless, writes "
+        "are idempotent, but wasted work).",
     )
     unacked_restore_interval_s: int = Field(
         10,
         ge=1,
-        description="How often each worker looks for jobs past the visibility timeout.",
+        description="How often each worker requeues jobs past the visibility timeout (a "
+        "worker also does it when it starts).",
     )
     worker_proc_alive_timeout_s: float = Field(
         120.0,

@@ -211,9 +211,11 @@ def test_dead_worker_jobs_come_back_within_the_redelivery_bound_and_healthz_foll
             _assert_not_served(api, current.queue)
         # the dead worker's job waits, unacknowledged, in this queue's own unacked set
         assert unacked.hlen(f"{current.queue}.unacked") == 1
-        [(_, delivered)] = unacked.zrange(f"{current.queue}.unacked_index", 0, -1, withscores=True)
+        index = f"{current.queue}.unacked_index"
+        [(tag, delivered)] = unacked.zrange(index, 0, -1, withscores=True)
         delivered_before_kill = time.time() - delivered - (time.monotonic() - clock.start)
-        requeued = clock.watch(lambda: unacked.hlen(f"{current.queue}.unacked") == 0)
+        # requeued: its entry leaves the set (a new receipt re-adds the tag with a new time)
+        requeued = clock.watch(lambda: unacked.zscore(index, tag) != delivered)
         with worker_process(current, output=log) as app:
             _assert_served(api, current.queue)
             statuses = wait_for_jobs(app, job_ids, timeout_s=bound + 120, on_progress=clock)
