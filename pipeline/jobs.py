@@ -2,8 +2,15 @@
 paths call to start embedding jobs, and job status look-ups.
 
 Tasks live in ``workers.tasks`` and are sent by name, so callers need neither torch nor the
-model. Delivery is at-least-once (late acks, requeue when a worker dies); tasks are idempotent,
-so a redelivered job just rewrites the same documents.
+model. Delivery is at-least-once; tasks are idempotent, so a redelivered job just rewrites the
+same documents. How a job comes back when its worker dies:
+
+- a pool process dies: the worker rejects the job and Redis requeues it at once
+  (``task_reject_on_worker_lost``); the replacement process gets ``worker_proc_alive_timeout_s``
+  to load the model before Celery gives up on it.
+- the whole worker dies: its unacknowledged jobs wait in the queue's unacked set until they are
+  ``visibility_timeout`` old, then the next sweep of any worker of the queue requeues them: at
+  most ``redelivery_bound_s`` after delivery (a worker that starts later sweeps when it starts).
 """
 
 from __future__ import annotations
@@ -34,12 +41,50 @@ class VitrineCelery(Celery):
         self.settings = settings
 
 
+#: Slack for a received job waiting for a free pool process (one still loading the model, or
+#: busy with another job whose retry fell due), on top of its retry wait and run time.
+VISIBILITY_MARGIN_S = 60
+
+
+def visibility_timeout_s(settings: VitrineSettings) -> int:
+    """Age at which an unacknowledged job is handed to another worker. A worker holds a job,
+    unacknowledged, while it waits for its retry countdown and while it runs, so the default
+    covers the longest of both: shorter would run live jobs twice, longer delays recovery."""
+    if settings.visibility_timeout_s is not None:
+        return settings.visibility_timeout_s
+    return settings.task_time_limit_s + settings.task_retry_backoff_max_s + VISIBILITY_MARGIN_S
+
+
+def redelivery_bound_s(settings: VitrineSettings) -> int:
+    """Longest time from receipt to requeue of a job whose worker died, while another worker
+    of the queue runs: the visibility timeout plus one sweep interval. With none running, the
+    job is requeued when the next one starts, if that is later."""
+    return visibility_timeout_s(settings) + settings.unacked_restore_interval_s
+
+
+def _broker_transport_options(settings: VitrineSettings) -> dict[str, Any]:
+    # kombu keeps unacknowledged messages in one Redis hash per key name, and every consumer
+    # sweeps the whole hash with its own visibility timeout: one set per queue keeps other
+    # deployments (or test sessions) on the same Redis from requeueing our live jobs.
+    unacked = f"{settings.queue}.unacked"
+    return {
+        "visibility_timeout": visibility_timeout_s(settings),
+        "unacked_key": unacked,
+        "unacked_index_key": f"{unacked}_index",
+        "unacked_mutex_key": f"{unacked}_mutex",
+        # The sweep holds this lock for milliseconds; a worker killed while holding it would
+        # otherwise stop every sweep for kombu's default 300 s. Overlapping sweeps are safe:
+        # each requeue is a transaction that moves a message only if it is still unacked.
+        "unacked_mutex_expire": 30,
+        # Sweep every interval (kombu's default scans on every 10th tick of 10 s).
+        "unacked_restore_interval": settings.unacked_restore_interval_s,
+        "unacked_restore_throttle": 1,
+    }
+
+
 def create_celery(settings: VitrineSettings, *, worker: bool = False) -> VitrineCelery:
     """The Celery app for these settings; ``worker=True`` also loads the task module."""
     app = VitrineCelery(settings)
-    # A task may wait for its retry countdown while reserved: the visibility timeout must exceed
-    # the longest task plus the longest back-off, or Redis redelivers it to another worker.
-    visibility_timeout = max(3600, 2 * settings.task_time_limit_s + 300)
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -53,8 +98,8 @@ def create_celery(settings: VitrineSettings, *, worker: bool = False) -> Vitrine
         task_track_started=True,
         result_extended=True,
         result_expires=7 * 24 * 3600,
-        broker_transport_options={"visibility_timeout": visibility_timeout},
-        result_backend_transport_options={"visibility_timeout": visibility_timeout},
+        broker_transport_options=_broker_transport_options(settings),
+        worker_proc_alive_timeout=settings.worker_proc_alive_timeout_s,
         broker_connection_retry_on_startup=True,
         worker_send_task_events=True,
         imports=[TASKS_MODULE] if worker else [],

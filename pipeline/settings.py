@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pipeline.fetch import FetchPolicy
@@ -55,8 +55,48 @@ class VitrineSettings(BaseSettings):
         2,
         ge=1,
         description="Back-off factor in whole seconds (Celery's retry_backoff): the n-th retry "
-        "waits a random 0..factor*2^n seconds (full jitter), capped at 300 s.",
+        "waits a random 0..factor*2^n seconds (full jitter), capped at task_retry_backoff_max_s.",
     )
+    task_retry_backoff_max_s: int = Field(
+        300,
+        ge=1,
+        description="Longest wait before one retry. A waiting retry is held, unacknowledged, "
+        "by a worker, so it bounds the visibility timeout from below.",
+    )
+    visibility_timeout_s: int | None = Field(
+        None,
+        ge=1,
+        description="Seconds after a worker received a job when Redis hands it, still "
+        "unacknowledged, to another worker: the redelivery bound for jobs of a worker that "
+        "died. Default: task_time_limit_s + task_retry_backoff_max_s + 60 (12 minutes with the "
+        "defaults). The clock runs from receipt, through any wait for a free pool process, its "
+        "retry wait and its run: shorter than that means the job runs twice (harmless, writes "
+        "are idempotent, but wasted work).",
+    )
+    unacked_restore_interval_s: int = Field(
+        10,
+        ge=1,
+        description="How often each worker requeues jobs past the visibility timeout (a "
+        "worker also does it when it starts).",
+    )
+    worker_proc_alive_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="How long a new worker pool process may take to start (it loads the model) "
+        "before Celery kills it. Celery's own 4 s is shorter than loading ViT-B-32 on a CPU "
+        "(about 9 s), which made every replacement of a dead process fail.",
+    )
+
+    @model_validator(mode="after")
+    def _visibility_timeout_exceeds_a_run(self) -> VitrineSettings:
+        if self.visibility_timeout_s is not None and (
+            self.visibility_timeout_s <= self.task_time_limit_s
+        ):
+            raise ValueError(
+                "visibility_timeout_s must exceed task_time_limit_s, or every job that runs "
+                "longer than the visibility timeout is handed to another worker again and again"
+            )
+        return self
 
     # Model
     encoder: str = Field("open_clip", description="Name of the encoder plugin (entry point).")

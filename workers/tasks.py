@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, cast
 
 from celery import Task, current_app, shared_task
@@ -25,7 +26,6 @@ from pipeline.jobs import DELETE_TASK, INDEX_TASK, VitrineCelery
 from pipeline.settings import VitrineSettings
 
 log = logging.getLogger(__name__)
-MAX_BACKOFF_S = 300
 
 _ingestor: Ingestor | None = None
 _ingestor_lock = threading.Lock()
@@ -46,8 +46,17 @@ def ingestor() -> Ingestor:
 
 @worker_process_init.connect
 def _load_model_after_fork(**_: Any) -> None:
-    """Load the model in each pool process after fork, before the first task arrives."""
+    """Load the model in each pool process after fork, before the first task arrives. Celery
+    kills a process not started within ``worker_proc_alive_timeout_s``: say when it is close."""
+    started = time.monotonic()
     ingestor().load_model()
+    took, limit = time.monotonic() - started, _settings(current_app).worker_proc_alive_timeout_s
+    log.log(
+        logging.WARNING if took > limit / 2 else logging.INFO,
+        "model loaded in %.1f s (worker_proc_alive_timeout_s %.0f s)",
+        took,
+        limit,
+    )
 
 
 @after_setup_logger.connect
@@ -67,7 +76,7 @@ def _retry(task: Task, **kwargs: Any) -> Exception:
     countdown = get_exponential_backoff_interval(
         factor=settings.task_retry_backoff_s,
         retries=task.request.retries,
-        maximum=MAX_BACKOFF_S,
+        maximum=settings.task_retry_backoff_max_s,
         full_jitter=True,
     )
     return cast(
