@@ -4,6 +4,10 @@ paths call to start embedding jobs, and job status look-ups.
 Tasks live in ``workers.tasks`` and are sent by name, so callers need neither torch nor the
 model. Delivery is at-least-once (late acks, requeue when a worker dies); tasks are idempotent,
 so a redelivered job just rewrites the same documents.
+
+Accepted means durable: ``enqueue`` and ``enqueue_delete`` write every product to the pending
+journal (``pipeline.journal``, on disk) before the message goes to Redis, so work survives the
+loss of Redis; ``resend`` is how the reconciler sends such work again, under the same job id.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 from celery import Celery
 
 from pipeline.documents import Product
+from pipeline.journal import DELETE, INDEX, PendingJournal, PendingRecord
 from pipeline.settings import VitrineSettings
 
 INDEX_TASK = "vitrine.index_products"
@@ -32,6 +37,7 @@ class VitrineCelery(Celery):
     def __init__(self, settings: VitrineSettings, **kwargs: Any) -> None:
         super().__init__("vitrine", broker=settings.redis_url, backend=settings.redis_url, **kwargs)
         self.settings = settings
+        self.pending_journal = PendingJournal(settings.journal_root)
 
 
 def create_celery(settings: VitrineSettings, *, worker: bool = False) -> VitrineCelery:
@@ -96,11 +102,13 @@ def _describe(products: Sequence[tuple[str, str]]) -> dict[str, Any]:
     }
 
 
-def _send(app: VitrineCelery, task: str, args: list, description: dict) -> str:
-    """Send a task under a fresh job id, marked QUEUED before it is sent. The description is
-    stored under its own key, kept as long as results are, so that ``job_description`` can tell
-    whose job it is in every state."""
-    job_id = str(uuid.uuid4())
+def _send(
+    app: VitrineCelery, task: str, args: list, description: dict, job_id: str | None = None
+) -> str:
+    """Send a task under ``job_id`` (a fresh one by default), marked QUEUED before it is sent.
+    The description is stored under its own key, kept as long as results are, so that
+    ``job_description`` can tell whose job it is in every state."""
+    job_id = job_id or str(uuid.uuid4())
     app.backend.store_result(job_id, None, QUEUED)
     app.backend.set(_description_key(job_id), json.dumps(description))
     app.send_task(task, args=args, task_id=job_id, queue=app.settings.queue)
@@ -117,20 +125,45 @@ def job_description(app: Celery, job_id: str) -> dict[str, Any] | None:
 def enqueue(app: VitrineCelery, products: Sequence[Product], *, batch_size: int = 1) -> list[str]:
     """Start embedding jobs for products, ``batch_size`` products per job; returns job ids.
 
-    Re-sending a product is safe: its documents are overwritten, never duplicated.
+    Each product is in the pending journal before its job is sent. Re-sending a product is
+    safe: its documents are overwritten, never duplicated.
     """
     job_ids = []
     for start in range(0, len(products), batch_size):
         chunk = products[start : start + batch_size]
+        job_id, now = str(uuid.uuid4()), time.time()
+        payloads = [p.model_dump() for p in chunk]
+        app.pending_journal.record(
+            [
+                PendingRecord(INDEX, p.merchant_id, p.product_id, job_id, now, now, product=data)
+                for p, data in zip(chunk, payloads, strict=True)
+            ]
+        )
         description = _describe([(p.merchant_id, p.product_id) for p in chunk])
-        job_ids.append(_send(app, INDEX_TASK, [[p.model_dump() for p in chunk]], description))
+        job_ids.append(_send(app, INDEX_TASK, [payloads], description, job_id))
     return job_ids
 
 
 def enqueue_delete(app: VitrineCelery, merchant_id: str, product_id: str) -> str:
+    job_id, now = str(uuid.uuid4()), time.time()
+    app.pending_journal.record([PendingRecord(DELETE, merchant_id, product_id, job_id, now, now)])
     return _send(
-        app, DELETE_TASK, [merchant_id, product_id], _describe([(merchant_id, product_id)])
+        app, DELETE_TASK, [merchant_id, product_id], _describe([(merchant_id, product_id)]), job_id
     )
+
+
+def resend(app: VitrineCelery, job_id: str, records: Sequence[PendingRecord]) -> None:
+    """Send pending records of one job again, under that job's id (its status URL stays
+    valid): one index job for all of them, or the delete."""
+    description = _describe([(r.merchant_id, r.product_id) for r in records])
+    if records[0].kind == DELETE:
+        [record] = records
+        _send(app, DELETE_TASK, [record.merchant_id, record.product_id], description, job_id)
+    else:
+        _send(app, INDEX_TASK, [[r.product for r in records]], description, job_id)
+    now = time.time()
+    for record in records:
+        app.pending_journal.resent(record, at=now)
 
 
 def job_status(app: Celery, job_id: str) -> JobStatus:

@@ -27,6 +27,7 @@ app.add_typer(keys.app, name="keys")
 app.command()(jobs.ingest)
 app.command()(jobs.enqueue)
 app.command()(jobs.job)
+app.command()(jobs.reconcile)
 app.command()(search.search)
 
 

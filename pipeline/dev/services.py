@@ -234,20 +234,26 @@ def redis_status(settings: VitrineSettings) -> ServiceStatus:
     return ServiceStatus("redis", True, f"127.0.0.1:{port} version {info.get('redis_version')}")
 
 
-def start_redis(settings: VitrineSettings, *, timeout_s: float = 30) -> ServiceStatus:
+def start_redis(
+    settings: VitrineSettings, *, persistent: bool = True, timeout_s: float = 30
+) -> ServiceStatus:
+    """Start Redis with its append-only file (queued jobs, job states and API keys survive a
+    restart, at most about a second of writes lost); ``persistent=False`` keeps nothing, as a
+    Redis that lost its disk would (the fault tests use it)."""
     status = redis_status(settings)
     if status.running:
         return status
     server = install_redis()
     workdir = _redis_dir(settings)
     workdir.mkdir(parents=True, exist_ok=True)
+    aof = ["--appendonly", "yes", "--appendfsync", "everysec"] if persistent else []
     cmd = [
         server,
         "--daemonize", "yes",
         "--bind", "127.0.0.1",
         "--port", str(_port(settings.redis_url, 6379)),
         "--save", "",
-        "--appendonly", "no",
+        *(aof or ["--appendonly", "no"]),
         "--dir", str(workdir),
         "--pidfile", str(workdir / "redis.pid"),
         "--logfile", str(workdir / "redis.log"),
