@@ -155,20 +155,25 @@ def enqueue_delete(app: VitrineCelery, merchant_id: str, product_id: str) -> str
 def resend(app: VitrineCelery, job_id: str, records: Sequence[PendingRecord]) -> None:
     """Send pending records of one job again, under that job's id (its status URL stays
     valid): one index job for all of them, or the delete."""
+    now = time.time()
+    for record in records:  # before sending: a worker finishing the job removes the record
+        app.pending_journal.resent(record, at=now)
+    # Celery never overwrites a SUCCESS state (against lost duplicates); the job's old result
+    # must go, or the new run's states and result would be dropped.
+    app.backend.forget(job_id)
     description = _describe([(r.merchant_id, r.product_id) for r in records])
     if records[0].kind == DELETE:
         [record] = records
         _send(app, DELETE_TASK, [record.merchant_id, record.product_id], description, job_id)
     else:
         _send(app, INDEX_TASK, [[r.product for r in records]], description, job_id)
-    now = time.time()
-    for record in records:
-        app.pending_journal.resent(record, at=now)
 
 
 def job_status(app: Celery, job_id: str) -> JobStatus:
-    result = app.AsyncResult(job_id)
-    state = result.state
+    # Never from Celery's cache of finished results: a job sent again under its id by the
+    # reconciler is queued again after it succeeded once.
+    meta = app.backend.get_task_meta(job_id, cache=False)
+    state, info = meta["status"], meta.get("result")
     if state == QUEUED:
         return JobStatus(job_id, "queued")
     if state == "PENDING":
@@ -176,12 +181,11 @@ def job_status(app: Celery, job_id: str) -> JobStatus:
     if state == "STARTED":
         return JobStatus(job_id, "running")
     if state == "RETRY":
-        return JobStatus(job_id, "retrying", error=str(result.info))
+        return JobStatus(job_id, "retrying", error=str(info))
     if state == "FAILURE":
-        return JobStatus(job_id, "failed", error=f"{type(result.info).__name__}: {result.info}")
+        return JobStatus(job_id, "failed", error=f"{type(info).__name__}: {info}")
     if state == "SUCCESS":
-        value = result.result
-        results = value if isinstance(value, list) else [value]
+        results = info if isinstance(info, list) else [info]
         failed = sum(1 for r in results if r.get("status") == "failed")
         verdict = (
             "done" if not failed else "failed" if failed == len(results) else "partially_failed"

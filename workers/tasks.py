@@ -90,7 +90,7 @@ def _reconcile_periodically(app: VitrineCelery) -> None:
     while True:
         try:
             report = reconcile(app, es)
-            if report.ran and (report.pending or report.errors_flushed or report.errors_spooled):
+            if report.resent or report.finished or report.gave_up or report.errors_flushed:
                 log.info("reconciled: %s", report.summary())
         except Exception as exc:  # Redis or the disk unavailable: try again next period
             log.warning("reconciler failed (%s: %s); next try later", type(exc).__name__, exc)
@@ -104,7 +104,7 @@ def _budget_left(task: Task, since: float) -> float:
 
 def _retry(task: Task, since: float, **kwargs: Any) -> Exception:
     """Celery's retry with exponential back-off and full jitter, never past the budget."""
-    settings = _settings(task)
+    settings = _settings(task.app)
     countdown = get_exponential_backoff_interval(
         factor=settings.task_retry_backoff_s,
         retries=task.request.retries,
@@ -116,7 +116,6 @@ def _retry(task: Task, since: float, **kwargs: Any) -> Exception:
         Exception,
         task.retry(
             countdown=min(countdown, max(0.0, _budget_left(task, since))),
-            max_retries=None,  # bounded by the time budget instead
             **kwargs,
         ),
     )
@@ -198,7 +197,8 @@ def _ingest(task: Task, payloads: list[dict], done: list[dict], since: float) ->
     return done + [r.to_dict() for r in results]
 
 
-@shared_task(bind=True, name=INDEX_TASK)
+# max_retries=None: no count; the time budget (checked before every retry) bounds retries.
+@shared_task(bind=True, name=INDEX_TASK, max_retries=None)
 def index_products(
     self: Task, products: list[dict], done: list[dict] | None = None, since: float | None = None
 ) -> list[dict]:
@@ -206,7 +206,7 @@ def index_products(
     return _ingest(self, products, done or [], since or time.time())
 
 
-@shared_task(bind=True, name=DELETE_TASK)
+@shared_task(bind=True, name=DELETE_TASK, max_retries=None)
 def delete_product(
     self: Task, merchant_id: str, product_id: str, since: float | None = None
 ) -> dict:

@@ -228,10 +228,15 @@ def redis_status(settings: VitrineSettings) -> ServiceStatus:
 
     port = _port(settings.redis_url, 6379)
     try:
-        info: dict = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2).info("server")  # type: ignore[assignment]
+        info: dict = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2).info()  # type: ignore[assignment]
     except redis.RedisError:
         return ServiceStatus("redis", False, f"nothing answers on 127.0.0.1:{port}")
-    return ServiceStatus("redis", True, f"127.0.0.1:{port} version {info.get('redis_version')}")
+    if info.get("loading"):  # still reading its append-only file: commands would fail
+        return ServiceStatus("redis", False, f"127.0.0.1:{port} is loading its data")
+    aof = "append-only file on" if info.get("aof_enabled") else "no persistence"
+    return ServiceStatus(
+        "redis", True, f"127.0.0.1:{port} version {info.get('redis_version')}, {aof}"
+    )
 
 
 def start_redis(
