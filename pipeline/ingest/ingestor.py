@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 from elasticsearch import Elasticsearch
 
 from pipeline.documents import Product, build_document, document_id
-from pipeline.encoders import Encoder, get_encoder
+from pipeline.encoders import Encoder, LazyEncoder, load_factory
 from pipeline.es import indexing
 from pipeline.es.client import is_transient_es_error, make_client
-from pipeline.ingest.processors import IngestItem, ProcessorChain, ProcessorContext
+from pipeline.ingest.processors import IngestItem, ProcessorChain, ProcessorContext, load_chain
 from pipeline.journal import ErrorSpool
 from pipeline.settings import VitrineSettings
 
@@ -41,6 +41,14 @@ class ProductResult:
         return asdict(self)
 
 
+def check_plugins(settings: VitrineSettings) -> None:
+    """Import the configured processors and encoder plugin without building them, so that a
+    worker refuses to start with one line naming a missing or broken plugin (``PluginError``,
+    ``EncoderError``) instead of failing in every pool process."""
+    load_chain(settings.processors)
+    load_factory(settings.encoder)
+
+
 class Ingestor:
     """Everything one process needs to index products; built once per worker process."""
 
@@ -53,26 +61,25 @@ class Ingestor:
     ):
         self.settings = settings
         self.es = es or make_client(settings)
-        self._encoder = encoder
-        self.chain = ProcessorChain(
-            settings.processors, ProcessorContext(settings, lambda: self.encoder)
-        )
+        self.encoder = LazyEncoder(settings, encoder)
+        self.chain = ProcessorChain(settings.processors, ProcessorContext(settings, self.encoder))
         self._index_ready = False
         self.spool = ErrorSpool(settings.journal_root)
 
-    @property
-    def encoder(self) -> Encoder:
-        if self._encoder is None:
-            self._encoder = get_encoder(self.settings)
-        return self._encoder
-
     def load_model(self) -> None:
         """Load the encoder now rather than on the first job."""
-        _ = self.encoder
+        self.encoder()
 
     def ensure_index(self) -> None:
         if not self._index_ready:
-            indexing.ensure_indices(self.es, self.settings, self.encoder.model_id, self.encoder.dim)
+            encoder = self.encoder()
+            indexing.ensure_indices(
+                self.es,
+                self.settings,
+                encoder.model_id,
+                encoder.dim,
+                self.chain.field_mappings,
+            )
             self._index_ready = True
 
     def ingest(self, products: Sequence[Product]) -> list[ProductResult]:
@@ -106,10 +113,11 @@ class Ingestor:
                         width=item.image.width,
                         height=item.image.height,
                         vector=item.vector,
-                        model_id=self.encoder.model_id,
+                        model_id=self.encoder().model_id,
                         quality_flags=item.quality_flags,
                         auto_tags=item.auto_tags,
                         indexed_at=now,
+                        extra=item.extra,
                     ),
                 )
             )
@@ -133,7 +141,7 @@ class Ingestor:
                     result.merchant_id,
                     result.product_id,
                     len(result.documents),
-                    self.encoder.model_id,
+                    self.encoder().model_id,
                 )
         return list(results.values())
 
@@ -142,7 +150,7 @@ class Ingestor:
     ) -> None:
         """Write failed products to the ingest-errors index, or to the error spool while
         Elasticsearch cannot take them (the reconciler writes them later)."""
-        model_id = self._encoder.model_id if self._encoder is not None else None
+        model_id = self.encoder().model_id
         for result in results:
             if result.status != FAILED:
                 continue
