@@ -11,6 +11,10 @@ same documents. How a job comes back when its worker dies:
 - the whole worker dies: its unacknowledged jobs wait in the queue's unacked set until they are
   ``visibility_timeout`` old, then the next sweep of any worker of the queue requeues them: at
   most ``redelivery_bound_s`` after delivery (a worker that starts later sweeps when it starts).
+
+Accepted means durable: ``enqueue`` and ``enqueue_delete`` write every product to the pending
+journal (``pipeline.journal``, on disk) before the message goes to Redis, so work survives the
+loss of Redis; ``resend`` is how the reconciler sends such work again, under the same job id.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 from celery import Celery
 
 from pipeline.documents import Product
+from pipeline.journal import DELETE, INDEX, PendingJournal, PendingRecord
 from pipeline.settings import VitrineSettings
 
 INDEX_TASK = "vitrine.index_products"
@@ -39,6 +44,7 @@ class VitrineCelery(Celery):
     def __init__(self, settings: VitrineSettings, **kwargs: Any) -> None:
         super().__init__("vitrine", broker=settings.redis_url, backend=settings.redis_url, **kwargs)
         self.settings = settings
+        self.pending_journal = PendingJournal(settings.journal_root)
 
 
 #: Slack for a received job waiting for a free pool process (one still loading the model, or
@@ -141,11 +147,13 @@ def _describe(products: Sequence[tuple[str, str]]) -> dict[str, Any]:
     }
 
 
-def _send(app: VitrineCelery, task: str, args: list, description: dict) -> str:
-    """Send a task under a fresh job id, marked QUEUED before it is sent. The description is
-    stored under its own key, kept as long as results are, so that ``job_description`` can tell
-    whose job it is in every state."""
-    job_id = str(uuid.uuid4())
+def _send(
+    app: VitrineCelery, task: str, args: list, description: dict, job_id: str | None = None
+) -> str:
+    """Send a task under ``job_id`` (a fresh one by default), marked QUEUED before it is sent.
+    The description is stored under its own key, kept as long as results are, so that
+    ``job_description`` can tell whose job it is in every state."""
+    job_id = job_id or str(uuid.uuid4())
     app.backend.store_result(job_id, None, QUEUED)
     app.backend.set(_description_key(job_id), json.dumps(description))
     app.send_task(task, args=args, task_id=job_id, queue=app.settings.queue)
@@ -162,25 +170,55 @@ def job_description(app: Celery, job_id: str) -> dict[str, Any] | None:
 def enqueue(app: VitrineCelery, products: Sequence[Product], *, batch_size: int = 1) -> list[str]:
     """Start embedding jobs for products, ``batch_size`` products per job; returns job ids.
 
-    Re-sending a product is safe: its documents are overwritten, never duplicated.
+    Each product is in the pending journal before its job is sent. Re-sending a product is
+    safe: its documents are overwritten, never duplicated.
     """
     job_ids = []
     for start in range(0, len(products), batch_size):
         chunk = products[start : start + batch_size]
+        job_id, now = str(uuid.uuid4()), time.time()
+        payloads = [p.model_dump() for p in chunk]
+        app.pending_journal.record(
+            [
+                PendingRecord(INDEX, p.merchant_id, p.product_id, job_id, now, now, product=data)
+                for p, data in zip(chunk, payloads, strict=True)
+            ]
+        )
         description = _describe([(p.merchant_id, p.product_id) for p in chunk])
-        job_ids.append(_send(app, INDEX_TASK, [[p.model_dump() for p in chunk]], description))
+        job_ids.append(_send(app, INDEX_TASK, [payloads], description, job_id))
     return job_ids
 
 
 def enqueue_delete(app: VitrineCelery, merchant_id: str, product_id: str) -> str:
+    job_id, now = str(uuid.uuid4()), time.time()
+    app.pending_journal.record([PendingRecord(DELETE, merchant_id, product_id, job_id, now, now)])
     return _send(
-        app, DELETE_TASK, [merchant_id, product_id], _describe([(merchant_id, product_id)])
+        app, DELETE_TASK, [merchant_id, product_id], _describe([(merchant_id, product_id)]), job_id
     )
 
 
+def resend(app: VitrineCelery, job_id: str, records: Sequence[PendingRecord]) -> None:
+    """Send pending records of one job again, under that job's id (its status URL stays
+    valid): one index job for all of them, or the delete."""
+    now = time.time()
+    for record in records:  # before sending: a worker finishing the job removes the record
+        app.pending_journal.resent(record, at=now)
+    # Celery never overwrites a SUCCESS state (against lost duplicates); the job's old result
+    # must go, or the new run's states and result would be dropped.
+    app.backend.forget(job_id)
+    description = _describe([(r.merchant_id, r.product_id) for r in records])
+    if records[0].kind == DELETE:
+        [record] = records
+        _send(app, DELETE_TASK, [record.merchant_id, record.product_id], description, job_id)
+    else:
+        _send(app, INDEX_TASK, [[r.product for r in records]], description, job_id)
+
+
 def job_status(app: Celery, job_id: str) -> JobStatus:
-    result = app.AsyncResult(job_id)
-    state = result.state
+    # Never from Celery's cache of finished results: a job sent again under its id by the
+    # reconciler is queued again after it succeeded once.
+    meta = app.backend.get_task_meta(job_id, cache=False)
+    state, info = meta["status"], meta.get("result")
     if state == QUEUED:
         return JobStatus(job_id, "queued")
     if state == "PENDING":
@@ -188,12 +226,11 @@ def job_status(app: Celery, job_id: str) -> JobStatus:
     if state == "STARTED":
         return JobStatus(job_id, "running")
     if state == "RETRY":
-        return JobStatus(job_id, "retrying", error=str(result.info))
+        return JobStatus(job_id, "retrying", error=str(info))
     if state == "FAILURE":
-        return JobStatus(job_id, "failed", error=f"{type(result.info).__name__}: {result.info}")
+        return JobStatus(job_id, "failed", error=f"{type(info).__name__}: {info}")
     if state == "SUCCESS":
-        value = result.result
-        results = value if isinstance(value, list) else [value]
+        results = info if isinstance(info, list) else [info]
         failed = sum(1 for r in results if r.get("status") == "failed")
         verdict = (
             "done" if not failed else "failed" if failed == len(results) else "partially_failed"

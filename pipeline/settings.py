@@ -50,7 +50,12 @@ class VitrineSettings(BaseSettings):
     queue: str = "vitrine"
     task_soft_time_limit_s: int = 300
     task_time_limit_s: int = 360
-    task_max_retries: int = 5
+    task_retry_budget_s: float = Field(
+        900,
+        gt=0,
+        description="How long a job keeps retrying transient faults (Elasticsearch or an image "
+        "host down), counted from its first attempt: outages shorter than this lose nothing.",
+    )
     task_retry_backoff_s: int = Field(
         2,
         ge=1,
@@ -97,6 +102,33 @@ class VitrineSettings(BaseSettings):
                 "longer than the visibility timeout is handed to another worker again and again"
             )
         return self
+
+    # Durability: accepted work and error records on disk (see pipeline/journal.py)
+    journal_dir: Path | None = Field(
+        None,
+        description="Pending-job journal and error spool (default <home>/journal). The API and "
+        "the workers must all see it (a shared volume in docker-compose), like the image store.",
+    )
+    reconcile_interval_s: float = Field(
+        60, gt=0, description="How often each worker runs the reconciler."
+    )
+    reconcile_grace_s: float = Field(
+        30,
+        ge=0,
+        description="A pending record younger than this is left alone (its job is "
+        "being sent right now).",
+    )
+    reconcile_stale_s: float | None = Field(
+        None,
+        description="A job still queued or running this long after it was sent is sent again "
+        "(default: retry budget + task time limit + 10 minutes).",
+    )
+    reconcile_max_sends: int = Field(
+        10,
+        ge=1,
+        description="After this many sends a pending record is given up and recorded "
+        "in the ingest-errors index.",
+    )
 
     # Model
     encoder: str = Field("open_clip", description="Name of the encoder plugin (entry point).")
@@ -216,6 +248,17 @@ class VitrineSettings(BaseSettings):
     @property
     def images_dir(self) -> Path:
         return self.image_store_dir or self.home / "images"
+
+    @property
+    def journal_root(self) -> Path:
+        return self.journal_dir or self.home / "journal"
+
+    @property
+    def stale_after_s(self) -> float:
+        """When a job that is still queued or running counts as lost (see reconcile_stale_s)."""
+        if self.reconcile_stale_s is not None:
+            return self.reconcile_stale_s
+        return self.task_retry_budget_s + self.task_time_limit_s + 600
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``VITRINE_*`` variables, to start a worker or API process with them."""

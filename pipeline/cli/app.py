@@ -28,6 +28,7 @@ app.add_typer(es_security.app, name="es-security")
 app.command()(jobs.ingest)
 app.command()(jobs.enqueue)
 app.command()(jobs.job)
+app.command()(jobs.reconcile)
 app.command()(search.search)
 
 
