@@ -90,8 +90,20 @@ def build_document(
     quality_flags: list[str] | None = None,
     auto_tags: list[str] | None = None,
     indexed_at: datetime | None = None,
+    auto_category: str | None = None,
+    auto_category_score: float | None = None,
+    auto_tag_scores: dict[str, float] | None = None,
+    image_text: str | None = None,
+    phash: str | None = None,
 ) -> dict[str, Any]:
     """The ``_source`` of one product-image document."""
+    enrichment = {  # from pipeline.ingest.enrich; merchant fields are never overwritten
+        "auto_category": auto_category,
+        "auto_category_score": auto_category_score,
+        "auto_tag_scores": [{"tag": t, "score": s} for t, s in (auto_tag_scores or {}).items()],
+        "image_text": image_text,
+        "phash": phash,
+    }
     return {
         "product_id": product.product_id,
         "merchant_id": product.merchant_id,
@@ -113,4 +125,5 @@ def build_document(
         "model_id": model_id,
         "content_hash": product.content_hash,
         "indexed_at": (indexed_at or datetime.now(UTC)).isoformat(),
+        **enrichment,
     }

@@ -33,7 +33,7 @@ if ! "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
   "$VENV/bin/pip" install -q torch==2.14.1 torchvision==0.29.1
 fi
 echo "==> installing vitrine"
-"$VENV/bin/pip" install -q -e ".[dev]" 2>&1 | grep -v -E "^WARNING: Location .* is ignored" || true
+"$VENV/bin/pip" install -q -e ".[dev,ocr]" 2>&1 | grep -v -E "^WARNING: Location .* is ignored" || true
 "$VENV/bin/python" -c "import pipeline, workers, open_clip, elasticsearch, celery" 
 
 echo "==> local Elasticsearch and Redis"

@@ -80,7 +80,15 @@ class SearchFilters(BaseModel):
         None, description="true: in stock only; false: out of stock only."
     )
     exclude_quality_flags: list[str] = Field(
-        default_factory=list, description="Leave out images with these flags (low_resolution)."
+        default_factory=list,
+        description="Leave out images with these flags (low_resolution, blurry, blank, too_dark, "
+        "overexposed, extreme_aspect_ratio, text_overlay, category_mismatch).",
+    )
+    auto_tags_all: list[str] = Field(
+        default_factory=list, max_length=50, description="Has every zero-shot tag (colour:red)."
+    )
+    auto_category: str | None = Field(
+        None, max_length=200, description="Zero-shot category (auto_tag processor)."
     )
 
 
@@ -169,7 +177,11 @@ class SearchRequest(BaseModel):
     keyword_weight: float = Field(1.0, ge=0, description="Weight of the BM25 list.")
     rrf_k: int | None = Field(None, ge=1, description="RRF rank constant (default 60).")
     explain: bool = Field(False, description="Per-hit list ranks/scores and the template calls.")
-    facets: bool = Field(False, description="Counts by tag, category, merchant and price bucket.")
+    facets: bool = Field(
+        False,
+        description="Counts by tag, category, merchant, price bucket, zero-shot category and "
+        "tags, and quality flag.",
+    )
 
 
 class ListContribution(BaseModel):
@@ -202,6 +214,8 @@ class SearchHit(BaseModel):
     image_index: int | None = None
     image_sha256: str | None = None
     quality_flags: list[str] = Field(default_factory=list)
+    auto_category: str | None = None
+    auto_tags: list[str] = Field(default_factory=list)
     score: float = Field(description="Fused score (RRF/linear), or Elasticsearch's for one list.")
     sort: list[Any] | None = Field(None, description="Keyword searches: this hit's sort values.")
     explanation: Explanation | None = None

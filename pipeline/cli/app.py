@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli import jobs, keys, search, services
+from pipeline.cli import jobs, keys, search, services, taxonomy
 from pipeline.cli.common import settings, setup_logging
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ app = typer.Typer(
 )
 app.add_typer(services.app, name="services")
 app.add_typer(keys.app, name="keys")
+app.add_typer(taxonomy.app, name="taxonomy")
 app.command()(jobs.ingest)
 app.command()(jobs.enqueue)
 app.command()(jobs.job)

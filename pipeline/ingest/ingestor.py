@@ -108,6 +108,11 @@ class Ingestor:
                         quality_flags=item.quality_flags,
                         auto_tags=item.auto_tags,
                         indexed_at=now,
+                        auto_category=item.auto_category,
+                        auto_category_score=item.auto_category_score,
+                        auto_tag_scores=item.auto_tag_scores,
+                        image_text=item.image_text,
+                        phash=item.phash,
                     ),
                 )
             )

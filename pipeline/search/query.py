@@ -22,7 +22,7 @@ VECTOR_FIELD = "image_vector"
 MAX_NUM_CANDIDATES = 10_000  # Elasticsearch's limit
 MAX_RESULT_WINDOW = 10_000  # index.max_result_window (from + size)
 SOURCE = {"excludes": [VECTOR_FIELD]}
-KEYWORD_FIELDS = ["title^3", "description"]
+KEYWORD_FIELDS = ["title^3", "description", "image_text"]
 TAG_BOOST = 2
 
 Vector = Sequence[float] | np.ndarray  # a query vector: a list, or an encoder's output row
@@ -49,6 +49,8 @@ class Filters:
     currency: str | None = None
     in_stock: bool | None = None
     exclude_quality_flags: list[str] = field(default_factory=list)
+    auto_tags_all: list[str] = field(default_factory=list)  # "facet:label", e.g. "colour:red"
+    auto_category: str | None = None
 
     def template_params(self) -> dict[str, Any]:
         """The filter parameters of the search templates (absent when not filtering)."""
@@ -68,6 +70,10 @@ class Filters:
             params["out_of_stock"] = True
         if self.exclude_quality_flags:
             params["exclude_quality_flags"] = list(self.exclude_quality_flags)
+        if self.auto_tags_all:
+            params["auto_tags_all"] = [tag.lower() for tag in self.auto_tags_all]
+        if self.auto_category:
+            params["auto_category"] = self.auto_category.lower()
         return params
 
 
@@ -91,6 +97,9 @@ def filter_clauses(filters: Filters, *, model_id: str | None = None) -> list[dic
     if "exclude_quality_flags" in p:
         flags = p["exclude_quality_flags"]
         clauses.append({"bool": {"must_not": [{"terms": {"quality_flags": flags}}]}})
+    clauses.extend({"term": {"auto_tags": tag}} for tag in p.get("auto_tags_all", []))
+    if "auto_category" in p:
+        clauses.append({"term": {"auto_category": p["auto_category"]}})
     if model_id:
         clauses.append({"term": {"model_id": model_id}})
     return clauses
@@ -204,7 +213,8 @@ class KnnQuery:
 
 @dataclass(frozen=True)
 class KeywordQuery:
-    """BM25 over title, description and tags, or every product without text (template
+    """BM25 over title, description, text read from the image and tags, or every product
+    without text (template
     ``keyword``). Only primary images (``image_index`` 0) are searched: one hit per product."""
 
     text: str | None = None

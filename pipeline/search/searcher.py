@@ -44,6 +44,7 @@ __all__ = ["Embedding", "IndexInfo", "QueryError", "SearchQuery", "SearchResult"
 HIT_FIELDS = (
     "product_id", "merchant_id", "title", "description", "category", "tags", "price",
     "currency", "in_stock", "image_url", "image_index", "image_sha256", "quality_flags",
+    "auto_category", "auto_tags",
 )  # fmt: skip
 
 
