@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from pipeline.documents import Product, build_document
-from pipeline.encoders import Encoder, l2_normalise
+from pipeline.encoders import Encoder, EncoderError, l2_normalise
 from pipeline.ingest.enrich import tagging
 from pipeline.ingest.enrich.auto_tag import AutoTag
 from pipeline.ingest.enrich.tagging import (
@@ -57,7 +57,7 @@ class KeywordEncoder(Encoder):
 
 class ImageOnlyEncoder(KeywordEncoder):
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        raise NotImplementedError("no text tower")
+        raise EncoderError(f"encoder {self.model_id} has no text tower")
 
 
 TAXONOMY = Taxonomy.model_validate(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from pipeline.encoders import EncoderError
 from pipeline.ingest.enrich.tagging import (
     LabelVectors,
     category_mismatch,
@@ -47,8 +48,8 @@ class AutoTag(Processor):
         else:
             try:
                 self._vectors = label_vectors(encoder, self.taxonomy, settings.home / "labels")
-            except NotImplementedError:
-                reason = "it has no text tower (image-only), so labels cannot be embedded"
+            except (NotImplementedError, EncoderError) as exc:  # an image-only encoder
+                reason = f"it cannot embed text, so labels cannot be embedded ({exc})"
         if reason:
             self._skipped = True
             log.warning("auto_tag skipped for encoder %s: %s", encoder.model_id, reason)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,7 +87,7 @@ def _write(path: Path, vectors: LabelVectors) -> None:
         arrays[f"names:{name}"] = np.array(names)
         arrays[f"vectors:{name}"] = matrix
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # workers may race: own file
     np.savez(tmp, **arrays)  # type: ignore[arg-type]
     tmp.replace(path)
 
