@@ -79,6 +79,13 @@ def search(
         list[str] | None, typer.Option(help="Must have one of these tags (repeatable).")
     ] = None,
     category: Annotated[str | None, typer.Option(help="Category.")] = None,
+    auto_tag: Annotated[
+        list[str] | None, typer.Option(help="Has this zero-shot tag, e.g. colour:red (repeat).")
+    ] = None,
+    auto_category: Annotated[str | None, typer.Option(help="Zero-shot category.")] = None,
+    exclude_flag: Annotated[
+        list[str] | None, typer.Option(help="Leave out images with this quality flag (repeat).")
+    ] = None,
     merchant: Annotated[str | None, typer.Option(help="Only this merchant's products.")] = None,
     min_price: Annotated[float | None, typer.Option(help="Lowest price.")] = None,
     max_price: Annotated[float | None, typer.Option(help="Highest price.")] = None,
@@ -132,6 +139,9 @@ def search(
         max_price=max_price,
         currency=currency,
         in_stock=in_stock,
+        exclude_quality_flags=exclude_flag or [],
+        auto_tags_all=auto_tag or [],
+        auto_category=auto_category,
     )
     query = SearchQuery(
         text=text,

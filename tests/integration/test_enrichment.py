@@ -9,6 +9,7 @@ are 0 so that every image gets a category and tags: the test model has random we
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -140,3 +141,19 @@ def test_facets_count_auto_fields_and_flags(enriched, es, settings):
     assert flags == {"blurry": 1, "text_overlay": 1}
     tag_total = sum(b["doc_count"] for b in aggs["auto_tags"]["buckets"])
     assert tag_total == sum(len(d["auto_tags"]) for d in docs.values())
+
+
+def test_cli_search_filters_on_auto_fields_and_flags(enriched, settings):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    prefix, docs = enriched
+    category = docs["caption"]["auto_category"]
+    args = ["search", "--tag", prefix, "--auto-category", category, "--exclude-flag", "blurry"]
+    out = CliRunner().invoke(app, [*args, "--json"], env=settings.to_env())
+    assert out.exit_code == 0, out.output
+    hits = json.loads(out.output)["hits"]
+    expected = {n for n, d in docs.items() if d["auto_category"] == category and n != "blurred"}
+    assert {h["product_id"].rsplit("-", 1)[1] for h in hits} == expected
+    assert all(h["auto_category"] == category for h in hits)
