@@ -19,7 +19,8 @@ WORKDIR /app
 #    satisfies the == pins in pyproject.toml) already installed and does not pull CUDA wheels.
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.14.1 torchvision==0.29.1
 
-# 2. The project.
+# 2. The project: distribution vitrine-search (packages pipeline, workers, es_mappings).
+#    Add the offline-image extra (`pip install ".[offline-image]"`) for the EfficientNet encoder.
 COPY pyproject.toml README.md ./
 COPY pipeline/ pipeline/
 COPY workers/ workers/

@@ -3,7 +3,7 @@
 1. Precision and recall of every quality flag on >= 300 generated images with known defects:
    sharp vs Gaussian-blurred at several radii, tiny, blank, dark, overexposed, extreme aspect,
    with and without rendered text or watermarks. Sources: real photos shipped in scikit-image
-   (``pip install -e .[bench]``; skipped when absent) and drawn product scenes. The images go
+   (a dev dependency; skipped when absent) and drawn product scenes. The images go
    through the real processors (``decode_image``, ``ocr``, ``image_quality``) from files.
 2. OCR character accuracy (1 - character error rate) on clean rendered text lines.
 3. Ingest throughput of processor chains in the same run: embed only, the default chain, and
@@ -37,7 +37,7 @@ from pipeline.ingest.processors import (
     IngestItem,
     ProcessorChain,
     ProcessorContext,
-    available_processors,
+    load_processor,
 )
 from pipeline.settings import VitrineSettings
 
@@ -87,7 +87,7 @@ def photos() -> list[Image.Image]:
     try:
         import skimage.data
     except ImportError:
-        print("scikit-image not installed: drawn scenes only (pip install -e .[bench])")
+        print("scikit-image not installed: drawn scenes only (pip install -e .[dev])")
         return []
     out = []
     for name in PHOTOS:
@@ -216,7 +216,7 @@ def no_encoder():
 
 def run_processors(names: list[str], items: list[IngestItem], settings: VitrineSettings) -> None:
     context = ProcessorContext(settings, no_encoder)
-    for processor in [available_processors()[name](context) for name in names]:
+    for processor in [load_processor(name)(context) for name in names]:
         processor.process_batch(items)
 
 

@@ -1,7 +1,15 @@
 """Products as merchants send them, and the Elasticsearch documents made from them.
 
 One document per product image. Its ``_id`` is derived from merchant, product and image hash, so
-re-sending the same product overwrites the same document instead of adding a duplicate.
+re-sending the same product overwrites the same document instead of adding a duplicate, and the
+derivation is injective (``stable_id``), so no two merchants' or products' ids can meet however
+their ids are spelt.
+
+``ProductDocument`` is the one declaration of a document's fields. Its parts say where a field
+is shown: search hits show ``ProductFields`` and ``ImageFields``; a product view shows
+``ProductFields`` and ``IndexingFields`` once and ``ImageFields`` and ``IndexingFields`` per
+image. ``es_mappings/products_index_template.json`` gives each field its Elasticsearch type;
+``tests/unit/test_document_schema.py`` holds the two together.
 """
 
 from __future__ import annotations
@@ -9,11 +17,19 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$"
 
@@ -74,8 +90,87 @@ class Product(BaseModel):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def stable_id(*parts: str) -> str:
+    """A deterministic id for a tuple of strings: SHA-256 of the length-prefixed parts.
+
+    Joining with a separator is not injective when parts may contain it (merchant ``shop-d:a``
+    with product ``b:c`` vs merchant ``shop-d`` with product ``a:b:c``); length prefixes are."""
+    digest = hashlib.sha256()
+    for part in parts:
+        data = part.encode("utf-8", "surrogatepass")
+        digest.update(b"%d:" % len(data))
+        digest.update(data)
+    return digest.hexdigest()
+
+
 def document_id(merchant_id: str, product_id: str, image_sha256: str) -> str:
-    return f"{merchant_id}:{product_id}:{image_sha256[:16]}"
+    """The ``_id`` of a product-image document."""
+    return stable_id("product-image", merchant_id, product_id, image_sha256)
+
+
+class ProductFields(BaseModel):
+    """What the merchant says about the product (from ``Product``): the same on each of its
+    image documents."""
+
+    product_id: str
+    merchant_id: str
+    title: str
+    description: str
+    category: str | None
+    tags: list[str]
+    price: float | None
+    currency: str | None
+    in_stock: bool
+
+
+class TagScore(BaseModel):
+    """A zero-shot tag (``facet:label``) and its probability."""
+
+    tag: str
+    score: float
+
+
+class ImageFields(BaseModel):
+    """The image a document is about, and what the processors found in it."""
+
+    image_url: str
+    image_index: int
+    image_sha256: str
+    width: int
+    height: int
+    quality_flags: list[str]
+    auto_tags: list[str]
+    # from the enrichment processors (pipeline.ingest.enrich); empty when they did not run
+    auto_category: str | None = None
+    auto_category_score: float | None = None
+    auto_tag_scores: list[TagScore] = Field(default_factory=list)
+    image_text: str | None = None
+    phash: str | None = None
+
+
+class IndexingFields(BaseModel):
+    """How and when the product was indexed: the same on each image document of one write."""
+
+    model_id: str
+    content_hash: str
+    indexed_at: datetime
+
+    @field_serializer("indexed_at")
+    def _iso(self, value: datetime) -> str:
+        return value.isoformat()
+
+
+class ProductDocument(IndexingFields, ImageFields, ProductFields):
+    """The ``_source`` of one product-image document (fields in the order product, image,
+    indexing: pydantic takes the last base's fields first)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_vector: list[float]
+
+
+#: What a search hit shows of its document, in this order.
+HIT_FIELDS = (*ProductFields.model_fields, *ImageFields.model_fields)
 
 
 def build_document(
@@ -90,40 +185,32 @@ def build_document(
     quality_flags: list[str] | None = None,
     auto_tags: list[str] | None = None,
     indexed_at: datetime | None = None,
+    extra: Mapping[str, Any] | None = None,
     auto_category: str | None = None,
     auto_category_score: float | None = None,
-    auto_tag_scores: dict[str, float] | None = None,
+    auto_tag_scores: Mapping[str, float] | None = None,
     image_text: str | None = None,
     phash: str | None = None,
 ) -> dict[str, Any]:
-    """The ``_source`` of one product-image document."""
-    enrichment = {  # from pipeline.ingest.enrich; merchant fields are never overwritten
-        "auto_category": auto_category,
-        "auto_category_score": auto_category_score,
-        "auto_tag_scores": [{"tag": t, "score": s} for t, s in (auto_tag_scores or {}).items()],
-        "image_text": image_text,
-        "phash": phash,
-    }
-    return {
-        "product_id": product.product_id,
-        "merchant_id": product.merchant_id,
-        "title": product.title,
-        "description": product.description,
-        "category": product.category,
-        "tags": product.tags,
-        "auto_tags": auto_tags or [],
-        "quality_flags": quality_flags or [],
-        "price": product.price,
-        "currency": product.currency,
-        "in_stock": product.in_stock,
-        "image_url": product.images[image_index],
-        "image_index": image_index,
-        "image_sha256": image_sha256,
-        "width": width,
-        "height": height,
-        "image_vector": [float(x) for x in np.asarray(vector, dtype=np.float32)],
-        "model_id": model_id,
-        "content_hash": product.content_hash,
-        "indexed_at": (indexed_at or datetime.now(UTC)).isoformat(),
-        **enrichment,
-    }
+    """The ``_source`` of one product-image document (validated against ``ProductDocument``);
+    ``extra`` (fields written by plugin processors) never overrides Vitrine's own fields."""
+    document = ProductDocument(
+        **product.model_dump(include=set(ProductFields.model_fields)),
+        image_url=product.images[image_index],
+        image_index=image_index,
+        image_sha256=image_sha256,
+        width=width,
+        height=height,
+        quality_flags=quality_flags or [],
+        auto_tags=auto_tags or [],
+        auto_category=auto_category,
+        auto_category_score=auto_category_score,
+        auto_tag_scores=[TagScore(tag=t, score=v) for t, v in (auto_tag_scores or {}).items()],
+        image_text=image_text,
+        phash=phash,
+        model_id=model_id,
+        content_hash=product.content_hash,
+        indexed_at=indexed_at or datetime.now(UTC),
+        image_vector=np.asarray(vector, dtype=np.float32).tolist(),
+    )
+    return {**(extra or {}), **document.model_dump(mode="json")}

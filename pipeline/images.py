@@ -1,9 +1,11 @@
 """Safe loading of merchant product images: bytes, local paths or http(s) URLs in, one fully
 decoded RGB image out, or an ``ImageError`` whose ``reason`` says why the image is unusable.
 
-Everything is bounded by ``ImageLimits`` (bytes, pixels, fetch timeout) so that one hostile or
-broken upload cannot exhaust a worker. Pillow's process-wide settings (``MAX_IMAGE_PIXELS``,
-``LOAD_TRUNCATED_IMAGES``) are never changed because workers decode concurrently.
+Everything is bounded by ``ImageLimits`` (bytes, pixels, fetch deadline) so that one hostile or
+broken upload cannot exhaust a worker. URLs are fetched only through ``pipeline.fetch`` (the
+SSRF guard), under the ``FetchPolicy`` the caller passes (by default: public addresses only).
+Pillow's process-wide settings (``MAX_IMAGE_PIXELS``, ``LOAD_TRUNCATED_IMAGES``) are never
+changed because workers decode concurrently.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import httpx
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pipeline.fetch import FetchError, FetchPolicy, fetch
 
 SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
 # Pillow reports multi-picture JPEGs (common from phone cameras) as "MPO"; they are JPEGs.
@@ -39,6 +42,7 @@ class Reason(StrEnum):
     NOT_FOUND = "not_found"
     FETCH_FAILED = "fetch_failed"
     FETCH_TIMEOUT = "fetch_timeout"
+    FETCH_REFUSED = "fetch_refused"
     INVALID_SOURCE = "invalid_source"
 
 
@@ -61,7 +65,7 @@ class ImageError(Exception):
 class ImageLimits:
     max_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 50_000_000  # Pillow decompression-bomb limit (width*height)
-    fetch_timeout_s: float = 10.0
+    fetch_timeout_s: float = 10.0  # the whole fetch: resolution, redirects, every read
 
     def __post_init__(self) -> None:
         if self.max_bytes <= 0 or self.max_pixels <= 0 or self.fetch_timeout_s <= 0:
@@ -77,6 +81,7 @@ class ImageLimits:
 
 
 DEFAULT_LIMITS = ImageLimits()
+PUBLIC_ONLY = FetchPolicy()
 
 
 @dataclass(frozen=True)
@@ -191,14 +196,27 @@ def read_image_bytes(
     source: str | os.PathLike[str],
     limits: ImageLimits = DEFAULT_LIMITS,
     *,
-    client: httpx.Client | None = None,
+    policy: FetchPolicy = PUBLIC_ONLY,
+    deadline: float | None = None,
 ) -> bytes:
-    """Read raw bytes from an http(s) URL or a local file, never more than ``limits.max_bytes``."""
+    """Read raw bytes from an http(s) URL or a local file, never more than ``limits.max_bytes``.
+
+    URLs go through the guarded fetcher under ``policy``, finished by ``deadline`` (a
+    ``time.monotonic()`` value) if that comes before ``limits.fetch_timeout_s``."""
     if isinstance(source, str) and "://" in source:
         scheme = source.split("://", 1)[0].lower()
-        if scheme in ("http", "https"):
-            return _fetch(source, limits, client)
-        raise ImageError(Reason.INVALID_SOURCE, f"unsupported URL scheme {scheme!r}: {source}")
+        if scheme not in ("http", "https"):
+            raise ImageError(Reason.INVALID_SOURCE, f"unsupported URL scheme {scheme!r}: {source}")
+        try:
+            return fetch(
+                source,
+                policy=policy,
+                max_bytes=limits.max_bytes,
+                timeout_s=limits.fetch_timeout_s,
+                deadline=deadline,
+            )
+        except FetchError as exc:
+            raise ImageError(exc.reason, exc.message, transient=exc.transient) from exc
     return _read_file(Path(source), limits)
 
 
@@ -222,64 +240,15 @@ def _read_file(path: Path, limits: ImageLimits) -> bytes:
     return data
 
 
-def _fetch(url: str, limits: ImageLimits, client: httpx.Client | None) -> bytes:
-    """GET with a timeout, streaming so an oversized body is abandoned as soon as it passes the
-    limit. A caller-supplied client is used (and left open) so workers can pool connections."""
-    own_client = client is None
-    http = client or httpx.Client()
-    try:
-        with http.stream("GET", url, timeout=limits.fetch_timeout_s, follow_redirects=True) as resp:
-            _check_status(url, resp.status_code)
-            length = resp.headers.get("content-length", "")
-            if length.isdigit() and int(length) > limits.max_bytes:
-                raise ImageError(
-                    Reason.TOO_LARGE,
-                    f"{url} declares {int(length):,} bytes, limit is {limits.max_bytes:,}",
-                )
-            chunks, total = [], 0
-            for chunk in resp.iter_bytes():
-                total += len(chunk)
-                if total > limits.max_bytes:
-                    raise ImageError(
-                        Reason.TOO_LARGE, f"{url} sent over the limit of {limits.max_bytes:,} bytes"
-                    )
-                chunks.append(chunk)
-            return b"".join(chunks)
-    except httpx.TimeoutException as e:
-        raise ImageError(
-            Reason.FETCH_TIMEOUT,
-            f"{url} timed out after {limits.fetch_timeout_s}s ({type(e).__name__})",
-            transient=True,
-        ) from e
-    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as e:
-        raise ImageError(Reason.INVALID_SOURCE, f"invalid URL {url}: {e}") from e
-    except httpx.TransportError as e:  # connection refused/reset, DNS, protocol errors
-        raise ImageError(
-            Reason.FETCH_FAILED, f"{url} failed: {type(e).__name__}: {e}", transient=True
-        ) from e
-    except httpx.RequestError as e:  # too many redirects, undecodable content encoding
-        raise ImageError(Reason.FETCH_FAILED, f"{url} failed: {type(e).__name__}: {e}") from e
-    finally:
-        if own_client:
-            http.close()
-
-
-def _check_status(url: str, status: int) -> None:
-    if 200 <= status < 300:
-        return
-    if status in (404, 410):
-        raise ImageError(Reason.NOT_FOUND, f"{url} returned HTTP {status}")
-    transient = status == 429 or status >= 500
-    raise ImageError(Reason.FETCH_FAILED, f"{url} returned HTTP {status}", transient=transient)
-
-
 def load_image(
     source: bytes | str | os.PathLike[str],
     limits: ImageLimits = DEFAULT_LIMITS,
     *,
-    client: httpx.Client | None = None,
+    policy: FetchPolicy = PUBLIC_ONLY,
+    deadline: float | None = None,
 ) -> LoadedImage:
-    """Load and decode an image from bytes, a local path or an http(s) URL."""
+    """Load and decode an image from bytes, a local path or an http(s) URL (see
+    ``read_image_bytes`` for ``policy`` and ``deadline``)."""
     if isinstance(source, bytes | bytearray | memoryview):
         return decode_image(bytes(source), limits)
-    return decode_image(read_image_bytes(source, limits, client=client), limits)
+    return decode_image(read_image_bytes(source, limits, policy=policy, deadline=deadline), limits)

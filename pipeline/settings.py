@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from pipeline.fetch import FetchPolicy
 
 
 def _default_home() -> Path:
@@ -21,7 +24,9 @@ def _default_services_dir() -> Path:
 
 
 class VitrineSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="VITRINE_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="VITRINE_", env_nested_delimiter="__", extra="ignore"
+    )
 
     # Elasticsearch
     es_url: str = "http://127.0.0.1:9200"
@@ -55,6 +60,13 @@ class VitrineSettings(BaseSettings):
 
     # Model
     encoder: str = Field("open_clip", description="Name of the encoder plugin (entry point).")
+    encoder_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The encoder plugin's own options: VITRINE_ENCODER_OPTIONS as a JSON object, "
+        "or one VITRINE_ENCODER_OPTIONS__<KEY> variable per option (key lower-cased, value a "
+        "string).",
+    )
+    # open_clip's options (the built-in encoder predates encoder_options)
     model_arch: str = "ViT-B-32"
     model_pretrained: str = Field(
         "laion2b_s34b_b79k",
@@ -62,8 +74,8 @@ class VitrineSettings(BaseSettings):
     )
     allow_random_weights: bool = Field(
         False,
-        description="If real weights cannot be obtained, fall back to a locally generated "
-        "random-initialised checkpoint (mechanics only, no semantics; model_id says so).",
+        description="If real open_clip weights cannot be obtained, fall back to a locally "
+        "generated random-initialised checkpoint (mechanics only; model_id says so).",
     )
     device: str = "cpu"
     batch_size: int = 16
@@ -72,7 +84,21 @@ class VitrineSettings(BaseSettings):
     # Images
     image_max_bytes: int = 20 * 1024 * 1024
     image_max_pixels: int = 50_000_000
-    image_fetch_timeout_s: float = 10.0
+    image_fetch_timeout_s: float = Field(
+        10.0, description="Deadline of one image fetch as a whole (resolution, redirects, body)."
+    )
+    fetch_allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Internal image stores that image URLs may reach: CIDRs, addresses and host "
+        "names ('*.name' for its subdomains), comma-separated. Everything else that is not a "
+        "public address (loopback, private, link-local, metadata...) is refused.",
+    )
+    fetch_max_redirects: int = Field(5, ge=0, description="Redirects one image fetch follows.")
+    anonymous_image_urls: bool = Field(
+        False,
+        description="Let callers without an API key have /v1/embed and /v1/search fetch an "
+        "image_url (allow-listed hosts are always allowed).",
+    )
     min_image_side: int = Field(256, description="Below this width/height an image is flagged.")
 
     # Ingest
@@ -158,6 +184,21 @@ class VitrineSettings(BaseSettings):
         description="Local Elasticsearch/Redis installs and data (dev, demo, tests).",
     )
 
+    @field_validator("fetch_allow", mode="before")
+    @classmethod
+    def _split_fetch_allow(cls, value: Any) -> Any:
+        """Accept a comma-separated string or a JSON list (``to_env`` writes JSON)."""
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else text.split(",")
+        return value
+
+    @field_validator("fetch_allow")
+    @classmethod
+    def _valid_fetch_allow(cls, entries: list[str]) -> list[str]:
+        FetchPolicy.parse(entries)  # fail at start-up, not at the first fetch
+        return [e.strip() for e in entries if e.strip()]
+
     @property
     def models_dir(self) -> Path:
         return self.home / "models"
@@ -172,7 +213,7 @@ class VitrineSettings(BaseSettings):
         for name, value in self.model_dump(exclude_none=True).items():
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
-            elif isinstance(value, list):
+            elif isinstance(value, list | dict):
                 value = json.dumps(value)
             env[f"VITRINE_{name.upper()}"] = str(value)
         return env

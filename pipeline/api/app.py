@@ -21,7 +21,7 @@ def create_app(settings: VitrineSettings, *, load_model: bool = True) -> FastAPI
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if load_model:
-            state.get_encoder()
+            state.encoder()
         yield
         state.es.close()
 

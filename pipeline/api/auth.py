@@ -10,8 +10,11 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Response, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import Headers
 
-from pipeline.api.deps import Services
+from pipeline.api.deps import ApiState, Services
+from pipeline.fetch import FetchPolicy
+from pipeline.images import is_http_url
 from pipeline.merchants.apikeys import ApiKey
 
 _api_key_header = APIKeyHeader(
@@ -68,3 +71,28 @@ def write_allowance(
 
 Merchant = Annotated[ApiKey, Depends(current_key)]
 Writer = Annotated[ApiKey, Depends(write_allowance)]
+
+
+def authorise_image_url(state: ApiState, headers: Headers, url: str) -> None:
+    """Only callers with a valid API key make the server fetch an arbitrary ``image_url``
+    (blocking: Redis). Anonymous callers may if ``anonymous_image_urls`` is on or the URL's host
+    is allow-listed; otherwise 401, and nothing is fetched. Other than http(s) URLs are refused
+    later, to everyone, as ``invalid_source``."""
+    settings = state.settings
+    if not is_http_url(url) or settings.anonymous_image_urls:
+        return
+    if FetchPolicy.from_settings(settings).url_allowed(url):
+        return
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    key = headers.get("x-api-key") or (token.strip() if scheme.lower() == "bearer" else "")
+    if key and state.merchant_services.keys.lookup(key) is not None:
+        return
+    raise HTTPException(
+        status.HTTP_401_UNAUTHORIZED,
+        {
+            "reason": "api_key_required",
+            "message": "image_url needs a valid API key; send the image itself as a file or "
+            "as image_base64",
+        },
+        headers={"WWW-Authenticate": "Bearer"},
+    )

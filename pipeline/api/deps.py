@@ -3,7 +3,7 @@ services) and the FastAPI dependencies that hand it out. Routers import this, ne
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Annotated
 
@@ -11,7 +11,7 @@ from elasticsearch import Elasticsearch
 from fastapi import Depends, Request
 from redis import Redis
 
-from pipeline.encoders import Encoder, get_encoder
+from pipeline.encoders import LazyEncoder
 from pipeline.jobs import VitrineCelery
 from pipeline.merchants.apikeys import ApiKeyStore
 from pipeline.merchants.ratelimit import RateLimiter, RedisCounter
@@ -37,17 +37,15 @@ class ApiState:
     settings: VitrineSettings
     es: Elasticsearch
     celery: VitrineCelery
-    encoder: Encoder | None = None  # loaded in the lifespan
+    encoder: LazyEncoder = field(init=False)  # loaded in the lifespan
 
-    def get_encoder(self) -> Encoder:
-        if self.encoder is None:
-            self.encoder = get_encoder(self.settings)
-        return self.encoder
+    def __post_init__(self) -> None:
+        self.encoder = LazyEncoder(self.settings)
 
     @cached_property
     def searcher(self) -> Searcher:
         """It caches the index's model for a few seconds, so there is one per application."""
-        return Searcher(self.settings, self.es, self.get_encoder)
+        return Searcher(self.settings, self.es, self.encoder)
 
     @cached_property
     def merchant_services(self) -> MerchantServices:

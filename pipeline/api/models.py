@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.documents import ID_PATTERN
-from pipeline.search.plan import MAX_TEXT_CHARS
+from pipeline.documents import ID_PATTERN, ImageFields, ProductFields
+from pipeline.search.plan import MAX_TEXT_CHARS, QueryError, SearchOptions, SearchQuery
+from pipeline.search.query import ProductRef
 
 MAX_VECTOR_DIMS = 4096
 
@@ -62,36 +64,6 @@ class EmbedResponse(BaseModel):
     vector: list[float] = Field(description="Unit-length query vector (query_vector).")
 
 
-class SearchFilters(BaseModel):
-    """Applied inside the kNN search (never after it) and to keyword searches."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    tags_all: list[str] = Field(default_factory=list, max_length=50, description="Has every tag.")
-    tags_any: list[str] = Field(
-        default_factory=list, max_length=50, description="Has one of these."
-    )
-    category: str | None = Field(None, max_length=200)
-    merchant_id: str | None = Field(None, pattern=ID_PATTERN, description="Only this merchant.")
-    min_price: float | None = Field(None, ge=0)
-    max_price: float | None = Field(None, ge=0)
-    currency: str | None = Field(None, pattern=r"^[A-Z]{3}$")
-    in_stock: bool | None = Field(
-        None, description="true: in stock only; false: out of stock only."
-    )
-    exclude_quality_flags: list[str] = Field(
-        default_factory=list,
-        description="Leave out images with these flags (low_resolution, blurry, blank, too_dark, "
-        "overexposed, extreme_aspect_ratio, text_overlay, category_mismatch).",
-    )
-    auto_tags_all: list[str] = Field(
-        default_factory=list, max_length=50, description="Has every zero-shot tag (colour:red)."
-    )
-    auto_category: str | None = Field(
-        None, max_length=200, description="Zero-shot category (auto_tag processor)."
-    )
-
-
 SEARCH_EXAMPLES: dict[str, dict[str, Any]] = {
     "text": {
         "summary": "Text, hybrid (CLIP text kNN + BM25, RRF)",
@@ -124,14 +96,11 @@ SEARCH_EXAMPLES: dict[str, dict[str, Any]] = {
 }
 
 
-class SearchRequest(BaseModel):
+class SearchRequest(SearchOptions):
     """One search. Give at most one of image_url, image_base64 (or the uploaded image),
     vector (+ model_id) and product_id (+ merchant_id); text goes with any of them. Without
     any of them it is a keyword search (text_mode "keyword" forces one)."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    text: str | None = Field(None, max_length=MAX_TEXT_CHARS)
     image_url: str | None = Field(None, max_length=2048, description="http(s) URL.")
     image_base64: str | None = Field(None, description="Base64 image (data: URL allowed).")
     vector: list[float] | None = Field(
@@ -146,42 +115,21 @@ class SearchRequest(BaseModel):
         pattern=ID_PATTERN,
         description="The product's merchant (filters.merchant_id restricts results to a merchant).",
     )
-    filters: SearchFilters = Field(default_factory=SearchFilters)
-    k: int | None = Field(
-        None,
-        ge=1,
-        description="Products in the ranked window (default 20, "
-        "max 200); vector searches rank at most k products.",
-    )
-    num_candidates: int | None = Field(
-        None, ge=1, le=10_000, description="HNSW candidates (default max(100, 2 x 3k))."
-    )
-    from_: int = Field(0, alias="from", ge=0, description="Page offset within the window.")
-    size: int | None = Field(None, ge=0, description="Page size (default k).")
-    search_after: list[Any] | None = Field(
-        None, description="Keyword searches: next_search_after of the previous page."
-    )
-    sort: Literal["relevance", "price_asc", "price_desc", "newest"] = Field(
-        "relevance", description="Keyword searches only."
-    )
-    text_mode: Literal["hybrid", "vector", "keyword"] = Field(
-        "hybrid", description="How text is matched: CLIP kNN + BM25, CLIP kNN, or BM25."
-    )
-    combine: Literal["embedding", "lists"] = Field(
-        "embedding", description="Image + text: one mixed vector, or two fused kNN lists."
-    )
-    fusion: Literal["rrf", "linear"] = Field(
-        "rrf", description="Reciprocal rank fusion (rrf_k 60) or min-max linear combination."
-    )
-    image_weight: float = Field(0.5, ge=0, le=1, description="Image vs text (1 = image only).")
-    keyword_weight: float = Field(1.0, ge=0, description="Weight of the BM25 list.")
-    rrf_k: int | None = Field(None, ge=1, description="RRF rank constant (default 60).")
-    explain: bool = Field(False, description="Per-hit list ranks/scores and the template calls.")
-    facets: bool = Field(
-        False,
-        description="Counts by tag, category, merchant, price bucket, zero-shot category and "
-        "tags, and quality flag.",
-    )
+
+    def to_query(self, image: Image.Image | None) -> SearchQuery:
+        """The search with its query image decoded (the API fetches or decodes it)."""
+        product = None
+        if self.product_id or self.merchant_id:
+            if not (self.product_id and self.merchant_id):
+                raise QueryError("invalid_query", "product_id and merchant_id go together")
+            product = ProductRef(self.merchant_id, self.product_id)
+        return SearchQuery(
+            **self.options(),
+            image=image,
+            vector=self.vector,
+            vector_model_id=self.model_id,
+            product=product,
+        )
 
 
 class ListContribution(BaseModel):
@@ -199,23 +147,10 @@ class Explanation(BaseModel):
     )
 
 
-class SearchHit(BaseModel):
+class SearchHit(ImageFields, ProductFields):
+    """One product: the fields of its best-ranked image document, and how it ranked."""
+
     document_id: str
-    product_id: str
-    merchant_id: str
-    title: str
-    description: str | None = None
-    category: str | None = None
-    tags: list[str] = Field(default_factory=list)
-    price: float | None = None
-    currency: str | None = None
-    in_stock: bool | None = None
-    image_url: str | None = None
-    image_index: int | None = None
-    image_sha256: str | None = None
-    quality_flags: list[str] = Field(default_factory=list)
-    auto_category: str | None = None
-    auto_tags: list[str] = Field(default_factory=list)
     score: float = Field(description="Fused score (RRF/linear), or Elasticsearch's for one list.")
     sort: list[Any] | None = Field(None, description="Keyword searches: this hit's sort values.")
     explanation: Explanation | None = None

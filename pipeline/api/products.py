@@ -21,7 +21,7 @@ from starlette.datastructures import UploadFile
 from pipeline.api.auth import Merchant, Writer
 from pipeline.api.deps import Services, State
 from pipeline.documents import ID_PATTERN
-from pipeline.images import ImageError, ImageLimits, Reason
+from pipeline.images import ImageError, ImageLimits, Reason, is_http_url
 from pipeline.jobs import enqueue, enqueue_delete, job_description, job_status
 from pipeline.merchants import uploads
 from pipeline.merchants.apikeys import ApiKey
@@ -165,6 +165,14 @@ async def _read_request(request: Request) -> tuple[Any, list[UploadFile]]:
     return metadata, files
 
 
+def image_url(request: Request, sha256: str, stored_as: str = "") -> str:
+    """Where clients fetch an image: an http(s) URL as given, else ``GET /v1/images/{sha256}``
+    (stored images are known by their hash; server paths are never shown)."""
+    if is_http_url(stored_as):
+        return stored_as
+    return str(request.app.url_path_for("get_image", sha256=sha256))
+
+
 def _image_http_error(index: int, exc: ImageError) -> HTTPException:
     code = (
         HTTP_413_TOO_LARGE
@@ -211,7 +219,7 @@ async def _upsert(
         product.merchant_id,
         product.product_id,
         images=[
-            StoredImageOut(sha256=s.sha256, url=f"/v1/images/{s.sha256}", stored=s.created)
+            StoredImageOut(sha256=s.sha256, url=image_url(request, s.sha256), stored=s.created)
             for s in stored
         ],
         image_urls=product.images[len(stored) :],
@@ -301,12 +309,16 @@ def delete_product(
     responses={**ERRORS, 404: {"description": "no such product of this merchant is indexed"}},
     summary="What is indexed for a product: metadata, tags, auto tags, quality flags, model",
 )
-def get_product(product_id: ProductId, key: Merchant, state: State) -> dict[str, Any]:
+def get_product(
+    product_id: ProductId, request: Request, key: Merchant, state: State
+) -> dict[str, Any]:
     found = uploads.indexed_product(
         state.es, state.settings.index_alias, key.merchant_id, product_id
     )
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no indexed product {product_id!r}")
+    for image in found["images"]:
+        image["image_url"] = image_url(request, image["image_sha256"], image["image_url"] or "")
     return found
 
 

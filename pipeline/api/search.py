@@ -12,9 +12,10 @@ Both take ``application/json`` or ``multipart/form-data``:
   ``explain``, per-hit list contributions and the template calls that reproduce the search.
 
 Errors are ``{"detail": {"reason", "message"}}``: 400 bad parameters or vector (wrong
-dimension, another model), 404 unknown product, 413 image too large, 415 other content types,
-422 an image that cannot be used (and request validation errors, FastAPI's format),
-503 no index / Elasticsearch unreachable / the API's model is not the index's.
+dimension, another model; ``text_not_supported`` by an image-only encoder), 404 unknown
+product, 413 image too large, 415 other content types, 422 an image that cannot be used (and
+request validation errors, FastAPI's format), 500 ``encoder_output_invalid`` (a faulty encoder
+plugin), 503 no index / Elasticsearch unreachable / the API's model is not the index's.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from pipeline.api.auth import authorise_image_url
 from pipeline.api.deps import ApiState, SearcherDep, State
 from pipeline.api.models import (
     EMBED_EXAMPLES,
@@ -42,7 +44,8 @@ from pipeline.api.models import (
     SearchRequest,
     SearchResponse,
 )
-from pipeline.encoders import EncoderError
+from pipeline.encoders import EncoderError, EncoderOutputInvalid
+from pipeline.fetch import FetchPolicy
 from pipeline.images import (
     ImageError,
     ImageLimits,
@@ -51,8 +54,7 @@ from pipeline.images import (
     is_http_url,
     load_image,
 )
-from pipeline.search.plan import QueryError, SearchQuery
-from pipeline.search.query import Filters, ProductRef
+from pipeline.search.plan import QueryError
 
 router = APIRouter(prefix="/v1", tags=["search"])
 
@@ -63,16 +65,20 @@ QUERY_ERROR_STATUS = {
     "product_not_found": 404,
     "index_not_found": 503,
     "encoder_model_mismatch": 503,
+    "text_not_supported": 400,
 }
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in {
-        400: "Bad parameters, base64 or image URL; query vector of another dimension or model",
+        400: "Bad parameters, base64 or image URL; query vector of another dimension or model; "
+        "text_not_supported (a text vector from an image-only encoder)",
         404: "More-like-this product not indexed",
         413: "Query image over the size limit",
         415: "Neither application/json nor multipart/form-data",
         422: "Query image cannot be decoded (reason: corrupt, not_an_image, ...), "
         "or the body fails validation",
+        500: "encoder_output_invalid: the encoder returned a vector of the wrong shape, "
+        "non-finite or not of unit length",
         503: "No index, Elasticsearch unreachable, or the API's model is not the index's",
     }.items()
 }
@@ -205,7 +211,7 @@ def _query_image(
         if url:
             if not is_http_url(url):
                 raise ImageError(Reason.INVALID_SOURCE, "image_url must be an http(s) URL")
-            return load_image(url, limits).image
+            return load_image(url, limits, policy=FetchPolicy.from_settings(state.settings)).image
         if b64:
             payload = b64.split(",", 1)[1] if b64.startswith("data:") else b64
             if len(payload) > (limits.max_bytes + 2) // 3 * 4 + 4:
@@ -227,6 +233,8 @@ async def _call(function: Any, *args: Any) -> Any:
         raise _query_error(exc) from exc
     except (TransportError, ApiError) as exc:
         raise _error(503, "elasticsearch_unavailable", f"Elasticsearch failed: {exc}") from exc
+    except EncoderOutputInvalid as exc:
+        raise _error(500, exc.reason, str(exc)) from exc
     except EncoderError as exc:
         raise _error(503, "model_unavailable", f"the model cannot be loaded: {exc}") from exc
 
@@ -251,41 +259,13 @@ async def embed(
     body: EmbedRequest = _validate(EmbedRequest, fields)
 
     def work() -> EmbedResponse:
+        if body.image_url:
+            authorise_image_url(state, request.headers, body.image_url)
         image = _query_image(state, upload, body.image_url, body.image_base64)
         embedding = searcher.embed(image=image, text=body.text, image_weight=body.image_weight)
         return EmbedResponse(**embedding.__dict__)
 
     return await _call(work)
-
-
-def to_query(body: SearchRequest, image: Image.Image | None) -> SearchQuery:
-    product = None
-    if body.product_id or (body.merchant_id and not body.product_id):
-        if not (body.product_id and body.merchant_id):
-            raise _error(400, "invalid_query", "product_id and merchant_id go together")
-        product = ProductRef(body.merchant_id, body.product_id)
-    return SearchQuery(
-        text=body.text,
-        image=image,
-        vector=body.vector,
-        vector_model_id=body.model_id,
-        product=product,
-        filters=Filters(**body.filters.model_dump()),
-        k=body.k,
-        num_candidates=body.num_candidates,
-        from_=body.from_,
-        size=body.size,
-        search_after=body.search_after,
-        sort=body.sort,
-        text_mode=body.text_mode,
-        combine=body.combine,
-        image_weight=body.image_weight,
-        keyword_weight=body.keyword_weight,
-        fusion=body.fusion,
-        rrf_k=body.rrf_k,
-        explain=body.explain,
-        facets=body.facets,
-    )
 
 
 @router.post(
@@ -324,7 +304,9 @@ async def search(
         raise _error(400, "invalid_query", "give at most one of image, vector and product_id")
 
     def work() -> dict[str, Any]:
+        if body.image_url:
+            authorise_image_url(state, request.headers, body.image_url)
         image = _query_image(state, upload, body.image_url, body.image_base64)
-        return searcher.search(to_query(body, image)).to_dict()
+        return searcher.search(body.to_query(image)).to_dict()
 
     return await _call(work)

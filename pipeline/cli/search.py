@@ -4,17 +4,18 @@ JSON as ``POST /v1/search``)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 
 from pipeline.cli.common import fail, settings
-from pipeline.encoders import EncoderError
+from pipeline.encoders import EncoderError, EncoderOutputInvalid
 from pipeline.es.client import make_client
-from pipeline.images import ImageError, load_image
+from pipeline.fetch import FetchPolicy
+from pipeline.images import ImageError, ImageLimits, load_image
 from pipeline.search.plan import QueryError, SearchQuery
-from pipeline.search.query import Filters, ProductRef
+from pipeline.search.query import ProductRef
 from pipeline.search.searcher import Searcher
 
 
@@ -83,15 +84,16 @@ def search(
         list[str] | None, typer.Option(help="Has this zero-shot tag, e.g. colour:red (repeat).")
     ] = None,
     auto_category: Annotated[str | None, typer.Option(help="Zero-shot category.")] = None,
-    exclude_flag: Annotated[
-        list[str] | None, typer.Option(help="Leave out images with this quality flag (repeat).")
-    ] = None,
     merchant: Annotated[str | None, typer.Option(help="Only this merchant's products.")] = None,
     min_price: Annotated[float | None, typer.Option(help="Lowest price.")] = None,
     max_price: Annotated[float | None, typer.Option(help="Highest price.")] = None,
     currency: Annotated[str | None, typer.Option(help="Currency (ISO 4217).")] = None,
     in_stock: Annotated[
         bool | None, typer.Option("--in-stock/--out-of-stock", help="Stock filter.")
+    ] = None,
+    exclude_quality_flag: Annotated[
+        list[str] | None,
+        typer.Option(help="Leave out images with this flag, e.g. low_resolution (repeatable)."),
     ] = None,
     k: Annotated[
         int | None, typer.Option("-k", "--k", help="Products ranked (default 20).")
@@ -104,6 +106,7 @@ def search(
     fusion: Annotated[str, typer.Option(help="rrf or linear.")] = "rrf",
     image_weight: Annotated[float, typer.Option(help="Image vs text, 0..1.")] = 0.5,
     keyword_weight: Annotated[float, typer.Option(help="Weight of the BM25 list.")] = 1.0,
+    rrf_k: Annotated[int | None, typer.Option(help="RRF rank constant (default 60).")] = None,
     sort: Annotated[
         str, typer.Option(help="Keyword search: relevance, price_asc, ...")
     ] = "relevance",
@@ -124,49 +127,61 @@ def search(
         product = ProductRef(str(owner), product_id)
     query_image = None
     if image:
-        if "://" not in image and not Path(image).exists():
-            fail(f"no such image file: {image}")
         try:
-            query_image = load_image(image).image
+            query_image = load_image(
+                image,
+                ImageLimits.from_settings(current),
+                policy=FetchPolicy.from_settings(current),
+            ).image
         except ImageError as exc:
             fail(f"query image: {exc.reason}: {exc.message}")
-    filters = Filters(
-        tags_all=tag or [],
-        tags_any=any_tag or [],
-        category=category,
-        merchant_id=merchant,
-        min_price=min_price,
-        max_price=max_price,
-        currency=currency,
-        in_stock=in_stock,
-        exclude_quality_flags=exclude_flag or [],
-        auto_tags_all=auto_tag or [],
-        auto_category=auto_category,
-    )
-    query = SearchQuery(
-        text=text,
-        image=query_image,
-        product=product,
-        filters=filters,
-        k=k,
-        num_candidates=num_candidates,
-        from_=from_,
-        size=size,
-        search_after=json.loads(search_after) if search_after else None,
-        sort=sort,  # type: ignore[arg-type]
-        text_mode=text_mode,  # type: ignore[arg-type]
-        combine=combine,  # type: ignore[arg-type]
-        image_weight=image_weight,
-        keyword_weight=keyword_weight,
-        fusion=fusion,  # type: ignore[arg-type]
-        explain=explain,
-        facets=facets,
-    )
+    try:
+        query = SearchQuery.model_validate(
+            {
+                "text": text,
+                "image": query_image,
+                "product": product,
+                "filters": {
+                    "tags_all": tag or [],
+                    "tags_any": any_tag or [],
+                    "category": category,
+                    "merchant_id": merchant,
+                    "min_price": min_price,
+                    "max_price": max_price,
+                    "currency": currency,
+                    "in_stock": in_stock,
+                    "exclude_quality_flags": exclude_quality_flag or [],
+                    "auto_tags_all": auto_tag or [],
+                    "auto_category": auto_category,
+                },
+                "k": k,
+                "num_candidates": num_candidates,
+                "from": from_,
+                "size": size,
+                "search_after": json.loads(search_after) if search_after else None,
+                "sort": sort,
+                "text_mode": text_mode,
+                "combine": combine,
+                "image_weight": image_weight,
+                "keyword_weight": keyword_weight,
+                "fusion": fusion,
+                "rrf_k": rrf_k,
+                "explain": explain,
+                "facets": facets,
+            }
+        )
+    except json.JSONDecodeError as exc:
+        fail(f"invalid_query: --search-after is not JSON: {exc}")
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        fail(f"invalid_query: {problems}")
     es = make_client(current)
     try:
         result = Searcher(current, es).search(query).to_dict()
     except QueryError as exc:
         fail(f"{exc.reason}: {exc.message}")
+    except EncoderOutputInvalid as exc:
+        fail(f"{exc.reason}: {exc}")
     except EncoderError as exc:
         fail(f"cannot load the model: {exc}")
     finally:

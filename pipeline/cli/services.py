@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from pipeline.cli.common import settings, setup_logging
-from pipeline.dev import services
+from pipeline.cli.common import fail, settings, setup_logging
+from pipeline.dev import secure_es, services
 
 app = typer.Typer(help="Local Elasticsearch 8.12.2 and Redis (no Docker).")
 
@@ -41,3 +41,14 @@ def services_status() -> None:
         typer.echo(f"{status.name}: {'running' if status.running else 'DOWN'}, {status.detail}")
     if not all(s.running for s in statuses):
         raise typer.Exit(1)
+
+
+@app.command("client-env")
+def services_client_env() -> None:
+    """Print the VITRINE_ES_* settings (URL, CA, elastic user) of the local secure
+    Elasticsearch, which an https VITRINE_ES_URL starts: `set -a; eval "$(vitrine services
+    client-env)"; set +a`."""
+    path = secure_es.client_env_file(settings())
+    if not path.exists():
+        fail(f"no {path}: start the secure node with an https VITRINE_ES_URL first")
+    typer.echo(path.read_text(), nl=False)

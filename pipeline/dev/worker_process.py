@@ -31,7 +31,9 @@ def worker_process(
 ) -> Iterator[Celery]:
     """Yield a Celery client app once the worker answers a ping; stop the worker on exit."""
     node = f"{settings.queue}-{os.getpid()}@{socket.gethostname()}"
-    env = {**os.environ, **settings.to_env()}
+    # the settings are the whole configuration: inherited VITRINE_* (e.g. other credentials) are not
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("VITRINE_")}
+    env = {**inherited, **settings.to_env()}
     cmd = [sys.executable, "-m", "pipeline.cli", "worker", f"--concurrency={concurrency}"]
     process = subprocess.Popen(
         [*cmd, f"--hostname={node}"],

@@ -16,13 +16,14 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from urllib.parse import urlparse
 
 import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.encoders import Encoder, EncoderError, l2_normalise
+from pipeline.encoders import IMAGE, TEXT, Encoder, EncoderError, l2_normalise
 from pipeline.settings import VitrineSettings
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 
 
-def _open_clip():
+def _open_clip() -> ModuleType:
     """Import open_clip with Vitrine's extra model configs (e.g. the tiny test model) added."""
     import open_clip
 
@@ -56,10 +57,8 @@ def checkpoint_identity(path: Path) -> tuple[str, bool]:
     if sidecar.exists():
         meta = json.loads(sidecar.read_text())
         return f"{meta['weights']}-{meta['sha256'][:12]}", bool(meta.get("semantic", False))
-    digest = hashlib.sha256()
     with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+        digest = hashlib.file_digest(fh, "sha256")
     return f"file-{digest.hexdigest()[:12]}", True
 
 
@@ -74,7 +73,8 @@ def create_random_checkpoint(arch: str, path: Path, *, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(model.state_dict(), tmp)
-    sha = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    with tmp.open("rb") as fh:
+        sha = hashlib.file_digest(fh, "sha256").hexdigest()
     tmp.rename(path)
     meta = {"weights": f"random-init-seed{seed}", "sha256": sha, "semantic": False, "arch": arch}
     path.with_suffix(path.suffix + ".json").write_text(json.dumps(meta, indent=2))
@@ -165,6 +165,8 @@ def _download(arch: str, tag: str, settings: VitrineSettings) -> str | None:
 
 
 class OpenClipEncoder(Encoder):
+    capabilities = frozenset({IMAGE, TEXT})
+
     def __init__(self, arch: str, weights: ResolvedWeights, *, device: str, batch_size: int):
         open_clip = _open_clip()
         self.model, _, self.preprocess = open_clip.create_model_and_transforms(

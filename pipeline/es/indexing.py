@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from elasticsearch import Elasticsearch
+from elasticsearch import AuthorizationException, Elasticsearch
 from elasticsearch.helpers import streaming_bulk
 
+from pipeline.documents import stable_id
 from pipeline.es import mappings
-from pipeline.es.client import write_index_info
+from pipeline.es.client import IndexInfo, write_index_info
 from pipeline.settings import VitrineSettings
 
 log = logging.getLogger(__name__)
@@ -24,16 +25,33 @@ class IndexModelMismatch(RuntimeError):
     """The alias's write index holds vectors of another model (re-embed into a new index)."""
 
 
-def ensure_indices(es: Elasticsearch, settings: VitrineSettings, model_id: str, dims: int) -> str:
+class IndexNotReady(RuntimeError):
+    """The alias has no index and these credentials may not create one (admin's job)."""
+
+
+def ensure_indices(
+    es: Elasticsearch,
+    settings: VitrineSettings,
+    model_id: str,
+    dims: int,
+    extra_fields: dict[str, Any] | None = None,
+) -> str:
     """Install templates and create the product index for this model if the alias has none.
 
+    ``extra_fields`` are the mappings of fields that plugin processors write; they are added to
+    the index (new or existing) because its mapping is strict.
+
     Returns the write index. Raises ``IndexModelMismatch`` if the alias already points at an
-    index of a different model: vectors of two models must never share an index.
+    index of a different model: vectors of two models must never share an index. Credentials
+    without admin rights (a least-privilege worker) only check the existing write index.
     """
     alias = settings.index_alias
-    es.indices.put_index_template(
-        name=mappings.product_template_name(alias), **mappings.products_index_template(alias)
-    )
+    try:
+        es.indices.put_index_template(
+            name=mappings.product_template_name(alias), **mappings.products_index_template(alias)
+        )
+    except AuthorizationException:
+        return _checked_write_index(es, alias, model_id)
     es.indices.put_index_template(
         name=settings.errors_index, **mappings.errors_index_template(settings.errors_index)
     )
@@ -44,24 +62,44 @@ def ensure_indices(es: Elasticsearch, settings: VitrineSettings, model_id: str, 
     if current is None:
         index = mappings.product_index_name(alias, model_id)
         es.options(ignore_status=400).indices.create(
-            index=index, **mappings.product_index_body(alias, model_id, dims)
+            index=index, **mappings.product_index_body(alias, model_id, dims, extra_fields)
         )
         log.info("created index %s behind alias %s for model %s", index, alias, model_id)
         return index
-    index = current.index
+    _check_model(alias, current, model_id)
+    _add_new_fields(es, current.index, alias, extra_fields or {})
+    return current.index
+
+
+def _checked_write_index(es: Elasticsearch, alias: str, model_id: str) -> str:
+    current = write_index_info(es, alias)
+    if current is None:
+        raise IndexNotReady(
+            f"alias {alias} has no index and these Elasticsearch credentials may not create "
+            "one; run `vitrine init-index` with admin credentials first"
+        )
+    _check_model(alias, current, model_id)
+    log.info("using %s behind alias %s (set up by an admin: no admin rights)", current.index, alias)
+    return current.index
+
+
+def _check_model(alias: str, current: IndexInfo, model_id: str) -> None:
     if current.model_id != model_id:
         raise IndexModelMismatch(
-            f"alias {alias} writes to {index}, which holds vectors of model {current.model_id!r}, "
-            f"not {model_id!r}; re-embed into a new index or point VITRINE_INDEX_ALIAS elsewhere"
+            f"alias {alias} writes to {current.index}, which holds vectors of model "
+            f"{current.model_id!r}, not {model_id!r}; re-embed into a new index or point "
+            "VITRINE_INDEX_ALIAS elsewhere"
         )
-    _add_new_fields(es, index, alias)
-    return index
 
 
-def _add_new_fields(es: Elasticsearch, index: str, alias: str) -> None:
-    """Add fields that the template gained since ``index`` was created (e.g. ``content_hash``):
-    the mapping is strict, so documents with a field the index lacks would be refused."""
-    wanted = mappings.products_index_template(alias)["template"]["mappings"]["properties"]
+def _add_new_fields(es: Elasticsearch, index: str, alias: str, extra: dict[str, Any]) -> None:
+    """Add fields that the template gained since ``index`` was created (e.g. ``content_hash``)
+    and those of newly configured processors: the mapping is strict, so documents with a field
+    the index lacks would be refused."""
+    wanted = {
+        **extra,
+        **mappings.products_index_template(alias)["template"]["mappings"]["properties"],
+    }
     live = es.indices.get_mapping(index=index)[index]["mappings"].get("properties", {})
     missing = {name: spec for name, spec in wanted.items() if name not in live}
     if missing:
@@ -171,7 +209,7 @@ def record_ingest_error(
     """Record a failed product-image job where operators and Kibana can see it."""
     es.index(
         index=settings.errors_index,
-        id=f"{job_id}:{merchant_id}:{product_id}:{image or ''}"[:512],
+        id=stable_id("ingest-error", job_id, merchant_id, product_id, image or ""),
         document={
             "job_id": job_id,
             "product_id": product_id,

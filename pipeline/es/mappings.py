@@ -54,8 +54,11 @@ def image_vector_mapping(dims: int) -> dict[str, Any]:
     return field
 
 
-def product_index_body(alias: str, model_id: str, dims: int) -> dict[str, Any]:
-    """Body for creating a concrete product index: the model's vector field and the write alias.
+def product_index_body(
+    alias: str, model_id: str, dims: int, extra_fields: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Body for creating a concrete product index: the model's vector field, the fields plugin
+    processors declare (``extra_fields``) and the write alias.
 
     Everything else comes from the index template; ``_meta.model_id`` records which model's
     vectors the index holds, so a different model can never write into it unnoticed.
@@ -63,7 +66,7 @@ def product_index_body(alias: str, model_id: str, dims: int) -> dict[str, Any]:
     return {
         "mappings": {
             "_meta": {"model_id": model_id, "dims": dims},
-            "properties": {"image_vector": image_vector_mapping(dims)},
+            "properties": {**(extra_fields or {}), "image_vector": image_vector_mapping(dims)},
         },
         "aliases": {alias: {"is_write_index": True}},
     }

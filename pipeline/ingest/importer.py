@@ -24,7 +24,7 @@ from celery import Celery
 from elasticsearch import Elasticsearch, NotFoundError
 
 from pipeline.documents import Product
-from pipeline.images import ImageError, ImageLimits, read_image_bytes
+from pipeline.images import ImageError, ImageLimits, is_http_url, read_image_bytes
 from pipeline.ingest.catalogue import IMAGE, INDEXING, Catalogue, RejectedRow, read_catalogue
 from pipeline.storage import ImageStore
 
@@ -61,10 +61,6 @@ class ImportResult:
         return sorted([*self.plan.rejected, *self.failed], key=lambda r: r.row)
 
 
-def _is_local(image: str) -> bool:
-    return "://" not in image
-
-
 def store_local_images(
     product: Product, store: ImageStore, limits: ImageLimits
 ) -> tuple[Product, str | None]:
@@ -72,7 +68,7 @@ def store_local_images(
     one of its image files cannot be read. URLs are left for the worker to fetch."""
     images = []
     for image in product.images:
-        if not _is_local(image):
+        if is_http_url(image):
             images.append(image)
             continue
         try:

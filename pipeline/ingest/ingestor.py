@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 from elasticsearch import Elasticsearch
 
 from pipeline.documents import Product, build_document, document_id
-from pipeline.encoders import Encoder, get_encoder
+from pipeline.encoders import Encoder, LazyEncoder, load_factory
 from pipeline.es import indexing
 from pipeline.es.client import make_client
-from pipeline.ingest.processors import IngestItem, ProcessorChain, ProcessorContext
+from pipeline.ingest.processors import IngestItem, ProcessorChain, ProcessorContext, load_chain
 from pipeline.settings import VitrineSettings
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,14 @@ class ProductResult:
         return asdict(self)
 
 
+def check_plugins(settings: VitrineSettings) -> None:
+    """Import the configured processors and encoder plugin without building them, so that a
+    worker refuses to start with one line naming a missing or broken plugin (``PluginError``,
+    ``EncoderError``) instead of failing in every pool process."""
+    load_chain(settings.processors)
+    load_factory(settings.encoder)
+
+
 class Ingestor:
     """Everything one process needs to index products; built once per worker process."""
 
@@ -52,25 +60,24 @@ class Ingestor:
     ):
         self.settings = settings
         self.es = es or make_client(settings)
-        self._encoder = encoder
-        self.chain = ProcessorChain(
-            settings.processors, ProcessorContext(settings, lambda: self.encoder)
-        )
+        self.encoder = LazyEncoder(settings, encoder)
+        self.chain = ProcessorChain(settings.processors, ProcessorContext(settings, self.encoder))
         self._index_ready = False
-
-    @property
-    def encoder(self) -> Encoder:
-        if self._encoder is None:
-            self._encoder = get_encoder(self.settings)
-        return self._encoder
 
     def load_model(self) -> None:
         """Load the encoder now rather than on the first job."""
-        _ = self.encoder
+        self.encoder()
 
     def ensure_index(self) -> None:
         if not self._index_ready:
-            indexing.ensure_indices(self.es, self.settings, self.encoder.model_id, self.encoder.dim)
+            encoder = self.encoder()
+            indexing.ensure_indices(
+                self.es,
+                self.settings,
+                encoder.model_id,
+                encoder.dim,
+                self.chain.field_mappings,
+            )
             self._index_ready = True
 
     def ingest(self, products: Sequence[Product]) -> list[ProductResult]:
@@ -104,10 +111,11 @@ class Ingestor:
                         width=item.image.width,
                         height=item.image.height,
                         vector=item.vector,
-                        model_id=self.encoder.model_id,
+                        model_id=self.encoder().model_id,
                         quality_flags=item.quality_flags,
                         auto_tags=item.auto_tags,
                         indexed_at=now,
+                        extra=item.extra,
                         auto_category=item.auto_category,
                         auto_category_score=item.auto_category_score,
                         auto_tag_scores=item.auto_tag_scores,
@@ -136,7 +144,7 @@ class Ingestor:
                     result.merchant_id,
                     result.product_id,
                     len(result.documents),
-                    self.encoder.model_id,
+                    self.encoder().model_id,
                 )
         return list(results.values())
 
@@ -155,6 +163,6 @@ class Ingestor:
                     reason=result.reason or "unknown",
                     message=result.message or "",
                     image=result.image,
-                    model_id=self.encoder.model_id,
+                    model_id=self.encoder().model_id,
                     attempts=attempts,
                 )

@@ -3,21 +3,26 @@
 Each processor works on a batch of ``IngestItem``s (one per product image) so that the encoder
 can embed a whole batch in one forward pass. An item that fails is marked and skipped by the
 processors after it; the rest of the batch goes on. Third parties add processors through the
-``vitrine.processors`` entry-point group and enable them with ``VITRINE_PROCESSORS``.
+``vitrine.processors`` entry-point group and enable them with ``VITRINE_PROCESSORS``; only the
+configured names are imported, so a broken plugin that is not configured never matters.
 """
 
 from __future__ import annotations
 
+import time
 from abc import ABC
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any, ClassVar
 
 import numpy as np
 
+from pipeline import plugins
 from pipeline.documents import Product
-from pipeline.encoders import Encoder
+from pipeline.encoders import Encoder, EncoderOutputInvalid, valid_rows
+from pipeline.es import mappings
+from pipeline.fetch import FetchPolicy
 from pipeline.images import ImageError, ImageLimits, LoadedImage, load_image
 from pipeline.settings import VitrineSettings
 
@@ -53,6 +58,7 @@ class IngestItem:
     vector: np.ndarray | None = None
     quality_flags: list[str] = field(default_factory=list)
     auto_tags: list[str] = field(default_factory=list)
+    #: Document fields written by plugin processors; each name declared in a ``fields`` mapping.
     extra: dict[str, Any] = field(default_factory=dict)
     error: IngestError | None = None
     # enrichment (pipeline.ingest.enrich)
@@ -85,9 +91,28 @@ class ProcessorContext:
 
 
 class Processor(ABC):
-    """Base class: override ``process`` (one item) or ``process_batch`` (all items at once)."""
+    """Base class of every ingest step. The contract for plugin authors (docs/plugins.md):
+
+    - ``name`` MUST equal the entry-point name under ``vitrine.processors``.
+    - A processor MUST override ``process`` (one item) or ``process_batch`` (all items at once,
+      e.g. one model call per batch). It MUST skip items that are not ``ok`` (the default
+      ``process_batch`` does) and MUST NOT raise for one bad item: raise ``IngestError`` from
+      ``process`` (or set ``item.error`` in ``process_batch``) so only that product fails.
+      ``transient=True`` marks faults worth a retry (a host that did not answer).
+    - Document fields it writes go into ``item.extra`` and MUST be declared in ``fields``
+      (name -> Elasticsearch mapping); the index gets those mappings. Names MUST NOT clash with
+      Vitrine's own fields or another processor's, and SHOULD carry a prefix naming the plugin.
+      A value written under an undeclared name fails the item (``processor_output_invalid``).
+    - ``__init__`` runs once per worker process, after fork: load models there (or lazily),
+      never at import time. Read settings from ``self.context.settings``; use the encoder only
+      through ``self.context.encoder`` (loaded once per process).
+    - A processor SHOULD be deterministic and thread-safe, and SHOULD NOT do network IO other
+      than fetching the item's own image.
+    """
 
     name: ClassVar[str]
+    #: Elasticsearch mappings of the document fields this processor writes into ``item.extra``.
+    fields: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
 
     def __init__(self, context: ProcessorContext):
         self.context = context
@@ -105,15 +130,40 @@ class Processor(ABC):
 
 
 class DecodeImage(Processor):
-    """Fetch and safely decode the image (limits, EXIF orientation, RGB, SHA-256)."""
+    """Fetch (through the SSRF guard) and safely decode the images (limits, EXIF orientation,
+    RGB, SHA-256).
+
+    The batch's images are fetched concurrently, and all fetches end within half the task's
+    soft time limit: a slow image host fails its own products (``fetch_timeout``, retried) while
+    the rest of the batch is still embedded and reported before the limit."""
 
     name = "decode_image"
+    max_concurrent_fetches = 8
 
-    def process(self, item: IngestItem) -> None:
+    def process_batch(self, items: Sequence[IngestItem]) -> None:
+        settings = self.context.settings
+        limits = ImageLimits.from_settings(settings)
+        policy = FetchPolicy.from_settings(settings)
+        deadline = time.monotonic() + settings.task_soft_time_limit_s / 2
+        pending = [item for item in items if item.ok]
+        if not pending:
+            return
+        with ThreadPoolExecutor(min(self.max_concurrent_fetches, len(pending))) as pool:
+            loaded = pool.map(lambda item: self._load(item, limits, policy, deadline), pending)
+            for item, result in zip(pending, loaded, strict=True):
+                if isinstance(result, IngestError):
+                    item.error = result
+                else:
+                    item.image = result
+
+    @staticmethod
+    def _load(
+        item: IngestItem, limits: ImageLimits, policy: FetchPolicy, deadline: float
+    ) -> LoadedImage | IngestError:
         try:
-            item.image = load_image(item.source, ImageLimits.from_settings(self.context.settings))
+            return load_image(item.source, limits, policy=policy, deadline=deadline)
         except ImageError as exc:
-            raise IngestError(exc.reason, str(exc), transient=exc.transient) from exc
+            return IngestError(exc.reason, str(exc), transient=exc.transient)
 
 
 class EmbedImage(Processor):
@@ -125,32 +175,90 @@ class EmbedImage(Processor):
         ready = [(item, item.image) for item in items if item.ok and item.image is not None]
         if not ready:
             return
-        vectors = self.context.encoder.embed_images([image.image for _, image in ready])
-        for (item, _), vector in zip(ready, vectors, strict=True):
-            item.vector = vector
+        encoder = self.context.encoder
+        output = encoder.embed_images([image.image for _, image in ready])
+        try:
+            vectors, bad = valid_rows(output, len(ready), encoder.dim)
+        except EncoderOutputInvalid as exc:  # unusable as a whole: every item of the batch
+            for item, _ in ready:
+                item.error = IngestError(exc.reason, f"{encoder.model_id}: {exc}")
+            return
+        for row, (item, _) in enumerate(ready):
+            if row in bad:
+                message = f"encoder {encoder.model_id} returned an invalid vector: {bad[row]}"
+                item.error = IngestError(EncoderOutputInvalid.reason, message)
+            else:
+                item.vector = vectors[row]
 
 
-def available_processors() -> dict[str, type[Processor]]:
-    return {ep.name: ep.load() for ep in entry_points(group=ENTRY_POINT_GROUP)}
+def available_processors() -> list[str]:
+    """Names of the installed processor plugins (nothing is imported)."""
+    return plugins.installed(ENTRY_POINT_GROUP)
+
+
+def load_processor(name: str) -> type[Processor]:
+    """The processor class behind entry point ``name``; ``PluginError`` if missing or broken."""
+    loaded = plugins.load(ENTRY_POINT_GROUP, name)
+    if not (isinstance(loaded, type) and issubclass(loaded, Processor)):
+        raise plugins.broken(ENTRY_POINT_GROUP, name, f"{loaded!r} is not a Processor subclass")
+    return loaded
+
+
+def load_chain(names: Sequence[str]) -> list[type[Processor]]:
+    """The processor classes named, in order, checked as a chain (imports them, builds none).
+
+    Raises ``PluginError`` naming every missing or broken processor, or a field clash.
+    """
+    if "embed_image" not in names:
+        raise plugins.PluginError(
+            "the processor chain (VITRINE_PROCESSORS) must contain embed_image"
+        )
+    classes, problems = [], []
+    for name in names:
+        try:
+            classes.append(load_processor(name))
+        except plugins.PluginError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise plugins.PluginError("; ".join(problems))
+    declared_fields(classes)
+    return classes
 
 
 class ProcessorChain:
-    """The configured processors, in order."""
+    """The configured processors, in order; only these are imported."""
 
     def __init__(self, names: Sequence[str], context: ProcessorContext):
-        known = available_processors()
-        unknown = [name for name in names if name not in known]
-        if unknown:
-            raise ValueError(
-                f"unknown processor(s) {', '.join(unknown)}; installed: {', '.join(sorted(known))}"
-            )
-        if "embed_image" not in names:
-            raise ValueError("the processor chain must contain embed_image")
-        self.processors = [known[name](context) for name in names]
+        classes = load_chain(names)
+        self.field_mappings = declared_fields(classes)
+        self.processors = [cls(context) for cls in classes]
 
     def run(self, items: Sequence[IngestItem]) -> None:
         for processor in self.processors:
             processor.process_batch(items)
         for item in items:
-            if item.ok and item.vector is None:
+            undeclared = sorted(set(item.extra) - set(self.field_mappings))
+            if item.ok and undeclared:
+                item.error = IngestError(
+                    "processor_output_invalid",
+                    f"field(s) {', '.join(undeclared)} written but declared by no processor",
+                )
+            elif item.ok and item.vector is None:
                 item.error = IngestError("not_embedded", "no processor produced a vector")
+
+
+def declared_fields(classes: Sequence[type[Processor]]) -> dict[str, dict[str, Any]]:
+    """The processors' field mappings; a name clashing with Vitrine's or another's is refused."""
+    core = mappings.products_index_template("-")["template"]["mappings"]["properties"]
+    owners: dict[str, str] = {}
+    declared: dict[str, dict[str, Any]] = {}
+    for cls in classes:
+        for name, spec in cls.fields.items():
+            owner = "Vitrine" if name in core or name == "image_vector" else owners.get(name)
+            if owner and owner != cls.name:
+                raise plugins.broken(
+                    ENTRY_POINT_GROUP, cls.name, f"it declares field {name!r}, owned by {owner}"
+                )
+            owners[name] = cls.name
+            declared[name] = dict(spec)
+    return declared

@@ -13,7 +13,7 @@ from typing import Any
 from elasticsearch import Elasticsearch, NotFoundError
 from pydantic import ValidationError
 
-from pipeline.documents import Product
+from pipeline.documents import ImageFields, IndexingFields, Product, ProductFields
 from pipeline.es.mappings import product_documents_query
 from pipeline.images import ImageLimits, decode_image, is_http_url
 from pipeline.storage import ImageStore, StoredImage
@@ -170,39 +170,13 @@ def indexed_product(
 
 
 def product_view(sources: list[dict[str, Any]]) -> dict[str, Any]:
-    """One product from its image documents' ``_source``s (sorted by image index)."""
+    """One product from its image documents' ``_source``s (sorted by image index): the product
+    and indexing fields once, the image and indexing fields per image. ``image_url`` is as
+    stored (a content-store path for uploaded images; the API turns it into its own URL)."""
+    per_image = (*ImageFields.model_fields, *IndexingFields.model_fields)
     first = sources[0]
-    fields = (
-        "merchant_id",
-        "product_id",
-        "title",
-        "description",
-        "category",
-        "tags",
-        "price",
-        "currency",
-        "in_stock",
-        "model_id",
-        "content_hash",
-        "indexed_at",
-    )
-    view = {f: first.get(f) for f in fields}
+    view = {f: first.get(f) for f in (*ProductFields.model_fields, *IndexingFields.model_fields)}
     view["auto_tags"] = sorted({t for s in sources for t in s.get("auto_tags", [])})
     view["quality_flags"] = sorted({f for s in sources for f in s.get("quality_flags", [])})
-    view["images"] = [
-        {
-            "image_index": s.get("image_index"),
-            "image_sha256": s.get("image_sha256"),
-            "image_url": f"/v1/images/{s['image_sha256']}"
-            if not is_http_url(str(s.get("image_url", "")))
-            else s["image_url"],
-            "width": s.get("width"),
-            "height": s.get("height"),
-            "quality_flags": s.get("quality_flags", []),
-            "auto_tags": s.get("auto_tags", []),
-            "model_id": s.get("model_id"),
-            "indexed_at": s.get("indexed_at"),
-        }
-        for s in sources
-    ]
+    view["images"] = [{f: s.get(f) for f in per_image} for s in sources]
     return view

@@ -18,7 +18,7 @@ represents a product is the one from the list where it ranks best (the earlier l
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -90,7 +90,9 @@ def _order(fused: dict[ProductKey, FusedHit]) -> list[FusedHit]:
     return sorted(fused.values(), key=lambda f: (-f.score, f.best_rank, f.key))
 
 
-def _accumulate(lists: Sequence[RankedList], value_of) -> list[FusedHit]:
+def _accumulate(
+    lists: Sequence[RankedList], value_of: Callable[[RankedList, list[Hit]], list[float]]
+) -> list[FusedHit]:
     fused: dict[ProductKey, FusedHit] = {}
     best: dict[ProductKey, int] = {}
     for ranked in lists:
@@ -120,7 +122,7 @@ def rrf(lists: Sequence[RankedList], *, k: int = DEFAULT_RRF_K) -> list[FusedHit
 def linear(lists: Sequence[RankedList]) -> list[FusedHit]:
     """Weighted sum of min-max normalised scores."""
 
-    def values(ranked: RankedList, hits: Sequence[Hit]) -> list[float]:
+    def values(ranked: RankedList, hits: list[Hit]) -> list[float]:
         scores = [float(h.get("_score") or 0.0) for h in hits]
         return [ranked.weight * s for s in min_max(scores)]
 

@@ -23,10 +23,11 @@ not run.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.search.fusion import Fusion, combine_vectors
 from pipeline.search.query import (
@@ -52,7 +53,8 @@ class QueryError(ValueError):
 
     ``invalid_query`` (parameters), ``dimension_mismatch`` / ``model_mismatch`` (a query vector
     that does not fit the index), ``product_not_found`` (more-like-this), ``index_not_found``,
-    ``encoder_model_mismatch`` (this process's model is not the index's).
+    ``encoder_model_mismatch`` (this process's model is not the index's), ``text_not_supported``
+    (a text vector from an image-only encoder; hybrid text searches fall back to keywords).
     """
 
     def __init__(self, reason: str, message: str):
@@ -61,32 +63,71 @@ class QueryError(ValueError):
         self.message = message
 
 
-@dataclass(frozen=True, kw_only=True)
-class SearchQuery:
+class SearchOptions(BaseModel):
+    """How to search: every search parameter but the query itself (image, vector or product).
+
+    The one declaration of these parameters: ``POST /v1/search``'s request model extends it,
+    and the CLI builds ``SearchQuery`` (which extends it too) from its options. Constraints
+    that do not depend on the settings are checked here; ``validate`` checks the rest.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    text: str | None = Field(None, max_length=MAX_TEXT_CHARS)
+    filters: Filters = Field(default_factory=Filters)
+    k: int | None = Field(
+        None,
+        ge=1,
+        description="Products in the ranked window (default 20, "
+        "max 200); vector searches rank at most k products.",
+    )
+    num_candidates: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_NUM_CANDIDATES,
+        description="HNSW candidates (default max(100, 2 x 3k)).",
+    )
+    from_: int = Field(0, alias="from", ge=0, description="Page offset within the window.")
+    size: int | None = Field(None, ge=0, description="Page size (default k).")
+    search_after: list[Any] | None = Field(
+        None, description="Keyword searches: next_search_after of the previous page."
+    )
+    sort: Sort = Field("relevance", description="Keyword searches only.")
+    text_mode: TextMode = Field(
+        "hybrid", description="How text is matched: CLIP kNN + BM25, CLIP kNN, or BM25."
+    )
+    combine: Combine = Field(
+        "embedding", description="Image + text: one mixed vector, or two fused kNN lists."
+    )
+    fusion: Fusion = Field(
+        "rrf", description="Reciprocal rank fusion (rrf_k 60) or min-max linear combination."
+    )
+    image_weight: float = Field(0.5, ge=0, le=1, description="Image vs text (1 = image only).")
+    keyword_weight: float = Field(1.0, ge=0, description="Weight of the BM25 list.")
+    rrf_k: int | None = Field(None, ge=1, description="RRF rank constant (default 60).")
+    explain: bool = Field(False, description="Per-hit list ranks/scores and the template calls.")
+    facets: bool = Field(
+        False,
+        description="Counts by tag, category, merchant, price bucket, zero-shot category and "
+        "tags, and quality flag.",
+    )
+
+    def options(self) -> dict[str, Any]:
+        """These parameters by name, to build another model that extends ``SearchOptions``."""
+        return {name: getattr(self, name) for name in SearchOptions.model_fields}
+
+
+class SearchQuery(SearchOptions):
     """One search. Give at most one of ``image``, ``vector`` (with ``vector_model_id``) and
     ``product``; ``text`` may go with any of them. ``k`` products form the ranked result window
     (default ``search_default_k``), of which ``from_``/``size`` (default k) select a page."""
 
-    text: str | None = None
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
     image: Image.Image | None = None
     vector: Sequence[float] | None = None
     vector_model_id: str | None = None
     product: ProductRef | None = None
-    filters: Filters = field(default_factory=Filters)
-    k: int | None = None
-    num_candidates: int | None = None
-    from_: int = 0
-    size: int | None = None
-    search_after: Sequence[Any] | None = None
-    sort: Sort = "relevance"
-    text_mode: TextMode = "hybrid"
-    combine: Combine = "embedding"
-    image_weight: float = 0.5
-    keyword_weight: float = 1.0
-    fusion: Fusion = "rrf"
-    rrf_k: int | None = None
-    explain: bool = False
-    facets: bool = False
 
     @property
     def clean_text(self) -> str | None:
@@ -124,35 +165,17 @@ def validate(query: SearchQuery, settings: VitrineSettings) -> Window:
     def bad(message: str) -> QueryError:
         return QueryError("invalid_query", message)
 
-    for name, allowed in (
-        ("text_mode", ("hybrid", "vector", "keyword")),
-        ("combine", ("embedding", "lists")),
-        ("fusion", ("rrf", "linear")),
-        ("sort", ("relevance", "price_asc", "price_desc", "newest")),
-    ):
-        if getattr(query, name) not in allowed:
-            raise bad(f"{name} must be one of {', '.join(allowed)}")
     visuals = [query.image is not None, query.vector is not None, query.product is not None]
     if sum(visuals) > 1:
         raise bad("give at most one of image, vector and product")
     if query.vector is not None and not query.vector_model_id:
         raise bad("a query vector needs the model_id it was made with (POST /v1/embed returns it)")
-    if query.text and len(query.text) > MAX_TEXT_CHARS:
-        raise bad(f"text is longer than {MAX_TEXT_CHARS} characters")
     k = settings.search_default_k if query.k is None else query.k
     if not 1 <= k <= settings.search_max_k:
         raise bad(f"k must be between 1 and {settings.search_max_k}")
     size = k if query.size is None else query.size
     if not 0 <= size <= settings.search_max_k:
         raise bad(f"size must be between 0 and {settings.search_max_k}")
-    if query.from_ < 0:
-        raise bad("from must be >= 0")
-    if not 0.0 <= query.image_weight <= 1.0:
-        raise bad("image_weight must be between 0 and 1")
-    if query.keyword_weight < 0:
-        raise bad("keyword_weight must be >= 0")
-    if query.rrf_k is not None and query.rrf_k < 1:
-        raise bad("rrf_k must be >= 1")
     if query.shape == "keyword":
         if query.from_ + size > MAX_RESULT_WINDOW:
             raise bad(f"from + size must be <= {MAX_RESULT_WINDOW}; page deeper with search_after")

@@ -10,12 +10,14 @@ documents when they exist, and the ``model_id`` clause keeps vectors of other mo
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.documents import ID_PATTERN
 from pipeline.es import mappings
 
 VECTOR_FIELD = "image_vector"
@@ -36,21 +38,37 @@ _SORT_FIRST: dict[str, dict[str, str] | None] = {
 }
 
 
-@dataclass(frozen=True)
-class Filters:
-    """Keyword filters; every query shape applies them (inside kNN for vector queries)."""
+# The one declaration of the search filters: POST /v1/search takes this model as its "filters"
+# (its docstring and title "SearchFilters" are the API docs'), the CLI builds it from its
+# options, and template_params / filter_clauses turn it into Elasticsearch terms.
+class Filters(BaseModel):
+    """Applied inside the kNN search (never after it) and to keyword searches."""
 
-    tags_all: list[str] = field(default_factory=list)
-    tags_any: list[str] = field(default_factory=list)
-    category: str | None = None
-    merchant_id: str | None = None
-    min_price: float | None = None
-    max_price: float | None = None
-    currency: str | None = None
-    in_stock: bool | None = None
-    exclude_quality_flags: list[str] = field(default_factory=list)
-    auto_tags_all: list[str] = field(default_factory=list)  # "facet:label", e.g. "colour:red"
-    auto_category: str | None = None
+    model_config = ConfigDict(frozen=True, extra="forbid", title="SearchFilters")
+
+    tags_all: list[str] = Field(default_factory=list, max_length=50, description="Has every tag.")
+    tags_any: list[str] = Field(
+        default_factory=list, max_length=50, description="Has one of these."
+    )
+    category: str | None = Field(None, max_length=200)
+    merchant_id: str | None = Field(None, pattern=ID_PATTERN, description="Only this merchant.")
+    min_price: float | None = Field(None, ge=0)
+    max_price: float | None = Field(None, ge=0)
+    currency: str | None = Field(None, pattern=r"^[A-Z]{3}$")
+    in_stock: bool | None = Field(
+        None, description="true: in stock only; false: out of stock only."
+    )
+    exclude_quality_flags: list[str] = Field(
+        default_factory=list,
+        description="Leave out images with these flags (low_resolution, blurry, blank, too_dark, "
+        "overexposed, extreme_aspect_ratio, text_overlay, category_mismatch).",
+    )
+    auto_tags_all: list[str] = Field(
+        default_factory=list, max_length=50, description="Has every zero-shot tag (colour:red)."
+    )
+    auto_category: str | None = Field(
+        None, max_length=200, description="Zero-shot category (auto_tag processor)."
+    )
 
     def template_params(self) -> dict[str, Any]:
         """The filter parameters of the search templates (absent when not filtering)."""
@@ -62,7 +80,7 @@ class Filters:
         if self.category:
             params["category"] = self.category.lower()
         for name in ("merchant_id", "min_price", "max_price", "currency"):
-            if getattr(self, name) not in (None, ""):
+            if getattr(self, name) is not None:
                 params[name] = getattr(self, name)
         if self.in_stock is True:
             params["in_stock"] = True

@@ -9,14 +9,15 @@ is exactly what a frontend calling Elasticsearch directly sends.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from elasticsearch import BadRequestError, Elasticsearch
 from PIL import Image
 
-from pipeline.encoders import Encoder, get_encoder
+from pipeline.documents import HIT_FIELDS
+from pipeline.encoders import Encoder, LazyEncoder, TextNotSupported
 from pipeline.es import mappings
 from pipeline.es.client import IndexInfo, write_index_info
 from pipeline.search.fusion import (
@@ -32,6 +33,7 @@ from pipeline.search.plan import (
     ListPlan,
     QueryError,
     SearchQuery,
+    Window,
     needs_text_vector,
     plan_lists,
     validate,
@@ -40,12 +42,6 @@ from pipeline.search.query import KeywordQuery, ProductRef, ProductVectorQuery, 
 from pipeline.settings import VitrineSettings
 
 __all__ = ["Embedding", "IndexInfo", "QueryError", "SearchQuery", "SearchResult", "Searcher"]
-
-HIT_FIELDS = (
-    "product_id", "merchant_id", "title", "description", "category", "tags", "price",
-    "currency", "in_stock", "image_url", "image_index", "image_sha256", "quality_flags",
-    "auto_category", "auto_tags",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -103,23 +99,17 @@ class Searcher:
         self,
         settings: VitrineSettings,
         es: Elasticsearch,
-        encoder: Encoder | Callable[[], Encoder] | None = None,
+        encoder: Encoder | LazyEncoder | None = None,
         *,
         index_info_ttl_s: float = 10.0,
     ):
         self.settings = settings
         self.es = es
-        self._encoder = encoder
+        self.encoder = (
+            encoder if isinstance(encoder, LazyEncoder) else LazyEncoder(settings, encoder)
+        )
         self._ttl = index_info_ttl_s
         self._info: tuple[float, IndexInfo] | None = None
-
-    @property
-    def encoder(self) -> Encoder:
-        if self._encoder is None:
-            self._encoder = get_encoder(self.settings)
-        elif not isinstance(self._encoder, Encoder):
-            self._encoder = self._encoder()
-        return self._encoder
 
     # ------------------------------------------------------------------ index and vectors
 
@@ -138,7 +128,7 @@ class Searcher:
         return info
 
     def _checked_encoder(self, info: IndexInfo) -> Encoder:
-        encoder = self.encoder
+        encoder = self.encoder()
         if encoder.model_id != info.model_id:
             raise QueryError(
                 "encoder_model_mismatch",
@@ -174,9 +164,11 @@ class Searcher:
         text = text.strip() if text else None
         if image is None and not text:
             raise QueryError("invalid_query", "give an image, a text, or both")
-        encoder = self.encoder
-        image_vec = encoder.embed_images([image])[0] if image is not None else None
-        text_vec = encoder.embed_texts([text])[0] if text else None
+        encoder = self.encoder()
+        if text and not encoder.supports_text:
+            raise _text_not_supported(encoder, "embed text")
+        image_vec = encoder.encode_images([image])[0] if image is not None else None
+        text_vec = encoder.encode_texts([text])[0] if text else None
         vector: Any
         if image_vec is not None and text_vec is not None:
             try:
@@ -251,10 +243,12 @@ class Searcher:
             next_search_after=list(hits[-1]["sort"]) if hits and len(hits) == size else None,
         )
 
-    def _vector(self, query: SearchQuery, window, info: IndexInfo, run: _Run) -> SearchResult:
+    def _vector(
+        self, query: SearchQuery, window: Window, info: IndexInfo, run: _Run
+    ) -> SearchResult:
         visual: Vector | None = None
         if query.image is not None:
-            visual = self._checked_encoder(info).embed_images([query.image])[0]
+            visual = self._checked_encoder(info).encode_images([query.image])[0]
         elif query.vector is not None:
             self.check_vector(query.vector, query.vector_model_id or "")
             visual = list(query.vector)
@@ -263,7 +257,11 @@ class Searcher:
         text_vector = None
         if needs_text_vector(query):
             assert query.clean_text is not None
-            text_vector = self._checked_encoder(info).embed_texts([query.clean_text])[0]
+            encoder = self._checked_encoder(info)
+            if encoder.supports_text:
+                text_vector = encoder.encode_texts([query.clean_text])[0]
+            elif query.text_mode != "hybrid":  # hybrid keeps its keyword list for the text
+                raise _text_not_supported(encoder, "search by text vector")
         plans = plan_lists(
             query, window, model_id=info.model_id, visual_vector=visual, text_vector=text_vector
         )
@@ -329,3 +327,11 @@ class Searcher:
         if "sort" in fused.hit:
             hit["sort"] = list(fused.hit["sort"])
         return hit
+
+
+def _text_not_supported(encoder: Encoder, what: str) -> QueryError:
+    return QueryError(
+        TextNotSupported.reason,
+        f"the encoder {encoder.model_id} embeds images only and cannot {what}; use "
+        "text_mode='hybrid' or 'keyword' for text",
+    )

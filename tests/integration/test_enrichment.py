@@ -150,7 +150,15 @@ def test_cli_search_filters_on_auto_fields_and_flags(enriched, settings):
 
     prefix, docs = enriched
     category = docs["caption"]["auto_category"]
-    args = ["search", "--tag", prefix, "--auto-category", category, "--exclude-flag", "blurry"]
+    args = [
+        "search",
+        "--tag",
+        prefix,
+        "--auto-category",
+        category,
+        "--exclude-quality-flag",
+        "blurry",
+    ]
     out = CliRunner().invoke(app, [*args, "--json"], env=settings.to_env())
     assert out.exit_code == 0, out.output
     hits = json.loads(out.output)["hits"]

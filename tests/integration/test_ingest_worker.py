@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from pipeline.documents import document_id
 from pipeline.es import indexing
 from pipeline.images import load_image
 from pipeline.jobs import enqueue, enqueue_delete, job_status, wait_for_jobs
@@ -49,7 +50,7 @@ def test_products_are_indexed_with_fields_and_vectors(worker, es, settings, enco
         assert len(hits) == 1
         source = hits[0]["_source"]
         loaded = load_image(product.images[0])
-        assert hits[0]["_id"] == f"merchant-a:{product.product_id}:{loaded.sha256[:16]}"
+        assert hits[0]["_id"] == document_id("merchant-a", product.product_id, loaded.sha256)
         assert source["merchant_id"] == "merchant-a"
         assert source["title"] == product.title
         assert source["tags"] == ["red", "sale"]

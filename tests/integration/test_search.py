@@ -4,13 +4,13 @@ the stored templates against the Python path; errors for vectors that do not fit
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
 from elasticsearch import BadRequestError
 from typer.testing import CliRunner
 
+from pipeline.documents import document_id
 from pipeline.encoders import Encoder
 from pipeline.es import mappings
 from pipeline.ingest.ingestor import Ingestor
@@ -54,7 +54,10 @@ def test_image_finds_its_product_first_and_each_product_once(searcher, cat):
     assert sorted(names) == sorted(ALL)  # the sneaker's two images give one hit
     keys = [(h["merchant_id"], h["product_id"]) for h in result.hits]
     assert len(keys) == len(set(keys)) == result.total
-    assert result.hits[0]["document_id"].startswith(f"{cat.prefix}-a:{cat.prefix}-sneaker:")
+    top = result.hits[0]
+    assert (top["merchant_id"], top["product_id"]) == (f"{cat.prefix}-a", f"{cat.prefix}-sneaker")
+    expected_id = document_id(top["merchant_id"], top["product_id"], top["image_sha256"])
+    assert top["document_id"] == expected_id
 
 
 @pytest.mark.parametrize("name", ["boot", "scarf", "sneaker_b"])
@@ -338,7 +341,7 @@ def test_templates_return_the_same_hits_as_the_python_path(es, settings, searche
         ),
     ]
     for query in queries:
-        result = searcher.search(replace(query, explain=True))
+        result = searcher.search(query.model_copy(update={"explain": True}))
         assert result.requests and result.hits, query
         expected = [{"document_id": h["document_id"], "score": h["score"]} for h in result.hits]
         got = run_like_a_frontend(es, settings, result)

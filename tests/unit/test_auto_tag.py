@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from pipeline.documents import Product, build_document
-from pipeline.encoders import Encoder, EncoderError, l2_normalise
+from pipeline.encoders import IMAGE, TEXT, Encoder, l2_normalise
 from pipeline.ingest.enrich import tagging
 from pipeline.ingest.enrich.auto_tag import AutoTag
 from pipeline.ingest.enrich.tagging import (
@@ -39,6 +39,7 @@ class KeywordEncoder(Encoder):
     an image's vector is whatever the test registered for its size."""
 
     dim = len(CONCEPTS)
+    capabilities = frozenset({IMAGE, TEXT})
 
     def __init__(self, model_id: str = "test:keywords:7", *, semantic: bool = True):
         self.model_id = model_id
@@ -56,8 +57,7 @@ class KeywordEncoder(Encoder):
 
 
 class ImageOnlyEncoder(KeywordEncoder):
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        raise EncoderError(f"encoder {self.model_id} has no text tower")
+    capabilities = frozenset({IMAGE})
 
 
 TAXONOMY = Taxonomy.model_validate(
@@ -230,7 +230,7 @@ def test_processor_writes_tags_with_scores(tmp_path):
 @pytest.mark.parametrize(
     ("encoder", "message"),
     [
-        (ImageOnlyEncoder(), "no text tower"),
+        (ImageOnlyEncoder(), "embeds images only"),
         (KeywordEncoder(semantic=False), "weights are random"),
     ],
 )

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from pipeline.documents import Product, build_document, document_id
+from pipeline.documents import Product, build_document, document_id, stable_id
 
 
 def product(**overrides):
@@ -39,7 +39,31 @@ def test_document_id_is_deterministic_and_scoped_by_merchant():
     sha = "ab" * 32
     assert document_id("acme", "sku-1", sha) == document_id("acme", "sku-1", sha)
     assert document_id("acme", "sku-1", sha) != document_id("other", "sku-1", sha)
-    assert document_id("acme", "sku-1", sha).endswith(sha[:16])
+    assert document_id("acme", "sku-1", sha) != document_id("acme", "sku-1", "cd" * 32)
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        (("shop-d:a", "b:c"), ("shop-d", "a:b:c")),  # the overwrite of issue 8
+        (("a:b", "c"), ("a", "b:c")),
+        (("a/b", "c"), ("a", "b/c")),
+        (("a", "b" * 127), ("a" + "b" * 127, "")),
+    ],
+)
+def test_document_ids_cannot_collide_across_id_boundaries(one, other):
+    sha = "ab" * 32
+    assert document_id(*one, sha) != document_id(*other, sha)
+
+
+def test_stable_id_is_injective_over_its_parts():
+    assert stable_id("a:1", "b") != stable_id("a", "1:b")
+    assert stable_id("ab", "") != stable_id("a", "b") != stable_id("", "ab")
+    assert stable_id("x") != stable_id("x", "")
+    assert stable_id("ingest-error", "job", "m", "p", "") == stable_id(
+        "ingest-error", "job", "m", "p", ""
+    )
+    assert len(document_id("m", "p", "ab" * 32)) == 64  # well under Elasticsearch's 512 bytes
 
 
 def test_build_document_fields():

@@ -17,10 +17,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 
-import httpx
 import pytest
 from PIL import Image
 
+from pipeline.fetch import FetchPolicy
 from pipeline.images import (
     DEFAULT_LIMITS,
     SUPPORTED_FORMATS,
@@ -324,6 +324,7 @@ def test_unsupported_url_scheme(url: str) -> None:
 
 SLOW_S = 3.0
 HUGE_LIMITS = ImageLimits(max_bytes=1000)
+LOCAL = FetchPolicy.parse(["127.0.0.1"])  # the test server's address, refused by default
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -392,20 +393,19 @@ def server() -> Iterator[str]:
 
 
 def test_http_ok(server: str) -> None:
-    loaded = load_image(f"{server}/ok.jpg")
+    loaded = load_image(f"{server}/ok.jpg", policy=LOCAL)
     assert loaded.sha256 == hashlib.sha256(JPEG_BYTES).hexdigest()
     assert (loaded.format, loaded.width) == ("JPEG", 64)
 
 
 def test_http_redirect_is_followed(server: str) -> None:
-    assert load_image(f"{server}/redirect").sha256 == hashlib.sha256(JPEG_BYTES).hexdigest()
+    loaded = load_image(f"{server}/redirect", policy=LOCAL)
+    assert loaded.sha256 == hashlib.sha256(JPEG_BYTES).hexdigest()
 
 
-def test_http_with_caller_client_leaves_it_open(server: str) -> None:
-    with httpx.Client() as client:
-        assert read_image_bytes(f"{server}/ok.jpg", client=client) == JPEG_BYTES
-        assert not client.is_closed
-        assert read_image_bytes(f"{server}/ok.jpg", client=client) == JPEG_BYTES
+def test_http_to_loopback_is_refused_by_default(server: str) -> None:
+    err = error_of(f"{server}/ok.jpg")
+    assert (err.reason, err.transient) == ("fetch_refused", False)
 
 
 @pytest.mark.parametrize(
@@ -420,14 +420,14 @@ def test_http_with_caller_client_leaves_it_open(server: str) -> None:
     ],
 )
 def test_http_errors(server: str, path: str, status: int, reason: str, transient: bool) -> None:
-    err = error_of(f"{server}{path}")
+    err = error_of(f"{server}{path}", policy=LOCAL)
     assert (err.reason, err.transient) == (reason, transient)
     assert f"HTTP {status}" in str(err)
 
 
 def test_http_timeout_is_transient(server: str) -> None:
     start = time.monotonic()
-    err = error_of(f"{server}/slow", ImageLimits(fetch_timeout_s=0.5))
+    err = error_of(f"{server}/slow", ImageLimits(fetch_timeout_s=0.5), policy=LOCAL)
     elapsed = time.monotonic() - start
 
     assert (err.reason, err.transient) == ("fetch_timeout", True)
@@ -440,7 +440,7 @@ def test_http_timeout_is_transient(server: str) -> None:
 )
 def test_http_body_over_limit(server: str, path: str, message: str) -> None:
     with pytest.raises(ImageError) as info:
-        read_image_bytes(f"{server}{path}", HUGE_LIMITS)  # fails while reading, not decoding
+        read_image_bytes(f"{server}{path}", HUGE_LIMITS, policy=LOCAL)  # fails while reading
     assert (info.value.reason, info.value.transient) == ("too_large", False)
     assert message in str(info.value)
 
@@ -449,5 +449,5 @@ def test_http_connection_refused_is_transient() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # closed again before we connect
-    err = error_of(f"http://127.0.0.1:{port}/ok.jpg")
+    err = error_of(f"http://127.0.0.1:{port}/ok.jpg", policy=LOCAL)
     assert (err.reason, err.transient) == ("fetch_failed", True)

@@ -49,9 +49,9 @@ PRODUCT_FIELDS: dict[str, str] = {
     "content_hash": "keyword",
     "indexed_at": "date",
     "auto_category": "keyword",
-    "auto_category_score": "half_float",
+    "auto_category_score": "float",
     "auto_tag_scores.tag": "keyword",
-    "auto_tag_scores.score": "half_float",
+    "auto_tag_scores.score": "float",
     "image_text": "text",
     "phash": "keyword",
 }

@@ -16,6 +16,7 @@ from pipeline.ingest.processors import (
     ProcessorContext,
     available_processors,
 )
+from pipeline.plugins import PluginError
 from pipeline.settings import VitrineSettings
 
 
@@ -81,9 +82,9 @@ def test_builtin_processors_are_registered_as_entry_points():
 
 
 def test_unknown_or_incomplete_chains_are_refused(encoder):
-    with pytest.raises(ValueError, match="unknown processor"):
+    with pytest.raises(PluginError, match="unknown vitrine.processors plugin 'nope'; installed: "):
         chain(encoder, processors=["decode_image", "nope", "embed_image"])
-    with pytest.raises(ValueError, match="embed_image"):
+    with pytest.raises(PluginError, match="embed_image"):
         chain(encoder, processors=["decode_image"])
 
 
@@ -102,3 +103,35 @@ def test_a_processor_failure_skips_later_processors_for_that_item(tmp_path, enco
     assert items[0].vector is not None
     assert items[1].error.reason == "too_wide" and items[1].vector is None
     assert encoder.batches == [1]
+
+
+def test_slow_image_hosts_fail_only_their_own_items_within_the_batch_deadline(tmp_path, encoder):
+    """Image fetches of one batch share a deadline of half the task's soft time limit, so a
+    host that drips bytes cannot hold the batch until Celery kills it."""
+    from tests.fetch_servers import FetchTestServer
+
+    server = FetchTestServer(drip_interval_s=0.2)
+    server.images["slow"] = b"x" * 1000  # 200 s at this rate
+    try:
+        items = items_for(tmp_path, [(60, 60), (70, 70)])
+        slow = Product(
+            product_id="slow", merchant_id="m", title="t", images=[server.url("/drip/slow")]
+        )
+        items.insert(1, IngestItem(slow, 0))
+        chain(
+            encoder, fetch_allow=["127.0.0.1"], image_fetch_timeout_s=60, task_soft_time_limit_s=2
+        ).run(items)
+    finally:
+        server.close()
+    assert [i.ok for i in items] == [True, False, True]
+    assert (items[1].error.reason, items[1].error.transient) == ("fetch_timeout", True)
+    assert encoder.batches == [2]
+
+
+def test_image_urls_go_through_the_fetch_guard(tmp_path, encoder):
+    refused = Product(
+        product_id="p", merchant_id="m", title="t", images=["http://127.0.0.1:9/img.png"]
+    )
+    items = [IngestItem(refused, 0), *items_for(tmp_path, [(60, 60)])]
+    chain(encoder).run(items)  # default settings: nothing allow-listed
+    assert items[0].error.reason == "fetch_refused" and items[1].ok

@@ -16,7 +16,7 @@ from pipeline.ingest.processors import (
     ProcessorChain,
     ProcessorContext,
     TextBox,
-    available_processors,
+    load_processor,
 )
 from pipeline.settings import VitrineSettings
 
@@ -119,7 +119,7 @@ def item_for(tmp_path, image: Image.Image, name="p") -> IngestItem:
 def run(names, items, **settings):
     context = ProcessorContext(VitrineSettings(**settings), lambda: None)  # type: ignore[arg-type,return-value]
     for name in names:
-        available_processors()[name](context).process_batch(items)
+        load_processor(name)(context).process_batch(items)
 
 
 def test_image_quality_processor_uses_the_ocr_boxes(tmp_path):

@@ -3,6 +3,7 @@
 import re
 
 import pytest
+from pydantic import ValidationError
 
 from pipeline.es import mappings
 from pipeline.search.plan import QueryError, SearchQuery, Window, plan_lists, validate
@@ -76,7 +77,9 @@ def test_every_filter_in_template_order():
 def test_in_stock_true_and_empty_values():
     assert Filters(in_stock=True).template_params() == {"in_stock": True}
     assert filter_clauses(Filters(in_stock=True)) == [{"term": {"in_stock": True}}]
-    assert filter_clauses(Filters(category="", merchant_id="", tags_any=[])) == []
+    assert filter_clauses(Filters(category="", tags_any=[])) == []
+    with pytest.raises(ValidationError):  # as in the API: an empty merchant id is no id
+        Filters(merchant_id="")
 
 
 # --------------------------------------------------------------------------- kNN
@@ -326,24 +329,37 @@ def test_validate_defaults_and_window():
             "at most one",
         ),
         (SearchQuery(vector=[1.0]), "model_id"),
-        (SearchQuery(text="x", k=0), "k must"),
         (SearchQuery(text="x", k=201), "k must"),
         (SearchQuery(text="x", k=20, num_candidates=19), "num_candidates"),
-        (SearchQuery(text="x", num_candidates=10_001), "num_candidates"),
-        (SearchQuery(text="x", image_weight=1.5), "image_weight"),
-        (SearchQuery(text="x", keyword_weight=-1), "keyword_weight"),
         (SearchQuery(text="x", search_after=[1]), "search_after"),
         (SearchQuery(text="x", sort="price_asc"), "sort"),
         (SearchQuery(from_=9_990, size=20), "from \\+ size"),
         (SearchQuery(from_=10, search_after=[1]), "either from or search_after"),
-        (SearchQuery(text="x", fusion="max"), "fusion"),  # type: ignore[arg-type]
-        (SearchQuery(text="x" * 1001), "longer"),
     ],
 )
 def test_validate_rejects(query, message):
     with pytest.raises(QueryError, match=message) as info:
         validate(query, SETTINGS)
     assert info.value.reason == "invalid_query"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"k": 0},
+        {"num_candidates": 10_001},
+        {"image_weight": 1.5},
+        {"keyword_weight": -1},
+        {"fusion": "max"},
+        {"text": "x" * 1001},
+        {"from_": -1},
+        {"rrf_k": 0},
+    ],
+)
+def test_search_options_refuse_values_out_of_range(options):
+    """What does not depend on the settings is checked when the query is built, as in the API."""
+    with pytest.raises(ValidationError):
+        SearchQuery(**{"text": "x", **options})
 
 
 def lists(query, visual=None, text=None):

@@ -29,7 +29,7 @@ def test_l2_normalise_handles_zero_vectors():
 
 def test_open_clip_is_a_registered_encoder_and_unknown_names_fail():
     assert "open_clip" in available_encoders()
-    with pytest.raises(EncoderError, match="unknown encoder 'nope'"):
+    with pytest.raises(EncoderError, match="unknown vitrine.encoders plugin 'nope'; installed: "):
         create_encoder(VitrineSettings(encoder="nope"))
 
 

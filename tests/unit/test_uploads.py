@@ -1,5 +1,6 @@
 import pytest
 
+from pipeline.documents import ImageFields, IndexingFields
 from pipeline.merchants.uploads import (
     ForeignMerchant,
     MetadataError,
@@ -161,8 +162,7 @@ def test_product_view_merges_image_documents():
     ]
     view = product_view(docs)
     assert view["quality_flags"] == ["low_resolution"] and view["auto_tags"] == ["blue", "red"]
-    assert [i["image_url"] for i in view["images"]] == [
-        f"/v1/images/{'1' * 64}",
-        "https://cdn/2.jpg",
-    ]
+    # as stored: the API turns store paths into its image URLs (merchants build no HTTP paths)
+    assert [i["image_url"] for i in view["images"]] == ["/srv/11/" + "1" * 64, "https://cdn/2.jpg"]
+    assert set(view["images"][0]) == {*ImageFields.model_fields, *IndexingFields.model_fields}
     assert view["model_id"] == "m1" and view["title"] == "T"

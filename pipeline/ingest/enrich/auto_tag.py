@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from pipeline.encoders import EncoderError
 from pipeline.ingest.enrich.tagging import (
     LabelVectors,
     category_mismatch,
@@ -43,13 +42,12 @@ class AutoTag(Processor):
             return self._vectors
         settings, encoder = self.context.settings, self.context.encoder
         reason = None
-        if not encoder.semantic and not settings.auto_tag_on_random_weights:
+        if not encoder.supports_text:
+            reason = "it embeds images only (no text tower), so labels cannot be embedded"
+        elif not encoder.semantic and not settings.auto_tag_on_random_weights:
             reason = "its weights are random, so zero-shot tags would be noise"
         else:
-            try:
-                self._vectors = label_vectors(encoder, self.taxonomy, settings.home / "labels")
-            except (NotImplementedError, EncoderError) as exc:  # an image-only encoder
-                reason = f"it cannot embed text, so labels cannot be embedded ({exc})"
+            self._vectors = label_vectors(encoder, self.taxonomy, settings.home / "labels")
         if reason:
             self._skipped = True
             log.warning("auto_tag skipped for encoder %s: %s", encoder.model_id, reason)

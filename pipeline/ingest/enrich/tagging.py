@@ -43,7 +43,7 @@ def compute_label_vectors(encoder: Encoder, taxonomy: Taxonomy) -> LabelVectors:
             label_prompts = facet.prompts(label)
             spans.append((facet_name, label, len(prompts), len(prompts) + len(label_prompts)))
             prompts.extend(label_prompts)
-    vectors = l2_normalise(encoder.embed_texts(prompts))
+    vectors = l2_normalise(encoder.encode_texts(prompts))
     rows: dict[str, tuple[list[str], list[np.ndarray]]] = {}
     for facet_name, label, start, end in spans:
         names, means = rows.setdefault(facet_name, ([], []))
@@ -96,7 +96,8 @@ def label_vectors(
     encoder: Encoder, taxonomy: Taxonomy, cache_dir: Path | None = None
 ) -> LabelVectors:
     """The label vectors of this model and taxonomy: from memory, from ``cache_dir``, or computed
-    (once per process; concurrent callers wait). Raises what ``embed_texts`` raises."""
+    (once per process; concurrent callers wait). Raises what ``encode_texts`` raises
+    (``TextNotSupported`` for an image-only encoder)."""
     key = (encoder.model_id, taxonomy.digest)
     with _lock:
         if key in _memory:
