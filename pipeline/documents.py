@@ -19,7 +19,7 @@ import json
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from pydantic import (
@@ -33,22 +33,34 @@ from pydantic import (
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$"
 
+# What the index can hold (es_mappings/products_index_template.json), checked here so that an
+# upload the index would refuse is a 422 at the API, not a 202 and then a failed job.
+#: ``price`` is a scaled_float x100 stored as a long; below 1e13 cents stay exact in a double.
+MAX_PRICE = 1e13
+#: ``tags``/``category`` are keywords without ignore_above: one term may not exceed 32,766
+#: bytes in Lucene; far below that, a tag is a short label.
+MAX_TAG_CHARS = 200
+#: ``image_url`` is a keyword with ignore_above 2048.
+MAX_IMAGE_REF_CHARS = 2048
+Tag = Annotated[str, Field(max_length=MAX_TAG_CHARS)]
+ImageRef = Annotated[str, Field(max_length=MAX_IMAGE_REF_CHARS)]
+
 
 class Product(BaseModel):
     """A product and its image(s): the payload of an embedding job."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, allow_inf_nan=False)
 
     product_id: str = Field(pattern=ID_PATTERN)
     merchant_id: str = Field(pattern=ID_PATTERN)
     title: str = Field(min_length=1, max_length=500)
     description: str = Field("", max_length=10_000)
-    category: str | None = Field(None, max_length=200)
-    tags: list[str] = Field(default_factory=list, max_length=100)
-    price: float | None = Field(None, ge=0)
+    category: str | None = Field(None, max_length=MAX_TAG_CHARS)
+    tags: list[Tag] = Field(default_factory=list, max_length=100)
+    price: float | None = Field(None, ge=0, le=MAX_PRICE)
     currency: str | None = Field(None, pattern=r"^[A-Z]{3}$")
     in_stock: bool = True
-    images: list[str] = Field(
+    images: list[ImageRef] = Field(
         min_length=1, max_length=20, description="Image URLs (http/https) or local paths."
     )
 

@@ -2,8 +2,19 @@
 paths call to start embedding jobs, and job status look-ups.
 
 Tasks live in ``workers.tasks`` and are sent by name, so callers need neither torch nor the
-model. Delivery is at-least-once (late acks, requeue when a worker dies); tasks are idempotent,
-so a redelivered job just rewrites the same documents.
+model. Delivery is at-least-once; tasks are idempotent, so a redelivered job just rewrites the
+same documents. How a job comes back when its worker dies:
+
+- a pool process dies: the worker rejects the job and Redis requeues it at once
+  (``task_reject_on_worker_lost``); the replacement process gets ``worker_proc_alive_timeout_s``
+  to load the model before Celery gives up on it.
+- the whole worker dies: its unacknowledged jobs wait in the queue's unacked set until they are
+  ``visibility_timeout`` old, then the next sweep of any worker of the queue requeues them: at
+  most ``redelivery_bound_s`` after delivery (a worker that starts later sweeps when it starts).
+
+Accepted means durable: ``enqueue`` and ``enqueue_delete`` write every product to the pending
+journal (``pipeline.journal``, on disk) before the message goes to Redis, so work survives the
+loss of Redis; ``resend`` is how the reconciler sends such work again, under the same job id.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ from typing import Any
 from celery import Celery
 
 from pipeline.documents import Product
+from pipeline.journal import DELETE, INDEX, PendingJournal, PendingRecord
 from pipeline.settings import VitrineSettings
 
 INDEX_TASK = "vitrine.index_products"
@@ -32,14 +44,53 @@ class VitrineCelery(Celery):
     def __init__(self, settings: VitrineSettings, **kwargs: Any) -> None:
         super().__init__("vitrine", broker=settings.redis_url, backend=settings.redis_url, **kwargs)
         self.settings = settings
+        self.pending_journal = PendingJournal(settings.journal_root)
+
+
+#: Slack for a received job waiting for a free pool process (one still loading the model, or
+#: busy with another job whose retry fell due), on top of its retry wait and run time.
+VISIBILITY_MARGIN_S = 60
+
+
+def visibility_timeout_s(settings: VitrineSettings) -> int:
+    """Age at which an unacknowledged job is handed to another worker. A worker holds a job,
+    unacknowledged, while it waits for its retry countdown and while it runs, so the default
+    covers the longest of both: shorter would run live jobs twice, longer delays recovery."""
+    if settings.visibility_timeout_s is not None:
+        return settings.visibility_timeout_s
+    return settings.task_time_limit_s + settings.task_retry_backoff_max_s + VISIBILITY_MARGIN_S
+
+
+def redelivery_bound_s(settings: VitrineSettings) -> int:
+    """Longest time from receipt to requeue of a job whose worker died, while another worker
+    of the queue runs: the visibility timeout plus one sweep interval. With none running, the
+    job is requeued when the next one starts, if that is later."""
+    return visibility_timeout_s(settings) + settings.unacked_restore_interval_s
+
+
+def _broker_transport_options(settings: VitrineSettings) -> dict[str, Any]:
+    # kombu keeps unacknowledged messages in one Redis hash per key name, and every consumer
+    # sweeps the whole hash with its own visibility timeout: one set per queue keeps other
+    # deployments (or test sessions) on the same Redis from requeueing our live jobs.
+    unacked = f"{settings.queue}.unacked"
+    return {
+        "visibility_timeout": visibility_timeout_s(settings),
+        "unacked_key": unacked,
+        "unacked_index_key": f"{unacked}_index",
+        "unacked_mutex_key": f"{unacked}_mutex",
+        # The sweep holds this lock for milliseconds; a worker killed while holding it would
+        # otherwise stop every sweep for kombu's default 300 s. Overlapping sweeps are safe:
+        # each requeue is a transaction that moves a message only if it is still unacked.
+        "unacked_mutex_expire": 30,
+        # Sweep every interval (kombu's default scans on every 10th tick of 10 s).
+        "unacked_restore_interval": settings.unacked_restore_interval_s,
+        "unacked_restore_throttle": 1,
+    }
 
 
 def create_celery(settings: VitrineSettings, *, worker: bool = False) -> VitrineCelery:
     """The Celery app for these settings; ``worker=True`` also loads the task module."""
     app = VitrineCelery(settings)
-    # A task may wait for its retry countdown while reserved: the visibility timeout must exceed
-    # the longest task plus the longest back-off, or Redis redelivers it to another worker.
-    visibility_timeout = max(3600, 2 * settings.task_time_limit_s + 300)
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -53,8 +104,8 @@ def create_celery(settings: VitrineSettings, *, worker: bool = False) -> Vitrine
         task_track_started=True,
         result_extended=True,
         result_expires=7 * 24 * 3600,
-        broker_transport_options={"visibility_timeout": visibility_timeout},
-        result_backend_transport_options={"visibility_timeout": visibility_timeout},
+        broker_transport_options=_broker_transport_options(settings),
+        worker_proc_alive_timeout=settings.worker_proc_alive_timeout_s,
         broker_connection_retry_on_startup=True,
         worker_send_task_events=True,
         imports=[TASKS_MODULE] if worker else [],
@@ -96,11 +147,13 @@ def _describe(products: Sequence[tuple[str, str]]) -> dict[str, Any]:
     }
 
 
-def _send(app: VitrineCelery, task: str, args: list, description: dict) -> str:
-    """Send a task under a fresh job id, marked QUEUED before it is sent. The description is
-    stored under its own key, kept as long as results are, so that ``job_description`` can tell
-    whose job it is in every state."""
-    job_id = str(uuid.uuid4())
+def _send(
+    app: VitrineCelery, task: str, args: list, description: dict, job_id: str | None = None
+) -> str:
+    """Send a task under ``job_id`` (a fresh one by default), marked QUEUED before it is sent.
+    The description is stored under its own key, kept as long as results are, so that
+    ``job_description`` can tell whose job it is in every state."""
+    job_id = job_id or str(uuid.uuid4())
     app.backend.store_result(job_id, None, QUEUED)
     app.backend.set(_description_key(job_id), json.dumps(description))
     app.send_task(task, args=args, task_id=job_id, queue=app.settings.queue)
@@ -117,25 +170,55 @@ def job_description(app: Celery, job_id: str) -> dict[str, Any] | None:
 def enqueue(app: VitrineCelery, products: Sequence[Product], *, batch_size: int = 1) -> list[str]:
     """Start embedding jobs for products, ``batch_size`` products per job; returns job ids.
 
-    Re-sending a product is safe: its documents are overwritten, never duplicated.
+    Each product is in the pending journal before its job is sent. Re-sending a product is
+    safe: its documents are overwritten, never duplicated.
     """
     job_ids = []
     for start in range(0, len(products), batch_size):
         chunk = products[start : start + batch_size]
+        job_id, now = str(uuid.uuid4()), time.time()
+        payloads = [p.model_dump() for p in chunk]
+        app.pending_journal.record(
+            [
+                PendingRecord(INDEX, p.merchant_id, p.product_id, job_id, now, now, product=data)
+                for p, data in zip(chunk, payloads, strict=True)
+            ]
+        )
         description = _describe([(p.merchant_id, p.product_id) for p in chunk])
-        job_ids.append(_send(app, INDEX_TASK, [[p.model_dump() for p in chunk]], description))
+        job_ids.append(_send(app, INDEX_TASK, [payloads], description, job_id))
     return job_ids
 
 
 def enqueue_delete(app: VitrineCelery, merchant_id: str, product_id: str) -> str:
+    job_id, now = str(uuid.uuid4()), time.time()
+    app.pending_journal.record([PendingRecord(DELETE, merchant_id, product_id, job_id, now, now)])
     return _send(
-        app, DELETE_TASK, [merchant_id, product_id], _describe([(merchant_id, product_id)])
+        app, DELETE_TASK, [merchant_id, product_id], _describe([(merchant_id, product_id)]), job_id
     )
 
 
+def resend(app: VitrineCelery, job_id: str, records: Sequence[PendingRecord]) -> None:
+    """Send pending records of one job again, under that job's id (its status URL stays
+    valid): one index job for all of them, or the delete."""
+    now = time.time()
+    for record in records:  # before sending: a worker finishing the job removes the record
+        app.pending_journal.resent(record, at=now)
+    # Celery never overwrites a SUCCESS state (against lost duplicates); the job's old result
+    # must go, or the new run's states and result would be dropped.
+    app.backend.forget(job_id)
+    description = _describe([(r.merchant_id, r.product_id) for r in records])
+    if records[0].kind == DELETE:
+        [record] = records
+        _send(app, DELETE_TASK, [record.merchant_id, record.product_id], description, job_id)
+    else:
+        _send(app, INDEX_TASK, [[r.product for r in records]], description, job_id)
+
+
 def job_status(app: Celery, job_id: str) -> JobStatus:
-    result = app.AsyncResult(job_id)
-    state = result.state
+    # Never from Celery's cache of finished results: a job sent again under its id by the
+    # reconciler is queued again after it succeeded once.
+    meta = app.backend.get_task_meta(job_id, cache=False)
+    state, info = meta["status"], meta.get("result")
     if state == QUEUED:
         return JobStatus(job_id, "queued")
     if state == "PENDING":
@@ -143,12 +226,11 @@ def job_status(app: Celery, job_id: str) -> JobStatus:
     if state == "STARTED":
         return JobStatus(job_id, "running")
     if state == "RETRY":
-        return JobStatus(job_id, "retrying", error=str(result.info))
+        return JobStatus(job_id, "retrying", error=str(info))
     if state == "FAILURE":
-        return JobStatus(job_id, "failed", error=f"{type(result.info).__name__}: {result.info}")
+        return JobStatus(job_id, "failed", error=f"{type(info).__name__}: {info}")
     if state == "SUCCESS":
-        value = result.result
-        results = value if isinstance(value, list) else [value]
+        results = info if isinstance(info, list) else [info]
         failed = sum(1 for r in results if r.get("status") == "failed")
         verdict = (
             "done" if not failed else "failed" if failed == len(results) else "partially_failed"

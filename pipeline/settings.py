@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pipeline.fetch import FetchPolicy
@@ -50,12 +50,84 @@ class VitrineSettings(BaseSettings):
     queue: str = "vitrine"
     task_soft_time_limit_s: int = 300
     task_time_limit_s: int = 360
-    task_max_retries: int = 5
+    task_retry_budget_s: float = Field(
+        900,
+        gt=0,
+        description="How long a job keeps retrying transient faults (Elasticsearch or an image "
+        "host down), counted from its first attempt: outages shorter than this lose nothing.",
+    )
     task_retry_backoff_s: int = Field(
         2,
         ge=1,
         description="Back-off factor in whole seconds (Celery's retry_backoff): the n-th retry "
-        "waits a random 0..factor*2^n seconds (full jitter), capped at 300 s.",
+        "waits a random 0..factor*2^n seconds (full jitter), capped at task_retry_backoff_max_s.",
+    )
+    task_retry_backoff_max_s: int = Field(
+        300,
+        ge=1,
+        description="Longest wait before one retry. A waiting retry is held, unacknowledged, "
+        "by a worker, so it bounds the visibility timeout from below.",
+    )
+    visibility_timeout_s: int | None = Field(
+        None,
+        ge=1,
+        description="Seconds after a worker received a job when Redis hands it, still "
+        "unacknowledged, to another worker: the redelivery bound for jobs of a worker that "
+        "died. Default: task_time_limit_s + task_retry_backoff_max_s + 60 (12 minutes with the "
+        "defaults). The clock runs from receipt, through any wait for a free pool process, its "
+        "retry wait and its run: shorter than that means the job runs twice (harmless, writes "
+        "are idempotent, but wasted work).",
+    )
+    unacked_restore_interval_s: int = Field(
+        10,
+        ge=1,
+        description="How often each worker requeues jobs past the visibility timeout (a "
+        "worker also does it when it starts).",
+    )
+    worker_proc_alive_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="How long a new worker pool process may take to start (it loads the model) "
+        "before Celery kills it. Celery's own 4 s is shorter than loading ViT-B-32 on a CPU "
+        "(about 9 s), which made every replacement of a dead process fail.",
+    )
+
+    @model_validator(mode="after")
+    def _visibility_timeout_exceeds_a_run(self) -> VitrineSettings:
+        if self.visibility_timeout_s is not None and (
+            self.visibility_timeout_s <= self.task_time_limit_s
+        ):
+            raise ValueError(
+                "visibility_timeout_s must exceed task_time_limit_s, or every job that runs "
+                "longer than the visibility timeout is handed to another worker again and again"
+            )
+        return self
+
+    # Durability: accepted work and error records on disk (see pipeline/journal.py)
+    journal_dir: Path | None = Field(
+        None,
+        description="Pending-job journal and error spool (default <home>/journal). The API and "
+        "the workers must all see it (a shared volume in docker-compose), like the image store.",
+    )
+    reconcile_interval_s: float = Field(
+        60, gt=0, description="How often each worker runs the reconciler."
+    )
+    reconcile_grace_s: float = Field(
+        30,
+        ge=0,
+        description="A pending record younger than this is left alone (its job is "
+        "being sent right now).",
+    )
+    reconcile_stale_s: float | None = Field(
+        None,
+        description="A job still queued or running this long after it was sent is sent again "
+        "(default: retry budget + task time limit + 10 minutes).",
+    )
+    reconcile_max_sends: int = Field(
+        10,
+        ge=1,
+        description="After this many sends a pending record is given up and recorded "
+        "in the ingest-errors index.",
     )
 
     # Model
@@ -160,6 +232,16 @@ class VitrineSettings(BaseSettings):
         120, description="Writes (POST/PUT/DELETE of products) allowed per API key per window."
     )
     upload_rate_window_s: int = Field(60, description="Length of the upload rate-limit window.")
+    search_rate_limit: int = Field(
+        600, ge=1, description="Searches and embeds allowed per API key per window."
+    )
+    search_rate_limit_per_address: int = Field(
+        120,
+        ge=1,
+        description="Searches and embeds without an API key allowed per client address per "
+        "window (behind a proxy, run uvicorn with --proxy-headers to see the real address).",
+    )
+    search_rate_window_s: int = Field(60, ge=1, description="Length of the search rate window.")
     redis_prefix: str = Field(
         "vitrine", description="Prefix of the API's own Redis keys (API keys, rate limits)."
     )
@@ -206,6 +288,17 @@ class VitrineSettings(BaseSettings):
     @property
     def images_dir(self) -> Path:
         return self.image_store_dir or self.home / "images"
+
+    @property
+    def journal_root(self) -> Path:
+        return self.journal_dir or self.home / "journal"
+
+    @property
+    def stale_after_s(self) -> float:
+        """When a job that is still queued or running counts as lost (see reconcile_stale_s)."""
+        if self.reconcile_stale_s is not None:
+            return self.reconcile_stale_s
+        return self.task_retry_budget_s + self.task_time_limit_s + 600
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``VITRINE_*`` variables, to start a worker or API process with them."""

@@ -50,14 +50,17 @@ def settings(session_id: str, tiny_checkpoint: Path, tmp_path_factory) -> Vitrin
         model_pretrained=str(tiny_checkpoint),
         min_image_side=64,
         batch_size=8,
-        task_max_retries=2,
+        task_retry_budget_s=6,
         task_retry_backoff_s=1,
+        task_retry_backoff_max_s=2,
+        reconcile_max_sends=2,
         image_fetch_timeout_s=2.0,
         # The tests' image servers run on 127.0.0.1, an address the fetch guard refuses unless
         # allow-listed (tests/reliability proves the refusal with settings without this).
         fetch_allow=["127.0.0.1"],
         image_max_bytes=2 * 1024 * 1024,
         image_max_pixels=4_000_000,
+        search_rate_limit_per_address=100_000,  # every test client shares one address
         home=tmp_path_factory.mktemp("home"),
     )
 

@@ -1,38 +1,51 @@
 """Celery tasks: parse the message, call ``pipeline``, retry transient faults, report.
 
 Transient faults (Elasticsearch or an image host unreachable) are retried with exponential
-back-off and jitter, for the affected products only. Permanent faults (corrupt, unsupported or
-oversized image, invalid product) are not retried: they are written to the ingest-errors index
-and returned in the job result.
+back-off and full jitter, for the affected products only, for ``task_retry_budget_s`` seconds
+from the job's first attempt: a time budget, not a count, so an outage of known length is
+covered whatever the back-off draws. Permanent faults (corrupt, unsupported or oversized image,
+invalid product) are not retried. Every final failure is written to the ingest-errors index
+(spooled to disk while Elasticsearch is down) and returned in the job result.
+
+A product's pending-journal record is removed once it is indexed or failed for good; a product
+that still fails for a transient reason when the budget is spent keeps its record, and the
+reconciler (run here at start-up and every ``reconcile_interval_s``) sends it again later.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Sequence
 from typing import Any, cast
 
 from celery import Task, current_app, shared_task
-from celery.signals import after_setup_logger, worker_process_init
+from celery.signals import after_setup_logger, worker_process_init, worker_ready, worker_shutdown
 from celery.utils.time import get_exponential_backoff_interval
-from elasticsearch import ApiError, TransportError
 from pydantic import ValidationError
 
 from pipeline.documents import Product
 from pipeline.es import indexing
+from pipeline.es.client import is_transient_es_error, make_client
 from pipeline.ingest.ingestor import FAILED, Ingestor, ProductResult
+from pipeline.ingest.reconcile import reconcile
 from pipeline.jobs import DELETE_TASK, INDEX_TASK, VitrineCelery
 from pipeline.settings import VitrineSettings
 
 log = logging.getLogger(__name__)
-MAX_BACKOFF_S = 300
 
 _ingestor: Ingestor | None = None
 _ingestor_lock = threading.Lock()
+_stop_reconciler = threading.Event()
+
+
+def _app(app: Any) -> VitrineCelery:
+    return cast(VitrineCelery, app)
 
 
 def _settings(app: Any) -> VitrineSettings:
-    return cast(VitrineCelery, app).settings
+    return _app(app).settings
 
 
 def ingestor() -> Ingestor:
@@ -46,8 +59,17 @@ def ingestor() -> Ingestor:
 
 @worker_process_init.connect
 def _load_model_after_fork(**_: Any) -> None:
-    """Load the model in each pool process after fork, before the first task arrives."""
+    """Load the model in each pool process after fork, before the first task arrives. Celery
+    kills a process not started within ``worker_proc_alive_timeout_s``: say when it is close."""
+    started = time.monotonic()
     ingestor().load_model()
+    took, limit = time.monotonic() - started, _settings(current_app).worker_proc_alive_timeout_s
+    log.log(
+        logging.WARNING if took > limit / 2 else logging.INFO,
+        "model loaded in %.1f s (worker_proc_alive_timeout_s %.0f s)",
+        took,
+        limit,
+    )
 
 
 @after_setup_logger.connect
@@ -57,28 +79,55 @@ def _quiet_http_clients(**_: object) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _can_retry(task: Task) -> bool:
-    return bool(task.request.retries < _settings(task.app).task_max_retries)
+@worker_ready.connect
+def _start_reconciler(sender: Any = None, **_: Any) -> None:
+    """Reconcile once now and then periodically, in a thread of the worker's main process."""
+    app = _app(sender.app)
+    _stop_reconciler.clear()
+    threading.Thread(
+        target=_reconcile_periodically, args=(app,), name="vitrine-reconciler", daemon=True
+    ).start()
 
 
-def _retry(task: Task, **kwargs: Any) -> Exception:
-    """Celery's retry with exponential back-off and full jitter, bounded by the settings."""
+@worker_shutdown.connect
+def _stop_reconciling(**_: Any) -> None:
+    _stop_reconciler.set()
+
+
+def _reconcile_periodically(app: VitrineCelery) -> None:
+    es = make_client(app.settings)
+    while True:
+        try:
+            report = reconcile(app, es)
+            if report.resent or report.finished or report.gave_up or report.errors_flushed:
+                log.info("reconciled: %s", report.summary())
+        except Exception as exc:  # Redis or the disk unavailable: try again next period
+            log.warning("reconciler failed (%s: %s); next try later", type(exc).__name__, exc)
+        if _stop_reconciler.wait(app.settings.reconcile_interval_s):
+            return
+
+
+def _budget_left(task: Task, since: float) -> float:
+    return _settings(task.app).task_retry_budget_s - (time.time() - since)
+
+
+def _retry(task: Task, since: float, **kwargs: Any) -> Exception:
+    """Celery's retry with exponential back-off and full jitter, never past the budget."""
     settings = _settings(task.app)
     countdown = get_exponential_backoff_interval(
         factor=settings.task_retry_backoff_s,
         retries=task.request.retries,
-        maximum=MAX_BACKOFF_S,
+        maximum=settings.task_retry_backoff_max_s,
         full_jitter=True,
     )
+    kwargs["kwargs"] = {**kwargs.get("kwargs", task.request.kwargs or {}), "since": since}
     return cast(
-        Exception, task.retry(countdown=countdown, max_retries=settings.task_max_retries, **kwargs)
+        Exception,
+        task.retry(
+            countdown=min(countdown, max(0.0, _budget_left(task, since))),
+            **kwargs,
+        ),
     )
-
-
-def _is_transient_es_error(exc: Exception) -> bool:
-    if isinstance(exc, TransportError):  # connection refused, timeout
-        return True
-    return isinstance(exc, ApiError) and exc.meta.status in (429, 502, 503, 504)
 
 
 def _parse(payloads: list[dict]) -> tuple[list[Product], list[ProductResult]]:
@@ -99,50 +148,99 @@ def _parse(payloads: list[dict]) -> tuple[list[Product], list[ProductResult]]:
     return products, invalid
 
 
-def _ingest(task: Task, payloads: list[dict], done: list[dict]) -> list[dict]:
+def _failed(
+    products: Sequence[Product], exc: Exception, *, reason: str, transient: bool = True
+) -> list[ProductResult]:
+    """Results for products that a whole-job error stopped."""
+    message = f"{type(exc).__name__}: {exc}"
+    return [
+        ProductResult(
+            p.merchant_id, p.product_id, FAILED, reason=reason, message=message, transient=transient
+        )
+        for p in products
+    ]
+
+
+def _settle(task: Task, products: Sequence[Product], results: Sequence[ProductResult]) -> None:
+    """Record final failures, and close the journal record of every product that is indexed
+    or failed for good (transient failures keep theirs, for the reconciler)."""
+    ingestor().record_failures(results, job_id=task.request.id, attempts=task.request.retries + 1)
+    journal = _app(task.app).pending_journal
+    by_key = {(r.merchant_id, r.product_id): r for r in results}
+    for product in products:
+        result = by_key.get((product.merchant_id, product.product_id))
+        if result is not None and not (result.status == FAILED and result.transient):
+            journal.finish_product(product)
+
+
+def _ingest(task: Task, payloads: list[dict], done: list[dict], since: float) -> list[dict]:
     products, results = _parse(payloads)
     runtime = ingestor()
     try:
         results += runtime.ingest(products) if products else []
     except Exception as exc:
-        if _is_transient_es_error(exc) and _can_retry(task):
+        if not is_transient_es_error(exc):
+            _settle(task, products, _failed(products, exc, reason="job_error", transient=False))
+            raise
+        if _budget_left(task, since) > 0:
             log.warning("job %s: Elasticsearch unavailable (%s), retrying", task.request.id, exc)
-            raise _retry(task, exc=exc) from exc
-        raise
+            raise _retry(task, since, exc=exc) from exc
+        results += _failed(products, exc, reason="elasticsearch_unavailable")
     transient = {
         (r.merchant_id, r.product_id) for r in results if r.status == FAILED and r.transient
     }
-    if transient and _can_retry(task):
-        finished = [r.to_dict() for r in results if (r.merchant_id, r.product_id) not in transient]
+    if transient and _budget_left(task, since) > 0:
+        finished = [r for r in results if (r.merchant_id, r.product_id) not in transient]
+        _settle(task, products, finished)
         retry_payloads = [p for p in products if (p.merchant_id, p.product_id) in transient]
         log.warning(
             "job %s: transient failure for %d product(s), retrying", task.request.id, len(transient)
         )
         raise _retry(
             task,
+            since,
             args=[[p.model_dump() for p in retry_payloads]],
-            kwargs={"done": done + finished},
+            kwargs={"done": done + [r.to_dict() for r in finished]},
         )
-    runtime.record_failures(results, job_id=task.request.id, attempts=task.request.retries + 1)
+    _settle(task, products, results)
     return done + [r.to_dict() for r in results]
 
 
-@shared_task(bind=True, name=INDEX_TASK)
-def index_products(self: Task, products: list[dict], done: list[dict] | None = None) -> list[dict]:
+# max_retries=None: no count; the time budget (checked before every retry) bounds retries.
+@shared_task(bind=True, name=INDEX_TASK, max_retries=None)
+def index_products(
+    self: Task, products: list[dict], done: list[dict] | None = None, since: float | None = None
+) -> list[dict]:
     """Embed and index several products in one forward pass; one result per product."""
-    return _ingest(self, products, done or [])
+    return _ingest(self, products, done or [], since or time.time())
 
 
-@shared_task(bind=True, name=DELETE_TASK)
-def delete_product(self: Task, merchant_id: str, product_id: str) -> dict:
+@shared_task(bind=True, name=DELETE_TASK, max_retries=None)
+def delete_product(
+    self: Task, merchant_id: str, product_id: str, since: float | None = None
+) -> dict:
     """Remove every document of a product."""
+    since = since or time.time()
     runtime = ingestor()
     try:
         deleted = indexing.delete_product(runtime.es, runtime.settings, merchant_id, product_id)
     except Exception as exc:
-        if _is_transient_es_error(exc):
-            raise _retry(self, exc=exc) from exc
+        transient = is_transient_es_error(exc)
+        if transient and _budget_left(self, since) > 0:
+            raise _retry(self, since, exc=exc) from exc
+        failure = ProductResult(
+            merchant_id,
+            product_id,
+            FAILED,
+            reason="delete_failed",
+            message=str(exc),
+            transient=transient,
+        )
+        runtime.record_failures([failure], job_id=self.request.id)
+        if not transient:
+            _app(self.app).pending_journal.finish_delete(merchant_id, product_id)
         raise
+    _app(self.app).pending_journal.finish_delete(merchant_id, product_id)
     log.info("deleted product %s/%s (%d documents)", merchant_id, product_id, deleted)
     return {
         "merchant_id": merchant_id,

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from pipeline.api import health, page, products, search
+from pipeline.api import errors, health, page, products, search
 from pipeline.api.deps import ApiState
 from pipeline.es.client import make_client
 from pipeline.jobs import create_celery
@@ -33,6 +33,7 @@ def create_app(settings: VitrineSettings, *, load_model: bool = True) -> FastAPI
         lifespan=lifespan,
     )
     app.state.vitrine = state
+    errors.install(app)
     for module in (health, search, products, page):
         app.include_router(module.router)
     return app

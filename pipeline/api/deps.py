@@ -25,7 +25,9 @@ class MerchantServices:
     """What the merchant routes share: Redis-backed keys and limits, the image store."""
 
     keys: ApiKeyStore
-    limiter: RateLimiter
+    limiter: RateLimiter  # writes, per API key
+    search_limiter: RateLimiter  # searches and embeds, per API key
+    address_limiter: RateLimiter  # searches and embeds without a key, per client address
     store: ImageStore
 
 
@@ -51,13 +53,26 @@ class ApiState:
     def merchant_services(self) -> MerchantServices:
         settings = self.settings
         redis = Redis.from_url(settings.redis_url, socket_timeout=5)
+        counter = RedisCounter(redis)
         return MerchantServices(
             keys=ApiKeyStore(redis, settings.redis_prefix),
             limiter=RateLimiter(
-                RedisCounter(redis),
+                counter,
                 limit=settings.upload_rate_limit,
                 window_s=settings.upload_rate_window_s,
                 prefix=settings.redis_prefix,
+            ),
+            search_limiter=RateLimiter(
+                counter,
+                limit=settings.search_rate_limit,
+                window_s=settings.search_rate_window_s,
+                prefix=f"{settings.redis_prefix}:search",
+            ),
+            address_limiter=RateLimiter(
+                counter,
+                limit=settings.search_rate_limit_per_address,
+                window_s=settings.search_rate_window_s,
+                prefix=f"{settings.redis_prefix}:search-address",
             ),
             store=ImageStore(settings.images_dir),
         )

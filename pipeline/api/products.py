@@ -10,18 +10,20 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Request, Response, status
+from fastapi import APIRouter, Path, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 
 from pipeline.api.auth import Merchant, Writer
+from pipeline.api.body import MAX_FIELD_BYTES, parse_json, read_body
 from pipeline.api.deps import Services, State
-from pipeline.documents import ID_PATTERN
-from pipeline.images import ImageError, ImageLimits, Reason, is_http_url
+from pipeline.api.errors import Problem, image_problem
+from pipeline.api.public import image_path, public_image_url, without_server_paths
+from pipeline.documents import ID_PATTERN, MAX_IMAGE_REF_CHARS, Product
+from pipeline.images import ImageError, ImageLimits
 from pipeline.jobs import enqueue, enqueue_delete, job_description, job_status
 from pipeline.merchants import uploads
 from pipeline.merchants.apikeys import ApiKey
@@ -30,8 +32,24 @@ from pipeline.storage import SHA256_PATTERN
 router = APIRouter(tags=["merchant upload API"])
 
 MAX_FILES = 20
-HTTP_413_TOO_LARGE = 413  # Starlette renamed its constant; the number is what matters
 ProductId = Annotated[str, Path(pattern=ID_PATTERN, description="The merchant's product id.")]
+JobId = Annotated[
+    str, Path(pattern=r"^[A-Za-z0-9-]{1,64}$", description="The job id of a 202 answer.")
+]
+
+
+def _metadata_schema() -> dict[str, Any]:
+    """The JSON upload body's schema, from the ``Product`` model (so its limits are documented
+    and fuzzed): images are http(s) URLs, given as ``image_url`` or ``images``."""
+    schema = Product.model_json_schema()
+    schema.pop("title", None)
+    properties = schema["properties"]
+    url = {"type": "string", "format": "uri", "maxLength": MAX_IMAGE_REF_CHARS}
+    properties["images"] = {**properties["images"], "items": url, "description": "Image URLs."}
+    properties["image_url"] = {**url, "description": "One image URL (instead of images)."}
+    schema["required"] = ["title"]
+    return schema
+
 
 _METADATA_EXAMPLE = {
     "product_id": "sku-123",
@@ -69,9 +87,10 @@ UPLOAD_BODY: dict[str, Any] = {
             },
             "application/json": {
                 "schema": {
-                    "type": "object",
+                    **_metadata_schema(),
                     "description": "Product metadata with image URLs: image_url (one) or "
-                    "images (a list). merchant_id may be omitted (it is the key's).",
+                    "images (a list). merchant_id may be omitted (it is the key's); product_id "
+                    "too on PUT (it is the URL's).",
                     "example": {**_METADATA_EXAMPLE, "image_url": "https://cdn.example/sku.jpg"},
                 }
             },
@@ -108,6 +127,7 @@ class JobView(BaseModel):
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing, unknown or revoked API key"},
     429: {"description": "Upload rate limit reached (see Retry-After)"},
+    503: {"description": "Elasticsearch or Redis unavailable"},
 }
 
 
@@ -117,69 +137,22 @@ def _validation_error(
     return RequestValidationError([{"loc": loc, "msg": msg, "type": kind}])
 
 
-def _check_length(request: Request, limit: int) -> None:
-    """Refuse oversized bodies from the declared length, before reading any of it. The server
-    (h11/httptools) never delivers more than the declared length."""
-    length = request.headers.get("content-length")
-    if length is None:
-        raise HTTPException(status.HTTP_411_LENGTH_REQUIRED, "Content-Length is required")
-    if not length.isdigit():
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, "invalid Content-Length")
-    if int(length) > limit:
-        raise HTTPException(
-            HTTP_413_TOO_LARGE,
-            f"request body is {int(length):,} bytes, the limit is {limit:,}",
-        )
-
-
-def _parse_json(raw: bytes | str, loc: list[Any]) -> Any:
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _validation_error(loc, f"not valid JSON: {exc}", "json_invalid") from exc
-
-
-async def _read_request(request: Request) -> tuple[Any, list[UploadFile]]:
+async def _read_request(request: Request, limit: int) -> tuple[Any, list[bytes]]:
     """``(metadata, image files)`` from a multipart or JSON request."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "application/json":
-        return _parse_json(await request.body(), ["body"]), []
-    if content_type != "multipart/form-data":
-        raise HTTPException(
-            status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-            "send multipart/form-data (metadata + image) or application/json (metadata with "
-            "image_url)",
-        )
-    form = await request.form(max_files=MAX_FILES, max_fields=50)
-    field = form.get("metadata")
-    if field is None:
-        raise _validation_error(["body", "metadata"], "Field required", "missing")
-    # metadata may come as a file part too (curl -F metadata=@product.json)
-    raw: bytes | str = await field.read() if isinstance(field, UploadFile) else field
-    metadata = _parse_json(raw, ["body", "metadata"])
-    files = []
-    for i, part in enumerate(form.getlist("image")):
-        if not isinstance(part, UploadFile):
-            raise _validation_error(["body", "image", i], "must be a file part, not a text field")
-        files.append(part)
-    return metadata, files
-
-
-def image_url(request: Request, sha256: str, stored_as: str = "") -> str:
-    """Where clients fetch an image: an http(s) URL as given, else ``GET /v1/images/{sha256}``
-    (stored images are known by their hash; server paths are never shown)."""
-    if is_http_url(stored_as):
-        return stored_as
-    return str(request.app.url_path_for("get_image", sha256=sha256))
-
-
-def _image_http_error(index: int, exc: ImageError) -> HTTPException:
-    code = (
-        HTTP_413_TOO_LARGE
-        if exc.reason == Reason.TOO_LARGE
-        else status.HTTP_415_UNSUPPORTED_MEDIA_TYPE
+    body = await read_body(
+        request, max_bytes=limit, max_json_bytes=MAX_FIELD_BYTES, max_files=MAX_FILES + 1
     )
-    return HTTPException(code, {"reason": exc.reason, "message": exc.message, "image": index})
+    if body.is_json:
+        return body.json, []
+    # metadata may come as a file part too (curl -F metadata=@product.json)
+    raw = body.fields.get("metadata") or next(iter(body.files.get("metadata", [])), None)
+    if raw is None:
+        raise _validation_error(["body", "metadata"], "Field required", "missing")
+    if len(raw) > MAX_FIELD_BYTES:
+        raise _validation_error(["body", "metadata"], f"over {MAX_FIELD_BYTES:,} bytes")
+    if "image" in body.fields:
+        raise _validation_error(["body", "image"], "must be a file part, not a text field")
+    return parse_json(raw, ["body", "metadata"]), body.files.get("image", [])
 
 
 async def _upsert(
@@ -191,26 +164,24 @@ async def _upsert(
     product_id: str | None,
 ) -> JobAccepted:
     settings = state.settings
-    _check_length(request, settings.upload_max_bytes)
-    metadata, files = await _read_request(request)
+    metadata, files = await _read_request(request, settings.upload_max_bytes)
     try:
         product = uploads.validate_metadata(
             metadata, merchant_id=key.merchant_id, product_id=product_id, files=len(files)
         )
     except uploads.ForeignMerchant as exc:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, str(exc)) from exc
+        raise Problem("foreign_merchant", str(exc)) from exc
     except uploads.MetadataError as exc:
         raise RequestValidationError(exc.errors) from exc
     limits = ImageLimits.from_settings(settings)
     stored = []
-    for i, part in enumerate(files):
-        data = await part.read()
+    for i, data in enumerate(files):
         try:
             stored.append(
                 await run_in_threadpool(uploads.store_upload, services.store, data, limits)
             )
         except ImageError as exc:
-            raise _image_http_error(i, exc) from exc
+            raise image_problem(exc, image=i) from exc
     product = uploads.attach_images(product, stored)
     [job_id] = await run_in_threadpool(enqueue, state.celery, [product])
     return _accepted(
@@ -219,7 +190,7 @@ async def _upsert(
         product.merchant_id,
         product.product_id,
         images=[
-            StoredImageOut(sha256=s.sha256, url=image_url(request, s.sha256), stored=s.created)
+            StoredImageOut(sha256=s.sha256, url=image_path(request, s.sha256), stored=s.created)
             for s in stored
         ],
         image_urls=product.images[len(stored) :],
@@ -245,8 +216,8 @@ UPSERT_ERRORS: dict[int | str, dict[str, Any]] = {
     **ERRORS,
     403: {"description": "metadata names another merchant"},
     413: {"description": "body or image too large"},
-    415: {"description": "not a supported image (decoded), or wrong content type"},
-    422: {"description": "invalid metadata"},
+    415: {"description": "neither multipart/form-data nor application/json"},
+    422: {"description": "invalid metadata or JSON; an image that does not decode (reason)"},
 }
 
 
@@ -299,7 +270,7 @@ def delete_product(
         state.es, state.settings.index_alias, key.merchant_id, product_id
     )
     if found is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no indexed product {product_id!r}")
+        raise Problem("product_not_found", f"no indexed product {product_id!r}")
     job_id = enqueue_delete(state.celery, key.merchant_id, product_id)
     return _accepted(response, job_id, key.merchant_id, product_id)
 
@@ -316,9 +287,9 @@ def get_product(
         state.es, state.settings.index_alias, key.merchant_id, product_id
     )
     if found is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no indexed product {product_id!r}")
+        raise Problem("product_not_found", f"no indexed product {product_id!r}")
     for image in found["images"]:
-        image["image_url"] = image_url(request, image["image_sha256"], image["image_url"] or "")
+        image["image_url"] = public_image_url(request, image["image_url"], image["image_sha256"])
     return found
 
 
@@ -328,21 +299,26 @@ def get_product(
     responses={**ERRORS, 404: {"description": "no such job of this merchant"}},
     summary="State of an embedding or delete job, with the reason of any failure",
 )
-def get_job(job_id: str, key: Merchant, state: State) -> JobView:
+def get_job(job_id: JobId, request: Request, key: Merchant, state: State) -> JobView:
     """Jobs of other merchants answer 404, exactly like jobs that do not exist."""
     description = job_description(state.celery, job_id)
     current = job_status(state.celery, job_id)
     ownership = uploads.job_ownership(description, current.results)
     if not ownership.belongs_to(key.merchant_id):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id!r}")
+        raise Problem("job_not_found", f"no job {job_id!r}")
     assert description is not None
     own = f"{key.merchant_id}/"  # every product of the job is this merchant's (checked above)
+    store = state.settings.images_dir
+    results = uploads.public_job_results(current.results)
+    for result in results:
+        if isinstance(result.get("message"), str):
+            result["message"] = without_server_paths(request, result["message"], store)
     return JobView(
         job_id=job_id,
         state=current.state,
         products=[p.removeprefix(own) for p in description.get("products", [])],
-        results=uploads.public_job_results(current.results),
-        error=current.error,
+        results=results,
+        error=without_server_paths(request, current.error, store) if current.error else None,
     )
 
 
@@ -366,10 +342,10 @@ _MEDIA_TYPES = {
 def get_image(sha256: str, services: Services) -> FileResponse:
     """Images are public, as product photos on a shop are; only the store is served."""
     if not SHA256_PATTERN.match(sha256):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "not a SHA-256")
+        raise Problem("image_not_found", "not a SHA-256")
     path = services.store.get(sha256)
     if path is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such image")
+        raise Problem("image_not_found", "no such image")
     try:
         with Image.open(path) as img:
             media_type = _MEDIA_TYPES.get(img.format or "", "application/octet-stream")

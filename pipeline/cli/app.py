@@ -29,6 +29,7 @@ app.add_typer(taxonomy.app, name="taxonomy")
 app.command()(jobs.ingest)
 app.command()(jobs.enqueue)
 app.command()(jobs.job)
+app.command()(jobs.reconcile)
 app.command()(search.search)
 
 

@@ -1,4 +1,5 @@
-"""``vitrine ingest``, ``enqueue`` and ``job``: products in, embedding jobs out, job status."""
+"""``vitrine ingest``, ``enqueue``, ``job`` and ``reconcile``: products in, embedding jobs out,
+job status, and lost work sent again."""
 
 from __future__ import annotations
 
@@ -130,3 +131,16 @@ def job(
 ) -> None:
     """Show a job's state (queued, running, retrying, done, failed) and per-product results."""
     typer.echo(json.dumps(job_status(create_celery(settings()), job_id).to_dict(), indent=2))
+
+
+def reconcile() -> None:
+    """Send again accepted work that the queue lost or left unfinished, and write error records
+    spooled while Elasticsearch was down (workers also do this at start-up and periodically)."""
+    from pipeline.ingest.reconcile import reconcile as run_reconcile
+
+    setup_logging("WARNING")
+    current = settings()
+    report = run_reconcile(create_celery(current), make_client(current))
+    if not report.ran:
+        fail("another reconciler is running right now; try again shortly")
+    typer.echo(report.summary())

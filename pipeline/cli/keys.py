@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -50,3 +52,25 @@ def keys_list(
     """List keys (key id, merchant, creation time, name); secrets cannot be shown."""
     for info in _key_store().list(merchant):
         typer.echo(f"{info.key_id}  {info.merchant_id:<24} {info.created_at}  {info.name}")
+
+
+@app.command("export")
+def keys_export(
+    path: Annotated[Path, typer.Argument(help="JSON file to write (hashes only, no secrets).")],
+) -> None:
+    """Write every key's record to a file, to restore keys into a Redis that lost them."""
+    records = _key_store().export()
+    path.write_text(json.dumps(records, indent=1) + "\n")
+    typer.echo(f"exported {len(records)} key(s) to {path}")
+
+
+@app.command("import")
+def keys_import(
+    path: Annotated[Path, typer.Argument(help="A file written by `vitrine keys export`.")],
+) -> None:
+    """Restore keys from an export: the merchants' existing keys work again."""
+    try:
+        count = _key_store().restore(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        fail(f"cannot import {path}: {exc}")
+    typer.echo(f"restored {count} key(s)")

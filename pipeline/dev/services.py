@@ -256,26 +256,37 @@ def redis_status(settings: VitrineSettings) -> ServiceStatus:
 
     port = _port(settings.redis_url, 6379)
     try:
-        info: dict = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2).info("server")  # type: ignore[assignment]
+        info: dict = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2).info()  # type: ignore[assignment]
     except redis.RedisError:
         return ServiceStatus("redis", False, f"nothing answers on 127.0.0.1:{port}")
-    return ServiceStatus("redis", True, f"127.0.0.1:{port} version {info.get('redis_version')}")
+    if info.get("loading"):  # still reading its append-only file: commands would fail
+        return ServiceStatus("redis", False, f"127.0.0.1:{port} is loading its data")
+    aof = "append-only file on" if info.get("aof_enabled") else "no persistence"
+    return ServiceStatus(
+        "redis", True, f"127.0.0.1:{port} version {info.get('redis_version')}, {aof}"
+    )
 
 
-def start_redis(settings: VitrineSettings, *, timeout_s: float = 30) -> ServiceStatus:
+def start_redis(
+    settings: VitrineSettings, *, persistent: bool = True, timeout_s: float = 30
+) -> ServiceStatus:
+    """Start Redis with its append-only file (queued jobs, job states and API keys survive a
+    restart, at most about a second of writes lost); ``persistent=False`` keeps nothing, as a
+    Redis that lost its disk would (the fault tests use it)."""
     status = redis_status(settings)
     if status.running:
         return status
     server = install_redis()
     workdir = _redis_dir(settings)
     workdir.mkdir(parents=True, exist_ok=True)
+    aof = ["--appendonly", "yes", "--appendfsync", "everysec"] if persistent else []
     cmd = [
         server,
         "--daemonize", "yes",
         "--bind", "127.0.0.1",
         "--port", str(_port(settings.redis_url, 6379)),
         "--save", "",
-        "--appendonly", "no",
+        *(aof or ["--appendonly", "no"]),
         "--dir", str(workdir),
         "--pidfile", str(workdir / "redis.pid"),
         "--logfile", str(workdir / "redis.log"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from elasticsearch import Elasticsearch, NotFoundError
+from elasticsearch import ApiError, Elasticsearch, NotFoundError, TransportError
 
 from pipeline.settings import VitrineSettings
 
@@ -27,6 +27,13 @@ def make_client(settings: VitrineSettings) -> Elasticsearch:
         retry_on_status=(502, 503, 504),
         **auth,
     )
+
+
+def is_transient_es_error(exc: BaseException) -> bool:
+    """Elasticsearch unreachable, timed out or overloaded: worth retrying later."""
+    if isinstance(exc, TransportError):  # connection refused, timeout
+        return True
+    return isinstance(exc, ApiError) and exc.meta.status in (429, 502, 503, 504)
 
 
 @dataclass(frozen=True)

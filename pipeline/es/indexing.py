@@ -193,9 +193,7 @@ def delete_product(
     return int(response["deleted"])
 
 
-def record_ingest_error(
-    es: Elasticsearch,
-    settings: VitrineSettings,
+def ingest_error(
     *,
     job_id: str,
     product_id: str,
@@ -205,21 +203,25 @@ def record_ingest_error(
     image: str | None = None,
     model_id: str | None = None,
     attempts: int = 1,
+) -> tuple[str, dict[str, Any]]:
+    """``(document id, document)`` of a failed product's ingest-errors record. The id is fixed
+    per job and product, so writing the record twice (spooled, then flushed) keeps one."""
+    document = {
+        "job_id": job_id,
+        "product_id": product_id,
+        "merchant_id": merchant_id,
+        "reason": reason,
+        "message": message,
+        "image": image,
+        "model_id": model_id,
+        "attempts": attempts,
+        "occurred_at": datetime.now(UTC).isoformat(),
+    }
+    return stable_id("ingest-error", job_id, merchant_id, product_id, image or ""), document
+
+
+def write_ingest_error(
+    es: Elasticsearch, settings: VitrineSettings, doc_id: str, document: dict[str, Any]
 ) -> None:
-    """Record a failed product-image job where operators and Kibana can see it."""
-    es.index(
-        index=settings.errors_index,
-        id=stable_id("ingest-error", job_id, merchant_id, product_id, image or ""),
-        document={
-            "job_id": job_id,
-            "product_id": product_id,
-            "merchant_id": merchant_id,
-            "reason": reason,
-            "message": message,
-            "image": image,
-            "model_id": model_id,
-            "attempts": attempts,
-            "occurred_at": datetime.now(UTC).isoformat(),
-        },
-    )
-    log.warning("product %s/%s failed: %s (%s)", merchant_id, product_id, reason, message)
+    """Record a failed product where operators and Kibana can see it."""
+    es.index(index=settings.errors_index, id=doc_id, document=document)

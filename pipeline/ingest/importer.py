@@ -5,7 +5,8 @@
    becomes part of the product's ``content_hash``), rejects rows whose image file cannot be read,
    and, in changed-only mode, drops products whose ``content_hash`` is already indexed.
 2. ``run_import`` enqueues the products in batches (each job holds one merchant's products, so a
-   merchant may read the status of any job that holds its products), then waits for the jobs
+   merchant may read the status of any job that holds its products; every product is in the
+   pending journal before its job is sent, see ``pipeline.journal``), then waits for the jobs
    and turns every failed product back into a rejected row with its reason.
 
 Images are decoded by the workers, not here: a broken image is reported by its job (and in the

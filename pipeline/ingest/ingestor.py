@@ -13,8 +13,9 @@ from elasticsearch import Elasticsearch
 from pipeline.documents import Product, build_document, document_id
 from pipeline.encoders import Encoder, LazyEncoder, load_factory
 from pipeline.es import indexing
-from pipeline.es.client import make_client
+from pipeline.es.client import is_transient_es_error, make_client
 from pipeline.ingest.processors import IngestItem, ProcessorChain, ProcessorContext, load_chain
+from pipeline.journal import ErrorSpool
 from pipeline.settings import VitrineSettings
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class Ingestor:
         self.encoder = LazyEncoder(settings, encoder)
         self.chain = ProcessorChain(settings.processors, ProcessorContext(settings, self.encoder))
         self._index_ready = False
+        self.spool = ErrorSpool(settings.journal_root)
 
     def load_model(self) -> None:
         """Load the encoder now rather than on the first job."""
@@ -151,18 +153,33 @@ class Ingestor:
     def record_failures(
         self, results: Sequence[ProductResult], *, job_id: str, attempts: int = 1
     ) -> None:
-        """Write failed products to the ingest-errors index."""
+        """Write failed products to the ingest-errors index, or to the error spool while
+        Elasticsearch cannot take them (the reconciler writes them later)."""
+        model_id = self.encoder().model_id
         for result in results:
-            if result.status == FAILED:
-                indexing.record_ingest_error(
-                    self.es,
-                    self.settings,
-                    job_id=job_id,
-                    product_id=result.product_id,
-                    merchant_id=result.merchant_id,
-                    reason=result.reason or "unknown",
-                    message=result.message or "",
-                    image=result.image,
-                    model_id=self.encoder().model_id,
-                    attempts=attempts,
-                )
+            if result.status != FAILED:
+                continue
+            doc_id, document = indexing.ingest_error(
+                job_id=job_id,
+                product_id=result.product_id,
+                merchant_id=result.merchant_id,
+                reason=result.reason or "unknown",
+                message=result.message or "",
+                image=result.image,
+                model_id=model_id,
+                attempts=attempts,
+            )
+            log.warning(
+                "product %s/%s failed: %s (%s)",
+                result.merchant_id,
+                result.product_id,
+                result.reason,
+                result.message,
+            )
+            try:
+                indexing.write_ingest_error(self.es, self.settings, doc_id, document)
+            except Exception as exc:
+                if not is_transient_es_error(exc):
+                    raise
+                self.spool.put(doc_id, document)
+                log.warning("Elasticsearch unavailable: error record spooled (%s)", exc)

@@ -5,6 +5,10 @@ key in listings and revocations; the secret is 32 random bytes. Only the SHA-256
 is stored (a fast hash is enough for a 256-bit random secret: there is nothing to brute-force),
 so a copy of Redis does not reveal usable keys. The plaintext is shown once, at creation.
 
+Redis runs with its append-only file, so keys survive a restart. For a Redis that lost its data,
+``export``/``restore`` (``vitrine keys export``/``import``) keep a copy elsewhere: it holds only
+hashes and names, so merchants keep their keys and the copy reveals no usable key.
+
 Redis layout, under ``<prefix>:``:
   ``apikey:<sha256>``  hash: merchant_id, key_id, name, created_at
   ``apikey-ids``       hash: key_id -> sha256 (to list keys and to revoke by key id)
@@ -12,6 +16,7 @@ Redis layout, under ``<prefix>:``:
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import re
 import secrets
@@ -26,6 +31,7 @@ from pipeline.documents import ID_PATTERN
 KEY_PREFIX = "vtr_"
 KEY_PATTERN = re.compile(r"^vtr_([0-9a-f]{8})_[A-Za-z0-9_-]{43}$")
 KEY_ID_PATTERN = re.compile(r"^[0-9a-f]{8}$")
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 def hash_key(key: str) -> str:
@@ -125,6 +131,28 @@ class ApiKeyStore:
             if info and (merchant_id is None or info.merchant_id == merchant_id):
                 keys.append(info)
         return sorted(keys, key=lambda k: (k.merchant_id, k.created_at, k.key_id))
+
+    def export(self) -> builtins.list[dict[str, str]]:
+        """Every key's stored record (hash, merchant, key id, name, creation time)."""
+        records = []
+        for digest in cast(list[Any], self.redis.hvals(self._ids)):
+            raw = cast(dict[Any, Any], self.redis.hgetall(self._record(_text(digest))))
+            if raw:
+                records.append(
+                    {"sha256": _text(digest)} | {_text(k): _text(v) for k, v in raw.items()}
+                )
+        return sorted(records, key=lambda r: (r["merchant_id"], r["created_at"], r["key_id"]))
+
+    def restore(self, records: builtins.list[dict[str, str]]) -> int:
+        """Put exported records back (existing ones are overwritten); returns how many."""
+        for record in records:
+            fields = {k: record[k] for k in ("merchant_id", "key_id", "name", "created_at")}
+            digest = record["sha256"]
+            if not (KEY_ID_PATTERN.match(fields["key_id"]) and SHA256_HEX.match(digest)):
+                raise ValueError(f"not an exported key record: {fields['key_id']!r}")
+            self.redis.hset(self._ids, mapping={fields["key_id"]: digest})
+            self.redis.hset(self._record(digest), mapping=fields)
+        return len(records)
 
 
 def _text(value: bytes | str) -> str:

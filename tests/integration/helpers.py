@@ -1,16 +1,26 @@
-"""Test data for integration tests: distinct product images and products written to disk."""
+"""Test data for integration tests (distinct product images and products written to disk), a
+local image host and a live API process."""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import threading
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import numpy as np
 from PIL import Image
 
 from pipeline.documents import Product
+from pipeline.settings import VitrineSettings
 
 
 def pattern_image(seed: int, size: int = 96) -> Image.Image:
@@ -93,3 +103,35 @@ def near_duplicate(image: Image.Image, *, quality: int = 60, size: int = 80) -> 
     buffer = io.BytesIO()
     image.resize((size, size), Image.BILINEAR).save(buffer, format="JPEG", quality=quality)
     return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+@contextmanager
+def api_server(settings: VitrineSettings, *, env: dict[str, str] | None = None) -> Iterator[str]:
+    """A real ``vitrine serve`` process (uvicorn) on a free loopback port; yields its base URL.
+    ``env`` adds variables to its environment (e.g. a private TMPDIR)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "serve", "--port", str(port)],
+        env={**os.environ, **settings.to_env(), **(env or {})},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{base}/openapi.json", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, f"the API exited with code {process.returncode}"
+            assert time.monotonic() < deadline, "the API did not start within 120 s"
+            time.sleep(0.3)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()

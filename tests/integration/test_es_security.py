@@ -85,8 +85,12 @@ def test_worker_key_writes_products_and_errors_and_nothing_else(
     assert info is not None and info.model_id == encoder.model_id
     # set-up is the admin's: without admin rights the worker only checks the write index
     assert indexing.ensure_indices(worker, settings, encoder.model_id, encoder.dim) == info.index
-    indexing.record_ingest_error(
-        worker, settings, job_id=prefix, product_id="x", merchant_id="m", reason="r", message="m"
+    indexing.write_ingest_error(
+        worker,
+        settings,
+        *indexing.ingest_error(
+            job_id=prefix, product_id="x", merchant_id="m", reason="r", message="m"
+        ),
     )
     assert indexing.delete_product(worker, settings, "merchant-a", products[1].product_id) == 1
     forbidden(

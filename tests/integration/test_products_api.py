@@ -304,7 +304,8 @@ def test_oversized_uploads_are_refused(settings, keys, worker):
         pattern_image(11, 400).save(big, format="BMP")  # 480 kB uncompressed
         response = upload(small, key, {"product_id": "big", "title": "Big"}, big.getvalue())
         assert response.status_code == 413
-        assert "limit is 20,000" in response.json()["detail"]
+        assert response.json()["detail"]["reason"] == "body_too_large"
+        assert "limit of 20,000" in response.json()["detail"]["message"]
     # within the body limit but over the pixel limit (4 Mpx in the test settings)
     with make_client(settings) as client:
         huge = image_bytes(12, size=2100)
@@ -342,7 +343,7 @@ def test_non_images_are_refused_by_decoding(client, keys, settings, data, reason
         filename="photo.jpg",
         ctype="image/jpeg",
     )
-    assert response.status_code == 415, response.text
+    assert response.status_code == 422, response.text  # the same status as on search
     assert response.json()["detail"]["reason"] == reason
     after = (
         sorted(p.name for p in settings.images_dir.rglob("*"))
@@ -498,7 +499,7 @@ def test_upload_rate_is_limited_per_key(settings, keys, worker):
         assert first.headers["x-ratelimit-limit"] == "2"
         assert first.headers["x-ratelimit-remaining"] == "1"
         bad = upload(client, limited, {"product_id": "rl-1", "title": "T"}, b"")
-        assert bad.status_code == 415  # refused after the limiter: it counts too
+        assert bad.status_code == 422  # refused after the limiter: it counts too
         refused = upload(client, limited, {"product_id": "rl-2", "title": "T"}, image_bytes(18))
         assert refused.status_code == 429
         assert 1 <= int(refused.headers["retry-after"]) <= 3600
@@ -506,7 +507,7 @@ def test_upload_rate_is_limited_per_key(settings, keys, worker):
         # reads are not limited, and other keys have their own allowance
         job = client.get(first.headers["location"], headers=auth(limited))
         assert job.status_code == 200
-        assert upload(client, other, {"product_id": "rl-4", "title": "T"}, b"").status_code == 415
+        assert upload(client, other, {"product_id": "rl-4", "title": "T"}, b"").status_code == 422
 
 
 # --------------------------------------------------------------------------- operations

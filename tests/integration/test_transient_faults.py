@@ -1,4 +1,5 @@
-"""Transient faults are retried with back-off; when retries run out the failure is recorded."""
+"""Transient faults are retried with back-off; when the retry budget is spent the failure is
+recorded."""
 
 from __future__ import annotations
 
@@ -90,8 +91,8 @@ def test_retries_are_bounded_and_the_failure_is_recorded(
 
     assert status.state == "failed"
     assert status.results[0]["reason"] == "fetch_failed"
-    attempts = settings.task_max_retries + 1
-    assert image_host.hits[f"/down/{prefix}.jpg"] == attempts
+    attempts = image_host.hits[f"/down/{prefix}.jpg"]
+    assert attempts >= 2  # retried until the time budget was spent, then given up
     es.indices.refresh(index=settings.errors_index)
     [error] = es.search(
         index=settings.errors_index, query={"term": {"product_id": down.product_id}}

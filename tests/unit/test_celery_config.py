@@ -1,6 +1,9 @@
 """The Celery settings that make delivery safe for long, idempotent embedding jobs."""
 
-from pipeline.jobs import create_celery
+import pytest
+from pydantic import ValidationError
+
+from pipeline.jobs import create_celery, redelivery_bound_s
 from pipeline.settings import VitrineSettings
 
 
@@ -23,3 +26,33 @@ def test_tasks_are_registered_under_stable_names():
     from workers.app import app
 
     assert {INDEX_TASK, DELETE_TASK} <= set(app.tasks)
+
+
+def test_redelivery_after_a_dead_worker_is_bounded_and_covers_retry_waits():
+    settings = VitrineSettings(task_time_limit_s=360, task_retry_backoff_max_s=300)
+    options = create_celery(settings).conf.broker_transport_options
+    # a job is held unacknowledged through its retry wait and its run: both fit
+    assert options["visibility_timeout"] == 360 + 300 + 60
+    assert options["unacked_restore_interval"] == 10 and options["unacked_restore_throttle"] == 1
+    assert redelivery_bound_s(settings) == 730  # minutes, not kombu's default hour
+
+
+def test_visibility_timeout_can_be_set_but_not_below_a_run():
+    settings = VitrineSettings(task_time_limit_s=10, visibility_timeout_s=12)
+    assert create_celery(settings).conf.broker_transport_options["visibility_timeout"] == 12
+    with pytest.raises(ValidationError, match="visibility_timeout_s must exceed"):
+        VitrineSettings(task_time_limit_s=10, visibility_timeout_s=10)
+
+
+def test_unacked_jobs_are_kept_per_queue():
+    """Another queue's consumers sweep with their own visibility timeout: never ours."""
+    options = create_celery(VitrineSettings(queue="q1")).conf.broker_transport_options
+    assert options["unacked_key"] == "q1.unacked"
+    assert options["unacked_index_key"] == "q1.unacked_index"
+    assert options["unacked_mutex_key"] == "q1.unacked_mutex"
+
+
+def test_pool_processes_get_time_to_load_the_model():
+    conf = create_celery(VitrineSettings(worker_proc_alive_timeout_s=45)).conf
+    assert conf.worker_proc_alive_timeout == 45
+    assert VitrineSettings().worker_proc_alive_timeout_s > 4  # Celery's default kills a CPU load

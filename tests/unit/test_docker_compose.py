@@ -47,7 +47,15 @@ EXPECTED_SERVICES = {
 ONE_SHOT_SERVICES = {"kibana-setup", "kibana-objects", "setup"}
 LONG_RUNNING_SERVICES = EXPECTED_SERVICES - ONE_SHOT_SERVICES
 VITRINE_APP_SERVICES = ("setup", "worker", "api")
-EXPECTED_VOLUMES = {"esdata", "kibanadata", "redisdata", "models", "hfcache", "images"}
+EXPECTED_VOLUMES = {
+    "esdata",
+    "kibanadata",
+    "redisdata",
+    "models",
+    "hfcache",
+    "images",
+    "journal",
+}
 VALID_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 
 EXPECTED_VITRINE_ENV = {
@@ -570,6 +578,7 @@ def test_cache_volumes_match_the_image_paths(compose_services: dict[str, Any]) -
         assert targets["models"] == f"{home}/models", name  # VitrineSettings.models_dir
         assert targets["hfcache"] == image_env["HF_HOME"], name
         assert targets["images"] == f"{home}/images", name  # VitrineSettings.images_dir
+        assert targets["journal"] == f"{home}/journal", name  # VitrineSettings.journal_root
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from pipeline.documents import Product, build_document, document_id, stable_id
+from pipeline.documents import (
+    MAX_PRICE,
+    MAX_TAG_CHARS,
+    Product,
+    build_document,
+    document_id,
+    stable_id,
+)
 
 
 def product(**overrides):
@@ -28,11 +35,26 @@ def test_image_shorthand_and_tag_normalisation():
         {"currency": "eur"},
         {"images": []},
         {"unknown_field": 1},
+        # values the index cannot hold (es_mappings/products_index_template.json)
+        {"price": float("nan")},
+        {"price": float("inf")},
+        {"price": MAX_PRICE * 10},
+        {"tags": ["x" * 100_000]},
+        {"tags": ["x" * (MAX_TAG_CHARS + 1)]},
+        {"tags": [f"t{i}" for i in range(101)]},
+        {"category": "c" * (MAX_TAG_CHARS + 1)},
+        {"images": ["https://cdn.example/" + "a" * 3000]},
     ],
 )
 def test_invalid_products_are_refused(overrides):
     with pytest.raises(ValidationError):
         product(**overrides)
+
+
+def test_the_largest_accepted_values_fit_the_index():
+    p = product(price=MAX_PRICE, tags=["x" * MAX_TAG_CHARS])
+    assert round(p.price * 100) == MAX_PRICE * 100  # cents exact in the scaled_float
+    assert len(p.tags[0].encode()) <= 32_766  # Lucene's largest term
 
 
 def test_document_id_is_deterministic_and_scoped_by_merchant():

@@ -1,0 +1,158 @@
+"""The reconciler: accepted work that the queue lost or left unfinished is sent again, and error
+records spooled while Elasticsearch was down are written to the ingest-errors index.
+
+Every pending-journal record (``pipeline.journal``) is checked against its job's state:
+
+- job unknown (Redis lost it, or its result expired)         -> sent again (``vanished``)
+- job finished, this product failed for a transient reason  -> sent again (``failed_transient``)
+- job failed as a whole (worker lost, time limit)            -> sent again (``job_failed``)
+- job still queued or running longer than the stale bound    -> sent again (``stale``)
+- job finished with this product indexed or refused for good -> record removed (the worker
+  stopped before it could remove it)
+
+Work is sent again under its original job id, so status URLs handed out stay valid. Sending
+again is safe: document ids are deterministic, so a product written twice is one document.
+A record sent ``reconcile_max_sends`` times is given up and recorded as an ingest error. Records
+younger than ``reconcile_grace_s`` are left alone: their job is being sent right now.
+
+Workers run this at start-up and every ``reconcile_interval_s``; ``vitrine reconcile`` runs it
+once. A file lock in the journal folder keeps concurrent runs from sending the same work twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from elasticsearch import Elasticsearch
+
+from pipeline.es import indexing
+from pipeline.es.client import is_transient_es_error
+from pipeline.jobs import JobStatus, VitrineCelery, job_status, resend
+from pipeline.journal import ErrorSpool, PendingRecord
+from pipeline.settings import VitrineSettings
+
+log = logging.getLogger(__name__)
+
+FINISH = "finish"
+VANISHED = "vanished"
+FAILED_TRANSIENT = "failed_transient"
+JOB_FAILED = "job_failed"
+STALE = "stale"
+
+
+@dataclass
+class ReconcileReport:
+    ran: bool = True  # False: another reconciler holds the lock
+    pending: int = 0  # records found
+    resent: Counter[str] = field(default_factory=Counter)  # reason -> products sent again
+    finished: int = 0  # records of finished products, removed
+    gave_up: int = 0  # records sent too often, recorded as ingest errors
+    errors_flushed: int = 0  # spooled error records written to Elasticsearch
+    errors_spooled: int = 0  # still spooled (Elasticsearch unavailable)
+
+    def summary(self) -> str:
+        resent = ", ".join(f"{n} {reason}" for reason, n in sorted(self.resent.items()))
+        return (
+            f"{self.pending} pending; sent again: {resent or 'none'}; finished {self.finished}; "
+            f"gave up {self.gave_up}; error records flushed {self.errors_flushed}, "
+            f"still spooled {self.errors_spooled}"
+        )
+
+
+def decide(
+    record: PendingRecord, status: JobStatus, *, now: float, settings: VitrineSettings
+) -> str | None:
+    """What to do with one record: None (leave it), ``FINISH``, or why to send it again."""
+    if now - record.sent_at < settings.reconcile_grace_s:
+        return None
+    if status.state == "unknown":
+        return VANISHED
+    if not status.finished:
+        return STALE if now - record.sent_at > settings.stale_after_s else None
+    key = (record.merchant_id, record.product_id)
+    outcome = next(
+        (r for r in status.results if (r.get("merchant_id"), r.get("product_id")) == key), None
+    )
+    if outcome is None:
+        return JOB_FAILED
+    if outcome.get("status") == "failed" and outcome.get("transient"):
+        return FAILED_TRANSIENT
+    return FINISH
+
+
+def flush_error_spool(es: Elasticsearch, settings: VitrineSettings) -> tuple[int, int]:
+    """Write spooled error records to Elasticsearch; ``(written, still spooled)``."""
+    spool = ErrorSpool(settings.journal_root)
+    items = list(spool.items())
+    written = 0
+    for path, doc_id, document in items:
+        try:
+            indexing.write_ingest_error(es, settings, doc_id, document)
+        except Exception as exc:
+            if not is_transient_es_error(exc):
+                raise
+            break  # still down: the rest waits for the next run
+        spool.remove(path)
+        written += 1
+    return written, len(items) - written
+
+
+def _give_up(es: Elasticsearch, settings: VitrineSettings, record: PendingRecord) -> None:
+    doc_id, document = indexing.ingest_error(
+        job_id=record.job_id,
+        product_id=record.product_id,
+        merchant_id=record.merchant_id,
+        reason="gave_up",
+        message=f"not finished after being sent {record.sends} times",
+        attempts=record.sends,
+    )
+    log.error(
+        "product %s/%s given up after %d sends", record.merchant_id, record.product_id, record.sends
+    )
+    try:
+        indexing.write_ingest_error(es, settings, doc_id, document)
+    except Exception as exc:
+        if not is_transient_es_error(exc):
+            raise
+        ErrorSpool(settings.journal_root).put(doc_id, document)
+
+
+def reconcile(app: VitrineCelery, es: Elasticsearch) -> ReconcileReport:
+    """One pass over the error spool and the pending journal."""
+    settings, journal = app.settings, app.pending_journal
+    report = ReconcileReport()
+    with journal.exclusive() as mine:
+        if not mine:
+            report.ran = False
+            return report
+        report.errors_flushed, report.errors_spooled = flush_error_spool(es, settings)
+        records = journal.pending()
+        report.pending = len(records)
+        by_job: dict[str, list[PendingRecord]] = {}
+        for record in records:
+            by_job.setdefault(record.job_id, []).append(record)
+        now = time.time()
+        for job_id, group in by_job.items():
+            status = job_status(app, job_id)
+            again = []
+            for record in group:
+                action = decide(record, status, now=now, settings=settings)
+                if action is None:
+                    continue
+                if action == FINISH:
+                    journal.finish(record)
+                    report.finished += 1
+                elif record.sends >= settings.reconcile_max_sends:
+                    _give_up(es, settings, record)
+                    journal.finish(record)
+                    report.gave_up += 1
+                else:
+                    again.append(record)
+                    report.resent[action] += 1
+            if again:
+                log.warning("job %s: sending %d product(s) again", job_id, len(again))
+                resend(app, job_id, again)
+    return report

@@ -1,0 +1,142 @@
+"""The pending journal and error spool (files), and the reconciler's decisions (pure)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.documents import Product
+from pipeline.ingest.reconcile import (
+    FAILED_TRANSIENT,
+    FINISH,
+    JOB_FAILED,
+    STALE,
+    VANISHED,
+    decide,
+)
+from pipeline.jobs import JobStatus
+from pipeline.journal import DELETE, INDEX, ErrorSpool, PendingJournal, PendingRecord, product_key
+from pipeline.settings import VitrineSettings
+
+
+def product(pid: str = "sku-1", title: str = "T", merchant: str = "m") -> Product:
+    return Product.model_validate(
+        {"product_id": pid, "merchant_id": merchant, "title": title, "image": "https://a/b.jpg"}
+    )
+
+
+def record(p: Product, *, job_id: str = "job-1", at: float = 100.0, sends: int = 1):
+    return PendingRecord(
+        INDEX, p.merchant_id, p.product_id, job_id, at, at, sends, product=p.model_dump()
+    )
+
+
+def test_a_record_is_on_disk_as_json_and_read_back(tmp_path):
+    journal = PendingJournal(tmp_path)
+    journal.record([record(product())])
+    [path] = list((tmp_path / "pending").glob("*.json"))
+    assert json.loads(path.read_text())["product"]["product_id"] == "sku-1"
+    assert journal.pending() == [record(product())]
+    assert not list((tmp_path / "pending").glob(".*.tmp"))  # no temporary file left
+
+
+def test_finishing_a_product_removes_only_its_revision(tmp_path):
+    journal = PendingJournal(tmp_path)
+    old, new = product(title="old"), product(title="new")
+    journal.record([record(old, at=1.0)])
+    journal.record([record(new, job_id="job-2", at=2.0)])
+    assert [r.job_id for r in journal.pending()] == ["job-2"]  # the newer one supersedes
+    journal.finish_product(old)  # the old job finishing late does not drop the new record
+    assert [r.job_id for r in journal.pending()] == ["job-2"]
+    journal.finish_product(new)
+    assert journal.pending() == []
+
+
+def test_an_older_record_written_late_does_not_supersede_a_newer_one(tmp_path):
+    journal = PendingJournal(tmp_path)
+    journal.record([record(product(title="new"), job_id="new", at=2.0)])
+    journal.record([record(product(title="old"), job_id="old", at=1.0)])
+    assert sorted(r.job_id for r in journal.pending()) == ["new", "old"]
+
+
+def test_a_delete_supersedes_pending_uploads_of_the_product(tmp_path):
+    journal = PendingJournal(tmp_path)
+    journal.record([record(product(), at=1.0)])
+    journal.record([PendingRecord(DELETE, "m", "sku-1", "job-d", 2.0, 2.0)])
+    [pending] = journal.pending()
+    assert pending.kind == DELETE
+    journal.finish_delete("m", "sku-1")
+    assert journal.pending() == []
+
+
+def test_product_keys_do_not_collide_across_separators():
+    assert product_key("shop-d:a", "b:c") != product_key("shop-d", "a:b:c")
+
+
+def test_resent_counts_sends_and_does_not_resurrect_a_finished_record(tmp_path):
+    journal = PendingJournal(tmp_path)
+    first = record(product())
+    journal.record([first])
+    again = journal.resent(first, at=200.0)
+    assert journal.pending() == [again] and again.sends == 2 and again.sent_at == 200.0
+    journal.finish(again)
+    journal.resent(again, at=300.0)
+    assert journal.pending() == []
+
+
+def test_only_one_reconciler_holds_the_lock(tmp_path):
+    journal = PendingJournal(tmp_path)
+    with journal.exclusive() as first, PendingJournal(tmp_path).exclusive() as second:
+        assert first and not second
+    with journal.exclusive() as again:
+        assert again
+
+
+def test_error_spool_keeps_one_file_per_record_id(tmp_path):
+    spool = ErrorSpool(tmp_path)
+    spool.put("job:m:p:", {"reason": "a"})
+    spool.put("job:m:p:", {"reason": "b"})
+    [(path, doc_id, document)] = list(spool.items())
+    assert (doc_id, document) == ("job:m:p:", {"reason": "b"})
+    spool.remove(path)
+    assert list(spool.items()) == []
+
+
+# --------------------------------------------------------------------------- reconciler
+
+
+SETTINGS = VitrineSettings(reconcile_grace_s=30, reconcile_stale_s=600)
+NOW = 10_000.0
+
+
+def outcome(status: str, *, transient: bool = False) -> dict:
+    return {"merchant_id": "m", "product_id": "sku-1", "status": status, "transient": transient}
+
+
+@pytest.mark.parametrize(
+    ("status", "age", "expected"),
+    [
+        (JobStatus("j", "unknown"), 60, VANISHED),
+        (JobStatus("j", "unknown"), 5, None),  # within the grace period: being sent now
+        (JobStatus("j", "queued"), 60, None),
+        (JobStatus("j", "running"), 601, STALE),
+        (JobStatus("j", "done", results=[outcome("indexed")]), 60, FINISH),
+        (JobStatus("j", "failed", results=[outcome("failed")]), 60, FINISH),  # permanent
+        (
+            JobStatus("j", "failed", results=[outcome("failed", transient=True)]),
+            60,
+            FAILED_TRANSIENT,
+        ),
+        (JobStatus("j", "failed", error="WorkerLostError"), 60, JOB_FAILED),
+    ],
+)
+def test_reconciler_decisions(status, age, expected):
+    pending = record(product(), at=NOW - age)
+    assert decide(pending, status, now=NOW, settings=SETTINGS) == expected
+
+
+def test_default_retry_budget_covers_a_ten_minute_outage():
+    defaults = VitrineSettings()
+    assert defaults.task_retry_budget_s >= 600
+    assert defaults.stale_after_s > defaults.task_retry_budget_s + defaults.task_time_limit_s
