@@ -135,6 +135,13 @@ class ProductFields(BaseModel):
     in_stock: bool
 
 
+class TagScore(BaseModel):
+    """A zero-shot tag (``facet:label``) and its probability."""
+
+    tag: str
+    score: float
+
+
 class ImageFields(BaseModel):
     """The image a document is about, and what the processors found in it."""
 
@@ -145,6 +152,12 @@ class ImageFields(BaseModel):
     height: int
     quality_flags: list[str]
     auto_tags: list[str]
+    # from the enrichment processors (pipeline.ingest.enrich); empty when they did not run
+    auto_category: str | None = None
+    auto_category_score: float | None = None
+    auto_tag_scores: list[TagScore] = Field(default_factory=list)
+    image_text: str | None = None
+    phash: str | None = None
 
 
 class IndexingFields(BaseModel):
@@ -185,6 +198,11 @@ def build_document(
     auto_tags: list[str] | None = None,
     indexed_at: datetime | None = None,
     extra: Mapping[str, Any] | None = None,
+    auto_category: str | None = None,
+    auto_category_score: float | None = None,
+    auto_tag_scores: Mapping[str, float] | None = None,
+    image_text: str | None = None,
+    phash: str | None = None,
 ) -> dict[str, Any]:
     """The ``_source`` of one product-image document (validated against ``ProductDocument``);
     ``extra`` (fields written by plugin processors) never overrides Vitrine's own fields."""
@@ -197,6 +215,11 @@ def build_document(
         height=height,
         quality_flags=quality_flags or [],
         auto_tags=auto_tags or [],
+        auto_category=auto_category,
+        auto_category_score=auto_category_score,
+        auto_tag_scores=[TagScore(tag=t, score=v) for t, v in (auto_tag_scores or {}).items()],
+        image_text=image_text,
+        phash=phash,
         model_id=model_id,
         content_hash=product.content_hash,
         indexed_at=indexed_at or datetime.now(UTC),

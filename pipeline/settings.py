@@ -175,9 +175,49 @@ class VitrineSettings(BaseSettings):
 
     # Ingest
     processors: list[str] = Field(
-        default_factory=lambda: ["decode_image", "image_quality", "embed_image"],
-        description="Names of the ingest processors, applied in order.",
+        default_factory=lambda: [
+            "decode_image",
+            "image_quality",
+            "phash",
+            "embed_image",
+            "auto_tag",
+        ],
+        description="Names of the ingest processors, applied in order (ocr, off by default, "
+        "goes before image_quality; auto_tag after embed_image).",
     )
+
+    # Enrichment processors (pipeline/ingest/enrich)
+    taxonomy_path: Path | None = Field(
+        None, description="Taxonomy YAML of auto_tag (default: the one shipped with Vitrine)."
+    )
+    auto_tag_on_random_weights: bool = Field(
+        False, description="Tag even with random-initialised weights (mechanics tests: noise)."
+    )
+    category_mismatch_max_score: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="Flag category_mismatch when the merchant's category (a taxonomy label) "
+        "gets less than this zero-shot probability and another category is confident.",
+    )
+    quality_max_aspect_ratio: float = Field(3.0, description="Longer/shorter side above: flag.")
+    quality_blank_max_content: float = Field(
+        0.015, description="Share of pixels standing out below which an image is blank."
+    )
+    quality_blur_min_ratio: float = Field(
+        0.65, description="Gradient energy kept after re-blurring above which it is blurry."
+    )
+    quality_dark_max: float = Field(
+        0.3, description="95th luminance percentile below which an image is too dark."
+    )
+    quality_bright_min: float = Field(
+        0.6, description="5th luminance percentile above which a washed-out image is overexposed."
+    )
+    quality_text_min_area: float = Field(
+        0.003, description="Share of the image in text boxes (ocr) from which it is text_overlay."
+    )
+    ocr_max_side: int = Field(640, description="OCR text detection works at this long side.")
+    ocr_min_score: float = Field(0.5, description="Text lines read with a lower score are dropped.")
 
     # Merchant upload API and catalogue import
     image_store_dir: Path | None = Field(

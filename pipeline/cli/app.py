@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli import es_security, jobs, keys, search, services
+from pipeline.cli import es_security, jobs, keys, search, services, taxonomy
 from pipeline.cli.common import settings, setup_logging
 
 app = typer.Typer(
@@ -25,6 +25,7 @@ app = typer.Typer(
 app.add_typer(services.app, name="services")
 app.add_typer(keys.app, name="keys")
 app.add_typer(es_security.app, name="es-security")
+app.add_typer(taxonomy.app, name="taxonomy")
 app.command()(jobs.ingest)
 app.command()(jobs.enqueue)
 app.command()(jobs.job)

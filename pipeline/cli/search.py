@@ -80,6 +80,10 @@ def search(
         list[str] | None, typer.Option(help="Must have one of these tags (repeatable).")
     ] = None,
     category: Annotated[str | None, typer.Option(help="Category.")] = None,
+    auto_tag: Annotated[
+        list[str] | None, typer.Option(help="Has this zero-shot tag, e.g. colour:red (repeat).")
+    ] = None,
+    auto_category: Annotated[str | None, typer.Option(help="Zero-shot category.")] = None,
     merchant: Annotated[str | None, typer.Option(help="Only this merchant's products.")] = None,
     min_price: Annotated[float | None, typer.Option(help="Lowest price.")] = None,
     max_price: Annotated[float | None, typer.Option(help="Highest price.")] = None,
@@ -147,6 +151,8 @@ def search(
                     "currency": currency,
                     "in_stock": in_stock,
                     "exclude_quality_flags": exclude_quality_flag or [],
+                    "auto_tags_all": auto_tag or [],
+                    "auto_category": auto_category,
                 },
                 "k": k,
                 "num_candidates": num_candidates,

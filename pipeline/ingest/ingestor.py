@@ -118,6 +118,11 @@ class Ingestor:
                         auto_tags=item.auto_tags,
                         indexed_at=now,
                         extra=item.extra,
+                        auto_category=item.auto_category,
+                        auto_category_score=item.auto_category_score,
+                        auto_tag_scores=item.auto_tag_scores,
+                        image_text=item.image_text,
+                        phash=item.phash,
                     ),
                 )
             )

@@ -39,6 +39,15 @@ class IngestError(Exception):
         self.transient = transient
 
 
+@dataclass(frozen=True)
+class TextBox:
+    """A line of text read from the image: its four corner points in pixels, and a score."""
+
+    text: str
+    score: float
+    points: list[list[float]]
+
+
 @dataclass
 class IngestItem:
     """One product image on its way to becoming a document."""
@@ -52,6 +61,13 @@ class IngestItem:
     #: Document fields written by plugin processors; each name declared in a ``fields`` mapping.
     extra: dict[str, Any] = field(default_factory=dict)
     error: IngestError | None = None
+    # enrichment (pipeline.ingest.enrich)
+    auto_category: str | None = None
+    auto_category_score: float | None = None
+    auto_tag_scores: dict[str, float] = field(default_factory=dict)
+    image_text: str | None = None
+    text_boxes: list[TextBox] = field(default_factory=list)
+    phash: str | None = None
 
     @property
     def source(self) -> str:
@@ -148,18 +164,6 @@ class DecodeImage(Processor):
             return load_image(item.source, limits, policy=policy, deadline=deadline)
         except ImageError as exc:
             return IngestError(exc.reason, str(exc), transient=exc.transient)
-
-
-class ImageQuality(Processor):
-    """Flag images too small to show or to embed well."""
-
-    name = "image_quality"
-
-    def process(self, item: IngestItem) -> None:
-        assert item.image is not None, "image_quality must run after decode_image"
-        minimum = self.context.settings.min_image_side
-        if min(item.image.width, item.image.height) < minimum:
-            item.quality_flags.append("low_resolution")
 
 
 class EmbedImage(Processor):

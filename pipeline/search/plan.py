@@ -106,7 +106,11 @@ class SearchOptions(BaseModel):
     keyword_weight: float = Field(1.0, ge=0, description="Weight of the BM25 list.")
     rrf_k: int | None = Field(None, ge=1, description="RRF rank constant (default 60).")
     explain: bool = Field(False, description="Per-hit list ranks/scores and the template calls.")
-    facets: bool = Field(False, description="Counts by tag, category, merchant and price bucket.")
+    facets: bool = Field(
+        False,
+        description="Counts by tag, category, merchant, price bucket, zero-shot category and "
+        "tags, and quality flag.",
+    )
 
     def options(self) -> dict[str, Any]:
         """These parameters by name, to build another model that extends ``SearchOptions``."""

@@ -24,7 +24,7 @@ VECTOR_FIELD = "image_vector"
 MAX_NUM_CANDIDATES = 10_000  # Elasticsearch's limit
 MAX_RESULT_WINDOW = 10_000  # index.max_result_window (from + size)
 SOURCE = {"excludes": [VECTOR_FIELD]}
-KEYWORD_FIELDS = ["title^3", "description"]
+KEYWORD_FIELDS = ["title^3", "description", "image_text"]
 TAG_BOOST = 2
 
 Vector = Sequence[float] | np.ndarray  # a query vector: a list, or an encoder's output row
@@ -59,7 +59,15 @@ class Filters(BaseModel):
         None, description="true: in stock only; false: out of stock only."
     )
     exclude_quality_flags: list[str] = Field(
-        default_factory=list, description="Leave out images with these flags (low_resolution)."
+        default_factory=list,
+        description="Leave out images with these flags (low_resolution, blurry, blank, too_dark, "
+        "overexposed, extreme_aspect_ratio, text_overlay, category_mismatch).",
+    )
+    auto_tags_all: list[str] = Field(
+        default_factory=list, max_length=50, description="Has every zero-shot tag (colour:red)."
+    )
+    auto_category: str | None = Field(
+        None, max_length=200, description="Zero-shot category (auto_tag processor)."
     )
 
     def template_params(self) -> dict[str, Any]:
@@ -80,6 +88,10 @@ class Filters(BaseModel):
             params["out_of_stock"] = True
         if self.exclude_quality_flags:
             params["exclude_quality_flags"] = list(self.exclude_quality_flags)
+        if self.auto_tags_all:
+            params["auto_tags_all"] = [tag.lower() for tag in self.auto_tags_all]
+        if self.auto_category:
+            params["auto_category"] = self.auto_category.lower()
         return params
 
 
@@ -103,6 +115,9 @@ def filter_clauses(filters: Filters, *, model_id: str | None = None) -> list[dic
     if "exclude_quality_flags" in p:
         flags = p["exclude_quality_flags"]
         clauses.append({"bool": {"must_not": [{"terms": {"quality_flags": flags}}]}})
+    clauses.extend({"term": {"auto_tags": tag}} for tag in p.get("auto_tags_all", []))
+    if "auto_category" in p:
+        clauses.append({"term": {"auto_category": p["auto_category"]}})
     if model_id:
         clauses.append({"term": {"model_id": model_id}})
     return clauses
@@ -216,7 +231,8 @@ class KnnQuery:
 
 @dataclass(frozen=True)
 class KeywordQuery:
-    """BM25 over title, description and tags, or every product without text (template
+    """BM25 over title, description, text read from the image and tags, or every product
+    without text (template
     ``keyword``). Only primary images (``image_index`` 0) are searched: one hit per product."""
 
     text: str | None = None

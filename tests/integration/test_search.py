@@ -271,6 +271,8 @@ def template_cases(cat: Catalogue, model_id: str, vector: list[float]):
         currency="EUR",
         in_stock=True,
         exclude_quality_flags=["low_resolution"],
+        auto_tags_all=["colour:Red", "material:leather"],
+        auto_category="Bag",
     )
     product = ProductRef(f"{cat.prefix}-a", f"{cat.prefix}-bag")
     return [

@@ -48,6 +48,12 @@ PRODUCT_FIELDS: dict[str, str] = {
     "model_id": "keyword",
     "content_hash": "keyword",
     "indexed_at": "date",
+    "auto_category": "keyword",
+    "auto_category_score": "float",
+    "auto_tag_scores.tag": "keyword",
+    "auto_tag_scores.score": "float",
+    "image_text": "text",
+    "phash": "keyword",
 }
 ERROR_FIELDS: dict[str, str] = {
     "job_id": "keyword",

@@ -71,11 +71,14 @@ def test_good_items_are_embedded_in_one_batch_and_bad_ones_marked(tmp_path, enco
     np.testing.assert_allclose(
         items[0].vector, l2_normalise(np.array([[256.0, 1, 1]]))[0], rtol=1e-5
     )
-    assert items[0].quality_flags == [] and items[2].quality_flags == ["low_resolution"]
+    # one-colour test images are blank; the 80x40 one is also under min_image_side
+    assert items[0].quality_flags == ["blank"]
+    assert items[2].quality_flags == ["low_resolution", "blank"]
 
 
 def test_builtin_processors_are_registered_as_entry_points():
-    assert {"decode_image", "image_quality", "embed_image"} <= set(available_processors())
+    builtin = {"decode_image", "image_quality", "embed_image", "ocr", "phash", "auto_tag"}
+    assert builtin <= set(available_processors())
 
 
 def test_unknown_or_incomplete_chains_are_refused(encoder):

@@ -28,6 +28,8 @@ ALL_FILTERS = Filters(
     currency="EUR",
     in_stock=False,
     exclude_quality_flags=["low_resolution"],
+    auto_tags_all=["Colour:Red", "material:leather"],
+    auto_category="Bag",
 )
 
 
@@ -52,6 +54,9 @@ def test_every_filter_in_template_order():
         {"term": {"currency": "EUR"}},
         {"term": {"in_stock": False}},
         {"bool": {"must_not": [{"terms": {"quality_flags": ["low_resolution"]}}]}},
+        {"term": {"auto_tags": "colour:red"}},
+        {"term": {"auto_tags": "material:leather"}},
+        {"term": {"auto_category": "bag"}},
         {"term": {"model_id": "model"}},
     ]
     assert ALL_FILTERS.template_params() == {
@@ -64,6 +69,8 @@ def test_every_filter_in_template_order():
         "currency": "EUR",
         "out_of_stock": True,
         "exclude_quality_flags": ["low_resolution"],
+        "auto_tags_all": ["colour:red", "material:leather"],
+        "auto_category": "bag",
     }
 
 
@@ -149,7 +156,7 @@ def test_keyword_body_with_text():
     query = body["query"]["bool"]
     assert query["minimum_should_match"] == 1
     assert query["should"][0] == {
-        "multi_match": {"query": "red shoe", "fields": ["title^3", "description"]}
+        "multi_match": {"query": "red shoe", "fields": ["title^3", "description", "image_text"]}
     }
     assert query["should"][2]["match"]["tags"]["analyzer"] == "standard"
     assert query["filter"] == [
@@ -190,7 +197,15 @@ def test_keyword_search_after_facets_and_exclusion():
     body = query.body()
     assert body["search_after"] == [1.5, "m", "p"]
     assert body["aggs"] == mappings.facet_aggs()
-    assert set(body["aggs"]) == {"tags", "category", "merchant_id", "price"}
+    assert set(body["aggs"]) == {
+        "tags",
+        "category",
+        "merchant_id",
+        "price",
+        "auto_category",
+        "auto_tags",
+        "quality_flags",
+    }
     assert body["query"]["bool"]["must_not"] == ProductRef("m", "p").exclusion()
     params = query.template_params()
     assert params["search_after"] == [1.5, "m", "p"] and params["facets"] is True
@@ -253,6 +268,8 @@ def test_template_sources_use_exactly_their_documented_params(name):
             "in_stock",
             "out_of_stock",
             "exclude_quality_flags",
+            "auto_tags_all",
+            "auto_category",
         }
     assert used == documented
 

@@ -24,6 +24,7 @@ CLI_NAMES = {
     "filters.tags_any": "--any-tag",
     "filters.merchant_id": "--merchant",
     "filters.exclude_quality_flags": "--exclude-quality-flag",
+    "filters.auto_tags_all": "--auto-tag",
 }
 
 
