@@ -113,6 +113,9 @@ class Processor(ABC):
     name: ClassVar[str]
     #: Elasticsearch mappings of the document fields this processor writes into ``item.extra``.
     fields: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    #: Vitrine's own document fields (``pipeline.documents.ProductDocument``) this processor
+    #: fills through ``IngestItem`` attributes: the built-in processors' declaration.
+    writes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, context: ProcessorContext):
         self.context = context

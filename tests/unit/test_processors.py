@@ -135,3 +135,17 @@ def test_image_urls_go_through_the_fetch_guard(tmp_path, encoder):
     items = [IngestItem(refused, 0), *items_for(tmp_path, [(60, 60)])]
     chain(encoder).run(items)  # default settings: nothing allow-listed
     assert items[0].error.reason == "fetch_refused" and items[1].ok
+
+
+def test_builtin_processors_declare_document_fields_that_exist():
+    """``writes`` is checked against the one document model, so a built-in cannot claim a field
+    the index does not have, and the enrichment processors each declare what they fill."""
+    from pipeline.documents import ProductDocument
+    from pipeline.ingest.enrich.auto_tag import AutoTag
+    from pipeline.ingest.enrich.ocr import Ocr
+    from pipeline.ingest.enrich.phash import PerceptualHash
+    from pipeline.ingest.enrich.quality import ImageQuality
+
+    for processor in (AutoTag, Ocr, PerceptualHash, ImageQuality):
+        assert processor.writes, processor.name
+        assert set(processor.writes) <= set(ProductDocument.model_fields), processor.name
