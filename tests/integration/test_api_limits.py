@@ -189,7 +189,8 @@ def test_values_the_index_cannot_hold_are_422_not_202(live, key, fields, loc):
 
 
 def test_every_path_that_needs_elasticsearch_is_503_when_it_is_down(settings, key):
-    down = settings.model_copy(update={"es_url": "http://127.0.0.1:9"})  # nothing listens
+    # nothing listens there; plain http, so no CA (the secure pass sets one)
+    down = settings.model_copy(update={"es_url": "http://127.0.0.1:9", "es_ca_certs": None})
     with TestClient(create_app(down, load_model=False)) as client:
         auth = {"X-API-Key": key}
         answers = {
