@@ -49,6 +49,11 @@ class _JsonRefused(ValueError):
     """JSON that is well-formed but not accepted (the message names the rule, not the input)."""
 
 
+def invalid(loc: list[Any], msg: str, kind: str = "value_error") -> RequestValidationError:
+    """One request validation error (422, FastAPI's format), for checks outside a model."""
+    return RequestValidationError([{"loc": loc, "msg": msg, "type": kind}])
+
+
 def _refuse_constant(name: str) -> Any:
     raise _JsonRefused("NaN and Infinity are not valid JSON numbers")
 
@@ -103,7 +108,7 @@ def parse_json(raw: bytes | str, loc: list[Any]) -> Any:
         message = f"not valid JSON: {exc}"
     else:
         return value
-    raise RequestValidationError([{"loc": loc, "msg": message, "type": "json_invalid"}])
+    raise invalid(loc, message, "json_invalid")
 
 
 def too_large(limit: int, what: str = "request body") -> Problem:
@@ -152,9 +157,7 @@ async def _read_form(request: Request, limit: int, max_files: int) -> FormData:
     try:
         return await parser.parse()
     except MultiPartException as exc:
-        raise RequestValidationError(
-            [{"loc": ["body"], "msg": f"not a valid form: {exc.message}", "type": "form_invalid"}]
-        ) from exc
+        raise invalid(["body"], f"not a valid form: {exc.message}", "form_invalid") from exc
 
 
 async def read_body(

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from pipeline.api.auth import Merchant, Writer
-from pipeline.api.body import MAX_FIELD_BYTES, parse_json, read_body
+from pipeline.api.body import MAX_FIELD_BYTES, invalid, parse_json, read_body
 from pipeline.api.deps import Services, State
 from pipeline.api.errors import Problem, image_problem
 from pipeline.api.public import image_path, public_image_url, without_server_paths
@@ -131,12 +131,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _validation_error(
-    loc: list[Any], msg: str, kind: str = "value_error"
-) -> RequestValidationError:
-    return RequestValidationError([{"loc": loc, "msg": msg, "type": kind}])
-
-
 async def _read_request(request: Request, limit: int) -> tuple[Any, list[bytes]]:
     """``(metadata, image files)`` from a multipart or JSON request."""
     body = await read_body(
@@ -147,11 +141,11 @@ async def _read_request(request: Request, limit: int) -> tuple[Any, list[bytes]]
     # metadata may come as a file part too (curl -F metadata=@product.json)
     raw = body.fields.get("metadata") or next(iter(body.files.get("metadata", [])), None)
     if raw is None:
-        raise _validation_error(["body", "metadata"], "Field required", "missing")
+        raise invalid(["body", "metadata"], "Field required", "missing")
     if len(raw) > MAX_FIELD_BYTES:
-        raise _validation_error(["body", "metadata"], f"over {MAX_FIELD_BYTES:,} bytes")
+        raise invalid(["body", "metadata"], f"over {MAX_FIELD_BYTES:,} bytes")
     if "image" in body.fields:
-        raise _validation_error(["body", "image"], "must be a file part, not a text field")
+        raise invalid(["body", "image"], "must be a file part, not a text field")
     return parse_json(raw, ["body", "metadata"]), body.files.get("image", [])
 
 

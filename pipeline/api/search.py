@@ -35,7 +35,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from pipeline.api.auth import SearchCaller, authorise_image_url
-from pipeline.api.body import parse_json, read_body
+from pipeline.api.body import invalid, parse_json, read_body
 from pipeline.api.deps import ApiState, SearcherDep, State
 from pipeline.api.errors import Problem
 from pipeline.api.models import (
@@ -142,9 +142,7 @@ async def _read_body(request: Request, state: ApiState) -> tuple[dict[str, Any],
     body = await read_body(request, max_bytes=body_limit(state), max_files=1)
     if body.is_json:
         if not isinstance(body.json, dict):
-            raise RequestValidationError(
-                [{"loc": ["body"], "msg": "must be a JSON object", "type": "dict_type"}]
-            )
+            raise invalid(["body"], "must be a JSON object", "dict_type")
         return body.json, None
     unexpected = set(body.files) - {"image"}
     if unexpected:
@@ -240,9 +238,7 @@ async def search(
     if "request" in fields:  # multipart: the SearchRequest as a JSON field
         embedded = parse_json(fields.pop("request"), ["body", "request"])
         if not isinstance(embedded, dict):
-            raise RequestValidationError(
-                [{"loc": ["body", "request"], "msg": "must be a JSON object", "type": "dict_type"}]
-            )
+            raise invalid(["body", "request"], "must be a JSON object", "dict_type")
         fields = {**embedded, **fields}
     body: SearchRequest = _validate(SearchRequest, fields)
     images = upload is not None or bool(body.image_url) or bool(body.image_base64)
