@@ -5,13 +5,14 @@ Why: the worker's batch task embeds several products in one pass; this says what
 
 from __future__ import annotations
 
-import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from bench import harness
 from pipeline.dev.samples import product_image
 from pipeline.encoders.open_clip_encoder import (
     OpenClipEncoder,
@@ -32,13 +33,15 @@ def throughput(encoder: OpenClipEncoder, images: list, batch_size: int, repeats:
     return best
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def main(argv: list[str] | None = None) -> None:
+    parser = harness.parser(__doc__)
     parser.add_argument("--arch", default="ViT-B-32")
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--batch-sizes", default="8,16,32")
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.images, args.repeats = min(args.images, 16), 1
 
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = create_random_checkpoint(args.arch, Path(tmp) / "random.pt")
@@ -55,4 +58,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

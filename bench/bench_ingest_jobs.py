@@ -7,12 +7,13 @@ its indices afterwards.
 
 from __future__ import annotations
 
-import argparse
+import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
+from bench import harness
 from pipeline.dev.samples import COLOURS, product_image
 from pipeline.dev.worker_process import worker_process
 from pipeline.documents import Product
@@ -35,12 +36,14 @@ def products(directory: Path, count: int, run: str) -> list[Product]:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def main(argv: list[str] | None = None) -> None:
+    parser = harness.parser(__doc__)
     parser.add_argument("--arch", default="ViT-B-32")
     parser.add_argument("--products", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=8)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.products = min(args.products, 16)
 
     run_id = uuid.uuid4().hex[:6]
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,4 +86,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -14,7 +14,6 @@ Writes ``bench/results/bench_quality.json``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from bench import harness
 from pipeline.dev.samples import CATEGORIES, product_image
 from pipeline.documents import Product
 from pipeline.ingest.enrich import quality
@@ -368,15 +368,17 @@ def torch_threads() -> int:
     return torch.get_num_threads()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def main(argv: list[str] | None = None) -> None:
+    parser = harness.parser(__doc__)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--ocr-images", type=int, default=40)
     parser.add_argument("--arch", default="ViT-B-32")
     parser.add_argument("--throughput-images", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--skip-throughput", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.ocr_images, args.skip_throughput = min(args.ocr_images, 10), True
     settings = VitrineSettings()
     results: dict = {
         "command": "python bench/bench_quality.py " + " ".join(sys.argv[1:]),
@@ -418,4 +420,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
