@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli import es_security, jobs, keys, search, services, taxonomy
+from pipeline.cli import es_security, jobs, keys, reindex, search, services, taxonomy
 from pipeline.cli.common import settings, setup_logging
 
 app = typer.Typer(
@@ -26,6 +26,9 @@ app.add_typer(services.app, name="services")
 app.add_typer(keys.app, name="keys")
 app.add_typer(es_security.app, name="es-security")
 app.add_typer(taxonomy.app, name="taxonomy")
+app.add_typer(reindex.alias_app, name="alias")
+app.add_typer(reindex.indices_app, name="indices")
+app.command()(reindex.reindex)
 app.command()(jobs.ingest)
 app.command()(jobs.enqueue)
 app.command()(jobs.job)
@@ -116,13 +119,16 @@ def main() -> None:
 
     from pipeline.dev.services import ServiceError
     from pipeline.encoders import EncoderError
+    from pipeline.es.aliases import AliasError
     from pipeline.es.indexing import IndexModelMismatch, IndexNotReady
+    from pipeline.ingest.reindex import ReindexFailed
     from pipeline.plugins import PluginError
 
     hint = "`vitrine services start` starts local ones"
+    known = (EncoderError, IndexModelMismatch, IndexNotReady, ServiceError, PluginError)
     try:
         app()
-    except (EncoderError, IndexModelMismatch, IndexNotReady, ServiceError, PluginError) as exc:
+    except (*known, AliasError, ReindexFailed) as exc:
         message = str(exc)
     except ESConnectionError as exc:
         message = f"Elasticsearch is not reachable ({exc}); {hint}"
