@@ -58,6 +58,8 @@ def worker(
     hostname: Annotated[str | None, typer.Option(help="Worker node name.")] = None,
 ) -> None:
     """Run a Celery worker that embeds and indexes products from the queue."""
+    from celery.signals import worker_shutting_down
+
     from pipeline.ingest.ingestor import check_plugins
     from pipeline.jobs import create_celery
 
@@ -68,7 +70,17 @@ def worker(
     argv += [f"--queues={celery_app.settings.queue}"]
     if hostname:
         argv.append(f"--hostname={hostname}")
+    # Celery's worker_main returns no status; a cold shutdown (SIGQUIT: also how a worker whose
+    # model no write index holds stops itself, workers.tasks) announces a failure exit code.
+    status = {"exitcode": 0}
+
+    def remember(exitcode: int | None = None, **_: object) -> None:
+        status["exitcode"] = exitcode or status["exitcode"]
+
+    worker_shutting_down.connect(remember, weak=False)
     celery_app.worker_main(argv)
+    if status["exitcode"]:
+        raise typer.Exit(status["exitcode"])
 
 
 @app.command()

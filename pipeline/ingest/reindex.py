@@ -70,16 +70,21 @@ class Difference:
 
 
 def compare(old: dict[str, Copy], new: dict[str, Copy], *, since: str | None = None) -> Difference:
-    """Products whose documents the new index lacks or holds in an older version than the old
-    index, and ids only the new index has. ``since`` (ISO time) limits the comparison to old
-    documents written from then on and never deletes: the check after the swap."""
+    """Before the swap (``since`` None) the old index is the truth: products whose documents
+    the new index lacks or holds with another content hash, and ids only the new index has.
+
+    After the swap (``since``, ISO time the last comparison began) the new index takes writes
+    first: only old documents written from then on count, only where the new index has no
+    newer copy, and nothing is deleted."""
     diff = Difference()
     for doc_id, copy in old.items():
-        if since is not None and copy.indexed_at < since:
-            continue
         theirs = new.get(doc_id)
-        if theirs is None or (
-            theirs.content_hash != copy.content_hash and copy.indexed_at > theirs.indexed_at
+        if since is None:
+            if theirs is None or theirs.content_hash != copy.content_hash:
+                diff.stale.add(copy.key)
+        elif copy.indexed_at >= since and (
+            theirs is None
+            or (theirs.content_hash != copy.content_hash and copy.indexed_at > theirs.indexed_at)
         ):
             diff.stale.add(copy.key)
     if since is None:

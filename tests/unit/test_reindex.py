@@ -22,11 +22,11 @@ def test_identical_indices_need_nothing():
 def test_missing_outdated_and_extra_documents():
     old = {
         "a": Copy(("m", "missing"), "h", T1),
-        "b": Copy(("m", "changed"), "h-new", T3),  # updated in the old index after the copy
+        "b": Copy(("m", "changed"), "h-new", T1),  # updated in the old index meanwhile
         "c": Copy(("m", "same"), "h", T1),
     }
     new = {
-        "b": Copy(("m", "changed"), "h-old", T2),
+        "b": Copy(("m", "changed"), "h-old", T2),  # re-embedded from the version before
         "c": Copy(("m", "same"), "h", T2),
         "d": Copy(("m", "deleted"), "h", T2),
     }
@@ -35,18 +35,25 @@ def test_missing_outdated_and_extra_documents():
     assert diff.extra == ["d"]
 
 
-def test_a_newer_copy_in_the_new_index_wins():
+def test_after_the_swap_a_newer_copy_in_the_new_index_wins():
     """After the swap the new index takes writes first: an older old copy must not overwrite."""
     old = {"a": Copy(("m", "p"), "h-old", T2)}
     new = {"a": Copy(("m", "p"), "h-newer", T3)}
-    assert compare(old, new).empty
+    assert compare(old, new, since=T1).empty
 
 
 def test_after_the_swap_only_late_writes_count_and_nothing_is_deleted():
-    old = {"a": Copy(("m", "early"), "h", T1), "b": Copy(("m", "late"), "h", T3)}
-    new = {"x": Copy(("m", "uploaded-after-swap"), "h", T3)}
+    old = {
+        "a": Copy(("m", "early"), "h", T1),
+        "b": Copy(("m", "late"), "h", T3),
+        "c": Copy(("m", "late-changed"), "h2", T3),
+    }
+    new = {
+        "c": Copy(("m", "late-changed"), "h1", T2),
+        "x": Copy(("m", "uploaded-after-swap"), "h", T3),
+    }
     diff = compare(old, new, since=T2)
-    assert diff.stale == {("m", "late")} and diff.extra == []
+    assert diff.stale == {("m", "late"), ("m", "late-changed")} and diff.extra == []
 
 
 def test_product_rebuilt_from_documents_has_the_same_content_hash():
