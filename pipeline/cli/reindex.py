@@ -23,7 +23,9 @@ indices_app = typer.Typer(help="The deployment's concrete product indices.", no_
 
 
 def reindex(
-    encoder: Annotated[str, typer.Option(help="Encoder plugin of the new model.")],
+    encoder: Annotated[
+        str | None, typer.Option(help="Encoder plugin of the new model (default: the current).")
+    ] = None,
     model: Annotated[str | None, typer.Option(help="open_clip architecture.")] = None,
     pretrained: Annotated[
         str | None, typer.Option(help="open_clip pretrained tag or checkpoint path.")
@@ -48,7 +50,7 @@ def reindex(
         dropped = aliases.abort(es, current.index_alias)
         typer.echo(f"dropped {dropped}" if dropped else "no re-embed in progress")
         return
-    update = {"encoder": encoder, "queue": queue or f"{current.queue}-reindex"}
+    update = {"encoder": encoder or current.encoder, "queue": queue or f"{current.queue}-reindex"}
     update |= {"model_arch": model} if model else {}
     update |= {"model_pretrained": pretrained} if pretrained else {}
     target = current.model_copy(update=update)

@@ -248,3 +248,32 @@ def test_reembed_without_downtime(es, old_settings, new_settings, tmp_path_facto
     assert not es.indices.exists(index=new.index)
     with pytest.raises(aliases.AliasError, match="nothing to roll back"):
         aliases.rollback(es, old_settings.index_alias)
+
+
+def test_alias_and_indices_commands(es, settings, session_id, monkeypatch):
+    """`vitrine alias show`, `reindex --abort`, `indices prune` and `alias rollback` on a
+    deployment whose re-embed was started and then dropped."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+
+    name = f"cli{session_id}"
+    deployment = settings.model_copy(
+        update={"index_alias": name, "errors_index": f"{name}-ingest-errors"}
+    )
+    for key, value in deployment.to_env().items():
+        monkeypatch.setenv(key, value)
+    runner = CliRunner()
+    try:
+        serving = indexing.ensure_indices(es, deployment, "model-x", 8)
+        new = reindex.start(es, deployment, model_id="model-y", dims=16, queue=f"{name}-re")
+        shown = runner.invoke(app, ["alias", "show"])
+        assert f"{serving}\tmodel-x\tread,write" in shown.output
+        assert f"{new.index}\tmodel-y\twrite" in shown.output
+        with pytest.raises(aliases.AliasError, match="in progress"):
+            runner.invoke(app, ["alias", "rollback"], catch_exceptions=False)
+        assert f"dropped {new.index}" in runner.invoke(app, ["reindex", "--abort"]).output
+        assert "nothing to prune" in runner.invoke(app, ["indices", "prune"]).output
+        assert [t.index for t in aliases.write_targets(es, name)] == [serving]
+    finally:
+        _drop(es, deployment)
