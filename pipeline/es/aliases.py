@@ -115,8 +115,7 @@ def rollback(es: Elasticsearch, alias: str) -> tuple[str, str]:
         raise AliasError("a re-embed is in progress: abort it (`vitrine reindex --abort`) first")
     current = serving_index(es, alias)
     previous = current.meta.get("previous_index")
-    ours = {i.index for i in deployment_indices(es, alias)}
-    if not previous or previous not in ours:
+    if not previous or not es.indices.exists(index=previous):
         raise AliasError(
             f"{current.index} replaced no index that still exists (pruned?): nothing to roll "
             "back to"

@@ -112,7 +112,7 @@ class Ingestor:
         """Embed and index products; a bad image fails only its own product."""
         try:
             self.ensure_index()
-            indices = self.write_indices()
+            self.write_indices()  # no embedding for a worker whose model no index holds
         except indexing.IndexModelMismatch as exc:
             return model_mismatch(products, exc)
         items = [IngestItem(p, i) for p in products for i in range(len(p.images))]
@@ -157,6 +157,10 @@ class Ingestor:
                 )
             )
         if documents:
+            try:  # again: a re-embed may have swapped the aliases while this batch was embedded
+                indices = self.write_indices()
+            except indexing.IndexModelMismatch as exc:
+                return model_mismatch(products, exc)
             outcome = indexing.replace_products(self.es, self.settings, documents, indices)
             for key, docs in documents.items():
                 rejected = [outcome.failed[d] for d, _ in docs if d in outcome.failed]
