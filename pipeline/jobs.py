@@ -189,6 +189,22 @@ def enqueue(app: VitrineCelery, products: Sequence[Product], *, batch_size: int 
     return job_ids
 
 
+def enqueue_checked(
+    app: VitrineCelery, products: Sequence[Product], *, batch_size: int
+) -> list[str]:
+    """Index jobs outside the pending journal, for a sender that checks the outcome in the
+    index itself and sends again what is missing (the re-embed); returns job ids."""
+    return [
+        _send(
+            app,
+            INDEX_TASK,
+            [[p.model_dump() for p in chunk]],
+            _describe([(p.merchant_id, p.product_id) for p in chunk]),
+        )
+        for chunk in (products[i : i + batch_size] for i in range(0, len(products), batch_size))
+    ]
+
+
 def enqueue_delete(app: VitrineCelery, merchant_id: str, product_id: str) -> str:
     job_id, now = str(uuid.uuid4()), time.time()
     app.pending_journal.record([PendingRecord(DELETE, merchant_id, product_id, job_id, now, now)])

@@ -23,6 +23,11 @@ def _default_services_dir() -> Path:
     return Path("/var/lib/vitrine") if os.geteuid() == 0 else _default_home() / "services"
 
 
+#: An alias or index name of ours: Elasticsearch's rules, minus the dot that separates the
+#: alias from model and generation in concrete index names (``pipeline.es.mappings``).
+ELASTIC_NAME = r"^[a-z0-9][a-z0-9_+-]{0,200}$"
+
+
 class VitrineSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="VITRINE_", env_nested_delimiter="__", extra="ignore"
@@ -37,10 +42,14 @@ class VitrineSettings(BaseSettings):
     es_request_timeout_s: float = 30.0
     index_alias: str = Field(
         "vitrine-products",
-        description="Read/write alias of the product index; indices are '<alias>-<model>-<n>'.",
+        pattern=ELASTIC_NAME,
+        description="Read alias of the product index (searches); writers use '<alias>.write'; "
+        "the concrete indices are '<alias>.<model>.<generation>'.",
     )
     errors_index: str = Field(
-        "vitrine-ingest-errors", description="Index of failed ingest jobs (operators, Kibana)."
+        "vitrine-ingest-errors",
+        pattern=ELASTIC_NAME,
+        description="Index of failed ingest jobs (operators, Kibana).",
     )
     bulk_max_retries: int = 5
     bulk_initial_backoff_s: float = 0.5

@@ -79,7 +79,7 @@ def es(services, settings: VitrineSettings) -> Iterator:
 
     client = make_client(settings)
     yield client
-    created = list(client.indices.get(index=f"{settings.index_alias}-*", expand_wildcards="all"))
+    created = list(client.indices.get(index=f"{settings.index_alias}.*", expand_wildcards="all"))
     for index in [*created, settings.errors_index]:
         client.options(ignore_status=404).indices.delete(index=index)
     for template in (f"{settings.index_alias}-products", settings.errors_index):

@@ -15,6 +15,8 @@ reconciler (run here at start-up and every ``reconcile_interval_s``) sends it ag
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -70,6 +72,23 @@ def _load_model_after_fork(**_: Any) -> None:
         took,
         limit,
     )
+    _refuse_unless_index_matches()
+
+
+def _refuse_unless_index_matches() -> None:
+    """A worker whose model no write index holds would fail every job while answering pings as
+    if healthy: say so and stop the whole worker (cold shutdown, exit status 1) before it takes
+    a job. Elasticsearch unreachable is not a reason to stop: jobs retry."""
+    try:
+        ingestor().ensure_index()
+    except (indexing.IndexModelMismatch, indexing.IndexNotReady) as exc:
+        log.error("refusing to consume queue %s: %s", _settings(current_app).queue, exc)
+        os.kill(os.getppid(), signal.SIGQUIT)
+        os._exit(1)
+    except Exception as exc:
+        if not is_transient_es_error(exc):
+            raise
+        log.warning("could not check the index at start-up (%s); jobs will retry", exc)
 
 
 @after_setup_logger.connect

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from pipeline.api.deps import ApiState, State
+from pipeline.es import mappings
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["operations"])
@@ -34,7 +35,7 @@ _executor = ThreadPoolExecutor(max_workers=6, thread_name_prefix="healthz")
 def _elasticsearch(state: ApiState) -> dict[str, Any]:
     es = state.es.options(request_timeout=CHECK_TIMEOUT_S)
     # this deployment's indices only: another tenant's red index is not our outage
-    index = f"{state.settings.index_alias}-*"
+    index = mappings.product_index_pattern(state.settings.index_alias)
     status = es.cluster.health(index=index, timeout=f"{CHECK_TIMEOUT_S:.0f}s")["status"]
     return {"ok": status in ("green", "yellow"), "status": status}
 

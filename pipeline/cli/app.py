@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli import es_security, jobs, keys, search, services, taxonomy
+from pipeline.cli import es_security, jobs, keys, reindex, search, services, taxonomy
 from pipeline.cli.common import settings, setup_logging
 
 app = typer.Typer(
@@ -26,6 +26,9 @@ app.add_typer(services.app, name="services")
 app.add_typer(keys.app, name="keys")
 app.add_typer(es_security.app, name="es-security")
 app.add_typer(taxonomy.app, name="taxonomy")
+app.add_typer(reindex.alias_app, name="alias")
+app.add_typer(reindex.indices_app, name="indices")
+app.command()(reindex.reindex)
 app.command()(jobs.ingest)
 app.command()(jobs.enqueue)
 app.command()(jobs.job)
@@ -55,6 +58,8 @@ def worker(
     hostname: Annotated[str | None, typer.Option(help="Worker node name.")] = None,
 ) -> None:
     """Run a Celery worker that embeds and indexes products from the queue."""
+    from celery.signals import worker_shutting_down
+
     from pipeline.ingest.ingestor import check_plugins
     from pipeline.jobs import create_celery
 
@@ -65,7 +70,17 @@ def worker(
     argv += [f"--queues={celery_app.settings.queue}"]
     if hostname:
         argv.append(f"--hostname={hostname}")
+    # Celery's worker_main returns no status; a cold shutdown (SIGQUIT: also how a worker whose
+    # model no write index holds stops itself, workers.tasks) announces a failure exit code.
+    status = {"exitcode": 0}
+
+    def remember(exitcode: int | None = None, **_: object) -> None:
+        status["exitcode"] = exitcode or status["exitcode"]
+
+    worker_shutting_down.connect(remember, weak=False)
     celery_app.worker_main(argv)
+    if status["exitcode"]:
+        raise typer.Exit(status["exitcode"])
 
 
 @app.command()
@@ -116,13 +131,16 @@ def main() -> None:
 
     from pipeline.dev.services import ServiceError
     from pipeline.encoders import EncoderError
+    from pipeline.es.aliases import AliasError
     from pipeline.es.indexing import IndexModelMismatch, IndexNotReady
+    from pipeline.ingest.reindex import ReindexFailed
     from pipeline.plugins import PluginError
 
     hint = "`vitrine services start` starts local ones"
+    known = (EncoderError, IndexModelMismatch, IndexNotReady, ServiceError, PluginError)
     try:
         app()
-    except (EncoderError, IndexModelMismatch, IndexNotReady, ServiceError, PluginError) as exc:
+    except (*known, AliasError, ReindexFailed) as exc:
         message = str(exc)
     except ESConnectionError as exc:
         message = f"Elasticsearch is not reachable ({exc}); {hint}"

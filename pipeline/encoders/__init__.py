@@ -58,7 +58,7 @@ class Encoder(ABC):
 
     - ``model_id`` MUST identify everything that changes the vectors: implementation,
       architecture, weights (a tag or a content hash) and ``dim``. It names the product index
-      (``<alias>-<model_id slug>-<n>``) and is stored with every vector; two encoders whose
+      (``<alias>.<model_id slug>.<generation>``) and is stored with every vector; two encoders whose
       vectors differ MUST NOT share a ``model_id``.
     - ``dim`` MUST be the length of every vector returned.
     - ``capabilities`` MUST contain ``"image"``, and ``"text"`` only if ``embed_texts`` maps texts

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from elasticsearch import ApiError, Elasticsearch, NotFoundError, TransportError
@@ -38,20 +38,28 @@ def is_transient_es_error(exc: BaseException) -> bool:
 
 @dataclass(frozen=True)
 class IndexInfo:
-    """The alias's write index and the model whose vectors it holds (its ``_meta``)."""
+    """A concrete product index and what its ``_meta`` says: the model whose vectors it holds,
+    and (``meta``) whose index it is, the re-embed queue, the index it replaced."""
 
     index: str
     model_id: str
     dims: int
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+def index_info(index: str, mappings: dict[str, Any]) -> IndexInfo:
+    """``IndexInfo`` from an index's ``mappings`` (as ``GET <index>/_mapping`` returns it)."""
+    meta = mappings.get("_meta", {})
+    return IndexInfo(index, str(meta.get("model_id", "")), int(meta.get("dims", 0)), dict(meta))
 
 
 def write_index_info(es: Elasticsearch, alias: str) -> IndexInfo | None:
-    """The alias's write index and its model, or None if the alias does not exist."""
+    """The index behind ``alias`` (its write index if it has several) and its model, or None
+    if the alias does not exist."""
     try:
         aliases = es.indices.get_alias(name=alias)
     except NotFoundError:
         return None
     writers = [i for i, a in aliases.items() if a["aliases"][alias].get("is_write_index", True)]
     index = writers[0] if writers else sorted(aliases)[-1]
-    meta = es.indices.get_mapping(index=index)[index]["mappings"].get("_meta", {})
-    return IndexInfo(index, str(meta.get("model_id", "")), int(meta.get("dims", 0)))
+    return index_info(index, es.indices.get_mapping(index=index)[index]["mappings"])

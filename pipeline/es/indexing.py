@@ -14,7 +14,7 @@ from elasticsearch import AuthorizationException, Elasticsearch
 from elasticsearch.helpers import streaming_bulk
 
 from pipeline.documents import stable_id
-from pipeline.es import mappings
+from pipeline.es import aliases, mappings
 from pipeline.es.client import IndexInfo, write_index_info
 from pipeline.settings import VitrineSettings
 
@@ -39,57 +39,68 @@ def ensure_indices(
     """Install templates and create the product index for this model if the alias has none.
 
     ``extra_fields`` are the mappings of fields that plugin processors write; they are added to
-    the index (new or existing) because its mapping is strict.
+    the indices of this model (new or existing) because their mapping is strict.
 
-    Returns the write index. Raises ``IndexModelMismatch`` if the alias already points at an
-    index of a different model: vectors of two models must never share an index. Credentials
-    without admin rights (a least-privilege worker) only check the existing write index.
+    Returns this model's write index. Raises ``IndexModelMismatch`` if no index behind the
+    write alias holds this model's vectors: vectors of two models must never share an index.
+    Credentials without admin rights (a least-privilege worker) only check the write targets.
     """
     alias = settings.index_alias
     try:
-        es.indices.put_index_template(
-            name=mappings.product_template_name(alias), **mappings.products_index_template(alias)
-        )
+        install_templates(es, settings)
     except AuthorizationException:
         return _checked_write_index(es, alias, model_id)
+    if write_index_info(es, alias) is None:
+        index = mappings.product_index_name(alias, model_id)
+        es.options(ignore_status=400).indices.create(
+            index=index,
+            **mappings.product_index_body(
+                alias, model_id, dims, extra_fields, meta={"queue": settings.queue}
+            ),
+        )
+        log.info("created index %s behind alias %s for model %s", index, alias, model_id)
+        return index
+    aliases.ensure_write_alias(es, alias)
+    index = _checked_write_index(es, alias, model_id)
+    _add_new_fields(es, index, alias, extra_fields or {})
+    return index
+
+
+def install_templates(es: Elasticsearch, settings: VitrineSettings) -> None:
+    """Index templates (products, ingest errors), the errors index and the search templates."""
+    alias = settings.index_alias
+    es.indices.put_index_template(
+        name=mappings.product_template_name(alias), **mappings.products_index_template(alias)
+    )
     es.indices.put_index_template(
         name=settings.errors_index, **mappings.errors_index_template(settings.errors_index)
     )
     if not es.indices.exists(index=settings.errors_index):
         es.options(ignore_status=400).indices.create(index=settings.errors_index)
     install_search_templates(es, settings)
-    current = write_index_info(es, alias)
-    if current is None:
-        index = mappings.product_index_name(alias, model_id)
-        es.options(ignore_status=400).indices.create(
-            index=index, **mappings.product_index_body(alias, model_id, dims, extra_fields)
-        )
-        log.info("created index %s behind alias %s for model %s", index, alias, model_id)
-        return index
-    _check_model(alias, current, model_id)
-    _add_new_fields(es, current.index, alias, extra_fields or {})
-    return current.index
 
 
 def _checked_write_index(es: Elasticsearch, alias: str, model_id: str) -> str:
-    current = write_index_info(es, alias)
-    if current is None:
+    targets = aliases.write_targets(es, alias)
+    if not targets:
         raise IndexNotReady(
             f"alias {alias} has no index and these Elasticsearch credentials may not create "
             "one; run `vitrine init-index` with admin credentials first"
         )
-    _check_model(alias, current, model_id)
-    log.info("using %s behind alias %s (set up by an admin: no admin rights)", current.index, alias)
-    return current.index
+    return model_targets(alias, targets, model_id)[0]
 
 
-def _check_model(alias: str, current: IndexInfo, model_id: str) -> None:
-    if current.model_id != model_id:
+def model_targets(alias: str, targets: list[IndexInfo], model_id: str) -> list[str]:
+    """The write targets that hold ``model_id``'s vectors: where this process may write."""
+    mine = [t.index for t in targets if t.model_id == model_id]
+    if not mine:
+        held = ", ".join(f"{t.index} ({t.model_id!r})" for t in targets)
         raise IndexModelMismatch(
-            f"alias {alias} writes to {current.index}, which holds vectors of model "
-            f"{current.model_id!r}, not {model_id!r}; re-embed into a new index or point "
-            "VITRINE_INDEX_ALIAS elsewhere"
+            f"alias {alias} writes to {held}, none of which holds vectors of model "
+            f"{model_id!r}; start this worker with the encoder settings of that index, or "
+            "re-embed (`vitrine reindex`)"
         )
+    return mine
 
 
 def _add_new_fields(es: Elasticsearch, index: str, alias: str, extra: dict[str, Any]) -> None:
@@ -153,26 +164,34 @@ def replace_products(
     es: Elasticsearch,
     settings: VitrineSettings,
     documents: dict[tuple[str, str], list[tuple[str, dict[str, Any]]]],
+    indices: list[str],
 ) -> BulkOutcome:
-    """Write the documents of several products (keyed by ``(merchant_id, product_id)``), then
-    delete their documents for images they no longer have.
+    """Write the documents of several products (keyed by ``(merchant_id, product_id)``) to each
+    of ``indices`` (the write targets of the documents' model), then delete their documents
+    for images they no longer have.
 
-    The index is refreshed once before the clean-up so that a document written moments ago by
-    an earlier job is visible to it; one refresh per batch keeps that cheap.
+    The indices are refreshed once before the clean-up so that a document written moments ago
+    by an earlier job is visible to it; one refresh per batch keeps that cheap.
     """
-    alias = settings.index_alias
-    actions = mappings.index_actions(alias, (doc for docs in documents.values() for doc in docs))
+    actions = (
+        action
+        for index in indices
+        for action in mappings.index_actions(
+            index, (doc for docs in documents.values() for doc in docs)
+        )
+    )
     outcome = bulk_write(es, actions, settings)
     written = set(outcome.written)
     complete = [
         (key, [doc_id for doc_id, _ in docs])
         for key, docs in documents.items()
-        if docs and all(doc_id in written for doc_id, _ in docs)
+        if docs and all(doc_id in written and doc_id not in outcome.failed for doc_id, _ in docs)
     ]
     if complete:
-        es.indices.refresh(index=alias)
+        targets = ",".join(indices)
+        es.indices.refresh(index=targets)
         es.delete_by_query(
-            index=alias,
+            index=targets,
             query=mappings.stale_documents_query(complete),
             conflicts="proceed",
             refresh=True,  # a finished job means searches no longer see the replaced images
@@ -183,9 +202,13 @@ def replace_products(
 def delete_product(
     es: Elasticsearch, settings: VitrineSettings, merchant_id: str, product_id: str
 ) -> int:
-    """Delete every document of a product; returns how many were deleted."""
+    """Delete every document of a product from every write target (during a re-embed, the old
+    and the new index); returns how many were deleted."""
+    targets = aliases.write_targets(es, settings.index_alias)
+    if not targets:
+        return 0
     response = es.delete_by_query(
-        index=settings.index_alias,
+        index=",".join(t.index for t in targets),
         query=mappings.product_documents_query(merchant_id, product_id),
         conflicts="proceed",
         refresh=True,  # a finished delete job means searches no longer find the product

@@ -32,8 +32,26 @@ def model_slug(model_id: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", model_id.lower()).strip("-")[:120]
 
 
+#: Separates the alias from the model and generation in a concrete index name. Vitrine names
+#: (alias, errors index) may not contain it, so ``<alias>.*`` matches this alias's indices only:
+#: never those of an alias it is a prefix of (``shop`` and ``shop-eu``), nor the errors index.
+SEPARATOR = "."
+
+
 def product_index_name(alias: str, model_id: str, generation: int = 1) -> str:
-    return f"{alias}-{model_slug(model_id)}-{generation:06d}"
+    """``<alias>.<model slug>.<generation>``: one concrete index per model and re-embed."""
+    return f"{alias}{SEPARATOR}{model_slug(model_id)}{SEPARATOR}{generation:06d}"
+
+
+def product_index_pattern(alias: str) -> str:
+    """Every concrete product index of ``alias`` and nothing else."""
+    return f"{alias}{SEPARATOR}*"
+
+
+def write_alias(alias: str) -> str:
+    """The alias that writers resolve: the serving index, plus the new one during a re-embed.
+    ``alias`` itself is the read alias (searches, stored templates)."""
+    return f"{alias}{SEPARATOR}write"
 
 
 def product_template_name(alias: str) -> str:
@@ -43,7 +61,7 @@ def product_template_name(alias: str) -> str:
 def products_index_template(alias: str) -> dict[str, Any]:
     """Index template for every concrete product index behind ``alias``."""
     body = es_mapping_file("products_index_template.json")
-    body["index_patterns"] = [f"{alias}-*"]
+    body["index_patterns"] = [product_index_pattern(alias)]
     body["_meta"] = {"managed_by": "vitrine", "alias": alias}
     return body
 
@@ -55,21 +73,44 @@ def image_vector_mapping(dims: int) -> dict[str, Any]:
 
 
 def product_index_body(
-    alias: str, model_id: str, dims: int, extra_fields: dict[str, Any] | None = None
+    alias: str,
+    model_id: str,
+    dims: int,
+    extra_fields: dict[str, Any] | None = None,
+    *,
+    serving: bool = True,
+    meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Body for creating a concrete product index: the model's vector field, the fields plugin
-    processors declare (``extra_fields``) and the write alias.
+    processors declare (``extra_fields``) and its aliases: the write alias always, the read
+    alias only for a ``serving`` index (a re-embed's new index gets it at the swap).
 
-    Everything else comes from the index template; ``_meta.model_id`` records which model's
-    vectors the index holds, so a different model can never write into it unnoticed.
+    Everything else comes from the index template; ``_meta`` records which model's vectors the
+    index holds (so a different model can never write into it unnoticed), whose it is
+    (``alias``) and anything else the caller adds (``meta``: the re-embed's queue, the index
+    it replaces).
     """
+    aliases: dict[str, Any] = {write_alias(alias): {}}
+    if serving:
+        aliases[alias] = {}
     return {
         "mappings": {
-            "_meta": {"model_id": model_id, "dims": dims},
+            "_meta": {**(meta or {}), "model_id": model_id, "dims": dims, "alias": alias},
             "properties": {**(extra_fields or {}), "image_vector": image_vector_mapping(dims)},
         },
-        "aliases": {alias: {"is_write_index": True}},
+        "aliases": aliases,
     }
+
+
+def swap_actions(alias: str, *, serving: str, retiring: str) -> list[dict[str, Any]]:
+    """One ``_aliases`` call that makes ``serving`` the only index behind the read and the write
+    alias and takes ``retiring`` out of both (kept, for rollback, until pruned)."""
+    return [
+        {"remove": {"index": retiring, "alias": alias}},
+        {"remove": {"index": retiring, "alias": write_alias(alias)}},
+        {"add": {"index": serving, "alias": alias}},
+        {"add": {"index": serving, "alias": write_alias(alias)}},
+    ]
 
 
 def errors_index_template(errors_index: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from elasticsearch import Elasticsearch
 
 from pipeline.documents import Product, build_document, document_id
 from pipeline.encoders import Encoder, LazyEncoder, load_factory
-from pipeline.es import indexing
+from pipeline.es import aliases, indexing
 from pipeline.es.client import is_transient_es_error, make_client
 from pipeline.ingest.processors import IngestItem, ProcessorChain, ProcessorContext, load_chain
 from pipeline.journal import ErrorSpool
@@ -49,6 +49,26 @@ def check_plugins(settings: VitrineSettings) -> None:
     load_factory(settings.encoder)
 
 
+def model_mismatch(
+    products: Sequence[Product], exc: indexing.IndexModelMismatch
+) -> list[ProductResult]:
+    """Every product of a batch that no write target of this worker's model can take. Transient:
+    right after a re-embed's swap, workers still running the old model retry (and the
+    reconciler resends) until workers with the new model take over; past the retry budget the
+    failure is recorded like any other."""
+    return [
+        ProductResult(
+            p.merchant_id,
+            p.product_id,
+            FAILED,
+            reason="model_mismatch",
+            message=str(exc),
+            transient=True,
+        )
+        for p in products
+    ]
+
+
 class Ingestor:
     """Everything one process needs to index products; built once per worker process."""
 
@@ -82,9 +102,19 @@ class Ingestor:
             )
             self._index_ready = True
 
+    def write_indices(self) -> list[str]:
+        """The write targets that hold this model's vectors, resolved for every batch: a
+        re-embed adds its new index, and the swap removes the old one, while workers run."""
+        targets = aliases.write_targets(self.es, self.settings.index_alias)
+        return indexing.model_targets(self.settings.index_alias, targets, self.encoder().model_id)
+
     def ingest(self, products: Sequence[Product]) -> list[ProductResult]:
         """Embed and index products; a bad image fails only its own product."""
-        self.ensure_index()
+        try:
+            self.ensure_index()
+            self.write_indices()  # no embedding for a worker whose model no index holds
+        except indexing.IndexModelMismatch as exc:
+            return model_mismatch(products, exc)
         items = [IngestItem(p, i) for p in products for i in range(len(p.images))]
         self.chain.run(items)
         now = datetime.now(UTC)
@@ -127,7 +157,11 @@ class Ingestor:
                 )
             )
         if documents:
-            outcome = indexing.replace_products(self.es, self.settings, documents)
+            try:  # again: a re-embed may have swapped the aliases while this batch was embedded
+                indices = self.write_indices()
+            except indexing.IndexModelMismatch as exc:
+                return model_mismatch(products, exc)
+            outcome = indexing.replace_products(self.es, self.settings, documents, indices)
             for key, docs in documents.items():
                 rejected = [outcome.failed[d] for d, _ in docs if d in outcome.failed]
                 result = results[key]

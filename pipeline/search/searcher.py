@@ -195,9 +195,28 @@ class Searcher:
     # ------------------------------------------------------------------ search
 
     def search(self, query: SearchQuery) -> SearchResult:
-        """Run a search; raises ``QueryError`` for anything the caller must change."""
+        """Run a search; raises ``QueryError`` for anything the caller must change.
+
+        Queries filter by the serving index's model, read from a cache: when the alias has just
+        swapped to a re-embedded index, an empty answer (or a product not found) is checked
+        once against the index the alias serves now, instead of reported."""
         window = validate(query, self.settings)
         info = self.index_info()
+        try:
+            result = self._search(query, window, info)
+        except QueryError as exc:
+            if exc.reason != "product_not_found" or not self._alias_moved(info):
+                raise
+            return self._search(query, window, self.index_info())
+        if not result.hits and self._alias_moved(info):
+            return self._search(query, window, self.index_info())
+        return result
+
+    def _alias_moved(self, info: IndexInfo) -> bool:
+        self._info = None
+        return self.index_info().index != info.index
+
+    def _search(self, query: SearchQuery, window: Window, info: IndexInfo) -> SearchResult:
         run = _Run(self.settings.index_alias)
         try:
             if query.shape == "keyword":

@@ -104,7 +104,7 @@ def demo_catalogue(page_settings, es, tmp_path_factory) -> Path:
     assert len(result.indexed) == 26 and not result.failed, result.failed
     yield path
     alias = page_settings.index_alias
-    for index in es.indices.get(index=f"{alias}-*", expand_wildcards="all"):
+    for index in es.indices.get(index=f"{alias}.*", expand_wildcards="all"):
         es.options(ignore_status=404).indices.delete(index=index)
     es.options(ignore_status=404).indices.delete_index_template(
         name=mappings.product_template_name(alias)

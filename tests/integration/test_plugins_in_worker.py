@@ -78,7 +78,7 @@ def plugin_worker(es, plugin_settings, plugin_path, tmp_path_factory) -> Iterato
 
 
 def _drop_alias(es, alias: str) -> None:
-    for index in es.indices.get(index=f"{alias}-*", expand_wildcards="all"):
+    for index in es.indices.get(index=f"{alias}.*", expand_wildcards="all"):
         es.indices.delete(index=index)
     es.options(ignore_status=404).indices.delete_index_template(name=f"{alias}-products")
     for script in mappings.search_templates(alias):

@@ -59,5 +59,5 @@ def test_demo_runs_end_to_end(services, es, settings, session_id):
         assert len(filtered) == 4
         assert all("sale" in line and "stock=True" in line for line in filtered)
     finally:
-        for index in es.indices.get(index=f"{demo_settings.index_alias}-*", expand_wildcards="all"):
+        for index in es.indices.get(index=f"{demo_settings.index_alias}.*", expand_wildcards="all"):
             es.indices.delete(index=index)

@@ -89,7 +89,7 @@ def stack(settings: VitrineSettings) -> Iterator[VitrineSettings]:
     try:
         yield settings
         es = make_client(settings)
-        created = list(es.indices.get(index=f"{settings.index_alias}-*", expand_wildcards="all"))
+        created = list(es.indices.get(index=f"{settings.index_alias}.*", expand_wildcards="all"))
         for index in [*created, settings.errors_index]:
             es.options(ignore_status=404).indices.delete(index=index)
         es.close()

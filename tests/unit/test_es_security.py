@@ -113,8 +113,11 @@ class WorkerRights:
             raise api_error(NotFoundError, 404)
         return {self.index: {"aliases": {name: {"is_write_index": True}}}}
 
-    def get_mapping(self, index: str) -> dict:
-        return {index: {"mappings": {"_meta": {"model_id": self.model_id, "dims": 4}}}}
+    def get_mapping(self, index: str, **_) -> dict:
+        """Aliases (read and write) resolve to the admin's index, which holds ``model_id``."""
+        if self.index is None:
+            raise api_error(NotFoundError, 404)
+        return {self.index: {"mappings": {"_meta": {"model_id": self.model_id, "dims": 4}}}}
 
 
 def test_without_admin_rights_the_worker_uses_the_admins_index():

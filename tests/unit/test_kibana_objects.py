@@ -231,7 +231,7 @@ def test_data_views() -> None:
     assert set(views) == {PRODUCTS_VIEW, ERRORS_VIEW}
 
     products = views[PRODUCTS_VIEW]
-    assert products["title"] == "vitrine-products"  # the alias over vitrine-products-<model>-<n>
+    assert products["title"] == "vitrine-products"  # the alias over vitrine-products.<model>.<n>
     assert products["name"] == "Vitrine products"
     assert products["timeFieldName"] == "indexed_at"
 

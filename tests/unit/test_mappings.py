@@ -1,6 +1,12 @@
 """The pure builders produce bodies that agree with each other and with es_mappings/."""
 
+import fnmatch
+import re
+
+import pytest
+
 from pipeline.es import mappings
+from pipeline.settings import ELASTIC_NAME
 from tests.unit.test_kibana_objects import LENS_FIELDS_BY_DATA_VIEW
 
 
@@ -8,27 +14,63 @@ def test_index_names_are_valid_and_model_specific():
     name = mappings.product_index_name(
         "vitrine-products", "open_clip:ViT-B-32:laion2b_s34b_b79k:512"
     )
-    assert name == "vitrine-products-open-clip-vit-b-32-laion2b-s34b-b79k-512-000001"
+    assert name == "vitrine-products.open-clip-vit-b-32-laion2b-s34b-b79k-512.000001"
     assert name == name.lower() and len(name.encode()) < 255
-    assert mappings.product_index_name("a", "m", 2).endswith("-000002")
+    assert mappings.product_index_name("a", "m", 2).endswith(".000002")
 
 
 def test_template_matches_concrete_indices_but_not_the_errors_index():
     template = mappings.products_index_template("vitrine-products")
-    assert template["index_patterns"] == ["vitrine-products-*"]
+    assert template["index_patterns"] == ["vitrine-products.*"]
     assert "_comment" not in template
     assert template["template"]["mappings"]["dynamic"] == "strict"
     errors = mappings.errors_index_template("vitrine-ingest-errors")
     assert errors["index_patterns"] == ["vitrine-ingest-errors"]
 
 
-def test_index_body_sets_dims_model_and_write_alias():
-    body = mappings.product_index_body("shop", "model-x", 384)
+@pytest.mark.parametrize(
+    ("alias", "other"),
+    [("shop", "shop-eu"), ("vitrine", "vitrine-ingest-errors"), ("a", "a_b"), ("a", "a+b")],
+)
+def test_patterns_of_prefix_aliases_never_overlap(alias: str, other: str):
+    """Elasticsearch refuses (400) two templates of one priority whose patterns can match the
+    same name: an alias that prefixes another alias or the errors index must not match theirs."""
+    names = [
+        mappings.product_index_name(other, "m"),
+        mappings.write_alias(other),
+        other,  # an errors index named like this
+    ]
+    pattern = mappings.products_index_template(alias)["index_patterns"][0]
+    assert not [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+    assert fnmatch.fnmatchcase(mappings.product_index_name(alias, "m", 7), pattern)
+    for name in (alias, other):  # no Vitrine name passes the settings check with a dot
+        assert re.match(ELASTIC_NAME, name) and mappings.SEPARATOR not in name
+    assert not re.match(ELASTIC_NAME, "shop.eu")
+
+
+def test_index_body_sets_dims_model_and_aliases():
+    body = mappings.product_index_body("shop", "model-x", 384, meta={"queue": "q"})
     vector = body["mappings"]["properties"]["image_vector"]
     assert vector["dims"] == 384 and vector["similarity"] == "cosine" and vector["index"] is True
     assert vector["index_options"]["type"] == "int8_hnsw"
-    assert body["mappings"]["_meta"] == {"model_id": "model-x", "dims": 384}
-    assert body["aliases"] == {"shop": {"is_write_index": True}}
+    assert body["mappings"]["_meta"] == {
+        "model_id": "model-x",
+        "dims": 384,
+        "alias": "shop",
+        "queue": "q",
+    }
+    assert body["aliases"] == {"shop.write": {}, "shop": {}}
+    building = mappings.product_index_body("shop", "model-y", 8, serving=False)
+    assert building["aliases"] == {"shop.write": {}}  # searches see it only after the swap
+
+
+def test_swap_moves_both_aliases_in_one_call():
+    actions = mappings.swap_actions("shop", serving="shop.new.000002", retiring="shop.old.000001")
+    assert {"add": {"index": "shop.new.000002", "alias": "shop"}} in actions
+    assert {"add": {"index": "shop.new.000002", "alias": "shop.write"}} in actions
+    assert {"remove": {"index": "shop.old.000001", "alias": "shop"}} in actions
+    assert {"remove": {"index": "shop.old.000001", "alias": "shop.write"}} in actions
+    assert len(actions) == 4
 
 
 def test_loaded_files_are_copies():
