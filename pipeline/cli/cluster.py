@@ -19,12 +19,17 @@ def cluster(
     ] = None,
     k_max: Annotated[int, typer.Option(help="Largest k tried when choosing k.")] = 20,
     seed: Annotated[int, typer.Option(help="Random seed (same data and seed: same clusters).")] = 0,
-    epochs: Annotated[int, typer.Option(help="Passes of mini-batch k-means over the data.")] = 2,
+    epochs: Annotated[int, typer.Option(help="Passes of mini-batch k-means over the data.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Vectors per page and per k-means step.")] = 1000,
-    sample: Annotated[int, typer.Option(help="Sample size for choosing k (≤ 10,000).")] = 5000,
+    sample: Annotated[
+        int, typer.Option(help="Vectors sampled for the start and for choosing k.")
+    ] = 5000,
     names: Annotated[
         bool, typer.Option(help="Name clusters by the nearest taxonomy category (text encoders).")
     ] = True,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only print the cluster sizes; store nothing.")
+    ] = False,
 ) -> None:
     """Cluster every product image by its vector; write visual_cluster back to the index."""
     from elasticsearch import Elasticsearch
@@ -35,8 +40,8 @@ def cluster(
 
     setup_logging("WARNING")
     current = settings()
-    if k is not None and not 2 <= k <= batch_size:
-        fail(f"--k must be between 2 and --batch-size ({batch_size})")
+    if k is not None and not 2 <= k <= sample:
+        fail(f"--k must be between 2 and --sample ({sample})")
     es: Elasticsearch = make_client(current)
     total = (
         int(es.count(index=current.index_alias)["count"])
@@ -62,6 +67,7 @@ def cluster(
             batch_size=batch_size,
             k_range=range(2, k_max + 1),
             sample_size=sample,
+            write=not dry_run,
             on_page=show,
         )
     except ClusteringError as exc:

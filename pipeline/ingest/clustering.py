@@ -5,13 +5,16 @@ documents to the nearest one (``pipeline.ingest.enrich.visual_cluster``).
 
 Memory does not grow with the catalogue size n: vectors are read through a point-in-time
 search in pages of ``batch_size`` (one page of batch·d floats at a time), the model is k·d
-centroids, automatic k works on a bounded sample (at most 10,000 vectors) and the write-back
-streams bulk updates page by page. Time is O((epochs + 1) · n · k · d) plus the JSON transfer of
-the vectors, which dominates at catalogue scale.
+centroids, the start (and automatic k) comes from a bounded sample (the first ``sample_size``
+vectors in page order, freed before the passes) and the write-back streams bulk
+updates page by page. Time is O((epochs + 1) · n · k · d) for the passes plus the JSON transfer
+of the vectors and, on the first run, Elasticsearch re-indexing every updated document (its
+vector included): that write-back dominates. Re-runs that change nothing are no-op updates.
 
 Idempotent: pages come in a fixed pseudo-random order (sorted by image hash, then merchant,
-product and image index) and k-means++ starts from the first page with a fixed seed, so the same
-data and seed give the same centroids and the same assignment. Cluster ids are matched to the
+product and image index), the start is k-means++ (best of 3) with a fixed seed on the first
+``sample_size`` vectors of that order, so the same data and seed give the same centroids and
+the same assignment. Cluster ids are matched to the
 previously stored centroids (Hungarian assignment on cosine similarity), so a re-run keeps a
 cluster's id even when the data moved a little; updates that change nothing are no-ops.
 """
@@ -50,7 +53,6 @@ PAGE_ORDER = [
     {"image_index": "asc"},
 ]
 PIT_KEEP_ALIVE = "5m"
-MAX_SAMPLE = 10_000  # index.max_result_window: one request draws the sample
 
 
 class ClusteringError(RuntimeError):
@@ -175,24 +177,16 @@ class VectorReader:
             yield Page([h["_id"] for h in hits], [h["_index"] for h in hits], l2_normalise(vectors))
             search_after = hits[-1]["sort"]
 
-    def sample(self, size: int, seed: int) -> np.ndarray:
-        """Up to ``size`` vectors drawn uniformly (a seeded random score), in one request."""
-        response = self.es.search(
-            pit={"id": self.pit_id, "keep_alive": PIT_KEEP_ALIVE},
-            query={
-                "function_score": {
-                    "query": {"term": {"model_id": self.model_id}},
-                    "random_score": {"seed": seed, "field": "image_sha256"},
-                    "boost_mode": "replace",
-                }
-            },
-            sort=["_score", *PAGE_ORDER],
-            size=min(size, MAX_SAMPLE),
-            source_includes=["image_vector"],
-            filter_path=["hits.hits._source"],
-        )
-        hits = response.get("hits", {}).get("hits", [])
-        return l2_normalise(np.asarray([h["_source"]["image_vector"] for h in hits], np.float32))
+    def head(self, size: int) -> np.ndarray:
+        """The first ``size`` vectors in page order: a uniform sample, since pages are sorted by
+        image hash (SHA-256 values are spread uniformly)."""
+        parts, count = [], 0
+        for page in self.pages():
+            parts.append(page.vectors[: size - count])
+            count += len(parts[-1])
+            if count >= size:
+                break
+        return np.concatenate(parts) if parts else np.empty((0, 0), np.float32)
 
 
 @contextmanager
@@ -231,21 +225,31 @@ def choose_k(sample: np.ndarray, candidates: range, seed: int) -> dict[int, floa
     return scores
 
 
+def initial_centroids(sample: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Full k-means (best of 3 k-means++ starts) on the sample: where mini-batch k-means starts.
+    A start from one page would often merge two groups and split another."""
+    if len(sample) < k:
+        raise ClusteringError(f"k={k} needs at least {k} vectors; the index has {len(sample)}")
+    kmeans = KMeans(n_clusters=k, random_state=seed, n_init=3).fit(sample)
+    return np.asarray(kmeans.cluster_centers_, dtype=np.float32)
+
+
 def fit_centroids(
-    reader: VectorReader, k: int, *, epochs: int, seed: int, on_page: Callable[[int], None]
+    reader: VectorReader,
+    init: np.ndarray,
+    *,
+    epochs: int,
+    seed: int,
+    on_page: Callable[[int], None],
 ) -> np.ndarray:
-    """Mini-batch k-means over ``epochs`` passes of the pages; unit centroids (k, d)."""
-    kmeans = MiniBatchKMeans(n_clusters=k, random_state=seed, batch_size=reader.batch_size)
-    fitted = False
+    """Mini-batch k-means from ``init`` over ``epochs`` passes of the pages; unit centroids."""
+    kmeans = MiniBatchKMeans(
+        n_clusters=len(init), init=init, n_init=1, random_state=seed, batch_size=reader.batch_size
+    )
     for _ in range(epochs):
         for page in reader.pages():
-            if not fitted and len(page.ids) < k:
-                raise ClusteringError(f"k={k} needs at least {k} vectors in the first page")
             kmeans.partial_fit(page.vectors)
-            fitted = True
             on_page(len(page.ids))
-    if not fitted:
-        raise ClusteringError("the index holds no vectors of this model")
     return l2_normalise(np.asarray(kmeans.cluster_centers_, dtype=np.float32))
 
 
@@ -306,17 +310,19 @@ def cluster_catalogue(
     k: int | None,
     encoder: Encoder | None = None,
     seed: int = 0,
-    epochs: int = 2,
+    epochs: int = 1,
     batch_size: int = 1000,
     k_range: range = range(2, 21),
     sample_size: int = 5000,
+    write: bool = True,
     on_page: Callable[[str, int], None] = lambda phase, n: None,
 ) -> ClusterRun:
     """Fit, store and write back the visual clusters of the alias's write index.
 
     ``k=None`` chooses k by the best silhouette on a sample. ``encoder`` (the configured one)
-    names clusters when it embeds text and is the index's model. ``on_page(phase, n)`` reports
-    progress (``fit`` or ``assign``, vectors in the page).
+    names clusters when it embeds text and is the index's model. ``write=False`` only counts
+    the cluster sizes (nothing stored or updated). ``on_page(phase, n)`` reports progress
+    (``fit`` or ``assign``, vectors in the page).
     """
     current = write_index_info(es, settings.index_alias)
     if current is None:
@@ -327,12 +333,17 @@ def cluster_catalogue(
     es.indices.refresh(index=current.index)
     scores: dict[int, float] = {}
     with open_reader(es, current.index, current.model_id, batch_size) as reader:
+        sample = reader.head(sample_size)
+        if len(sample) == 0:
+            raise ClusteringError("the index holds no vectors of this model")
         if k is None:
-            scores = choose_k(reader.sample(sample_size, seed), k_range, seed)
+            scores = choose_k(sample, k_range, seed)
             k = max(scores, key=lambda c: scores[c])
             log.info("chose k=%d (silhouette %.3f)", k, scores[k])
+        init = initial_centroids(sample, k, seed)
+        del sample
         centroids = fit_centroids(
-            reader, k, epochs=epochs, seed=seed, on_page=lambda n: on_page("fit", n)
+            reader, init, epochs=epochs, seed=seed, on_page=lambda n: on_page("fit", n)
         )
         previous = load_model(es, settings.index_alias, current.model_id)
         model = ClusterModel(
@@ -359,10 +370,16 @@ def cluster_catalogue(
                     }
                 on_page("assign", len(page.ids))
 
-        # stored before the write-back, so ingest assigns with these centroids meanwhile
-        save_model(es, settings.index_alias, model)
-        outcome = indexing.bulk_write(es, updates(), settings)
+        if write:
+            # stored before the write-back, so ingest assigns with these centroids meanwhile
+            save_model(es, settings.index_alias, model)
+            outcome = indexing.bulk_write(es, updates(), settings)
+        else:
+            outcome = indexing.BulkOutcome()
+            for _ in updates():
+                pass
     final = dataclasses.replace(model, sizes=tuple(int(s) for s in sizes))
-    save_model(es, settings.index_alias, final)
-    es.indices.refresh(index=current.index)
+    if write:
+        save_model(es, settings.index_alias, final)
+        es.indices.refresh(index=current.index)
     return ClusterRun(final, current.index, len(outcome.written), len(outcome.failed), scores)
