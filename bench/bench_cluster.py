@@ -18,6 +18,7 @@ import resource
 import sys
 import time
 import uuid
+from queue import Empty
 from typing import Any
 
 import numpy as np
@@ -71,7 +72,7 @@ def load(settings: VitrineSettings, n: int, dim: int, groups: int, noise: float)
                 }
 
     started = time.perf_counter()
-    for ok, item in streaming_bulk(es, actions(), chunk_size=1000, max_retries=3):
+    for ok, item in streaming_bulk(es, actions(), chunk_size=500, max_retries=5):
         assert ok, item
     es.indices.refresh(index=settings.index_alias)
     return time.perf_counter() - started
@@ -153,7 +154,13 @@ def measure(method: str, settings: VitrineSettings, n: int, *args: Any) -> dict[
     queue = context.Queue()
     process = context.Process(target=_child, args=(method, settings.model_dump(), args, n, queue))
     process.start()
-    result = queue.get()
+    while True:
+        try:
+            result = queue.get(timeout=5)
+            break
+        except Empty:
+            if not process.is_alive():
+                raise RuntimeError(f"{method} failed (exit code {process.exitcode})") from None
     process.join()
     return result
 
@@ -201,10 +208,31 @@ def main(argv: list[str] | None = None) -> None:
         ],
     )
     sizes = [int(s) for s in args.sizes.split(",")]
+    report.note(
+        f"streaming = `vitrine cluster --k {args.groups} --epochs {args.epochs} --batch-size "
+        f"{args.batch_size} --dry-run` (sample + start, fit pass(es), assign pass; sizes only); "
+        "`+ write-back` = the same without --dry-run (stores centroids, bulk-updates every "
+        "document, which Elasticsearch re-indexes with its vector). naive = fetch every vector "
+        "into one array, sklearn KMeans(n_init=1), labels in memory (no write-back). Peak RSS is "
+        "the child process's high-water mark above its RSS after imports. Purity: per cluster, "
+        "the share of its biggest true group. Shared 2-core machine: compare ratios."
+    )
+    report.data = {"sizes": sizes, "dim": args.dim, "groups": args.groups, "noise": args.noise}
+
+    def plot(ax: Any) -> None:
+        for method in ("naive", "streaming"):
+            rows = [r for r in report.rows if r[1] == method]
+            ax.plot([r[0] for r in rows], [r[4] for r in rows], marker="o", label=method)
+        ax.set_xlabel("vectors")
+        ax.set_ylabel("peak RSS above baseline (MiB)")
+        ax.legend()
+
     for n in sizes:
         run_id = uuid.uuid4().hex[:8]
         settings = VitrineSettings(
-            index_alias=f"bench-cluster-{run_id}", errors_index=f"bench-cluster-errors_{run_id}"
+            index_alias=f"bench-cluster-{run_id}",
+            errors_index=f"bench-cluster-errors_{run_id}",
+            es_request_timeout_s=300,  # a shared, busy Elasticsearch: slow is not failed
         )
         start_all(settings)
         try:
@@ -232,26 +260,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
         finally:
             cleanup(settings)
-    report.note(
-        f"streaming = `vitrine cluster --k {args.groups} --epochs {args.epochs} --batch-size "
-        f"{args.batch_size} --dry-run` (sample + start, fit pass(es), assign pass; sizes only); "
-        "`+ write-back` = the same without --dry-run (stores centroids, bulk-updates every "
-        "document, which Elasticsearch re-indexes with its vector). naive = fetch every vector "
-        "into one array, sklearn KMeans(n_init=1), labels in memory (no write-back). Peak RSS is "
-        "the child process's high-water mark above its RSS after imports. Purity: per cluster, "
-        "the share of its biggest true group. Shared 2-core machine: compare ratios."
-    )
-    report.data = {"sizes": sizes, "dim": args.dim, "groups": args.groups, "noise": args.noise}
-
-    def plot(ax: Any) -> None:
-        for method in ("naive", "streaming"):
-            rows = [r for r in report.rows if r[1] == method]
-            ax.plot([r[0] for r in rows], [r[4] for r in rows], marker="o", label=method)
-        ax.set_xlabel("vectors")
-        ax.set_ylabel("peak RSS above baseline (MiB)")
-        ax.legend()
-
-    report.save(args.results_dir, plot)
+        report.save(args.results_dir, plot)  # after each size: a later failure keeps these
 
 
 if __name__ == "__main__":
