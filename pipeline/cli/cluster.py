@@ -52,6 +52,8 @@ def cluster(
 
     def show(phase: str, n: int) -> None:
         if phase not in bars:
+            for bar in bars.values():  # one bar at a time: the previous phase is over
+                bar.close()
             passes = epochs if phase == "fit" else 1
             bars[phase] = tqdm(total=total * passes, unit="vec", desc=phase, file=sys.stderr)
         bars[phase].update(n)
