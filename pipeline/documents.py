@@ -158,6 +158,11 @@ class ImageFields(BaseModel):
     auto_tag_scores: list[TagScore] = Field(default_factory=list)
     image_text: str | None = None
     phash: str | None = None
+    # catalogue intelligence: the duplicate group (near-duplicate images) and the visual
+    # cluster (``vitrine cluster``, nearest stored centroid at ingest) with its taxonomy name
+    duplicate_group: str | None = None
+    visual_cluster: str | None = None
+    visual_cluster_name: str | None = None
 
 
 class IndexingFields(BaseModel):
@@ -203,6 +208,8 @@ def build_document(
     auto_tag_scores: Mapping[str, float] | None = None,
     image_text: str | None = None,
     phash: str | None = None,
+    visual_cluster: str | None = None,
+    visual_cluster_name: str | None = None,
 ) -> dict[str, Any]:
     """The ``_source`` of one product-image document (validated against ``ProductDocument``);
     ``extra`` (fields written by plugin processors) never overrides Vitrine's own fields."""
@@ -220,6 +227,8 @@ def build_document(
         auto_tag_scores=[TagScore(tag=t, score=v) for t, v in (auto_tag_scores or {}).items()],
         image_text=image_text,
         phash=phash,
+        visual_cluster=visual_cluster,
+        visual_cluster_name=visual_cluster_name,
         model_id=model_id,
         content_hash=product.content_hash,
         indexed_at=indexed_at or datetime.now(UTC),

@@ -190,9 +190,16 @@ class VitrineSettings(BaseSettings):
             "phash",
             "embed_image",
             "auto_tag",
+            "visual_cluster",
         ],
         description="Names of the ingest processors, applied in order (ocr, off by default, "
-        "goes before image_quality; auto_tag after embed_image).",
+        "goes before image_quality; auto_tag and visual_cluster after embed_image).",
+    )
+    cluster_refresh_s: float = Field(
+        300,
+        ge=0,
+        description="How often the visual_cluster processor re-reads the centroids stored by "
+        "`vitrine cluster` (one small GET per worker process).",
     )
 
     # Enrichment processors (pipeline/ingest/enrich)

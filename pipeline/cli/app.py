@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli import es_security, jobs, keys, reindex, search, services, taxonomy
+from pipeline.cli import cluster, es_security, jobs, keys, reindex, search, services, taxonomy
 from pipeline.cli.common import settings, setup_logging
 
 app = typer.Typer(
@@ -34,6 +34,7 @@ app.command()(jobs.enqueue)
 app.command()(jobs.job)
 app.command()(jobs.reconcile)
 app.command()(search.search)
+app.command()(cluster.cluster)
 
 
 @app.command("init-index")

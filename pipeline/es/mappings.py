@@ -113,6 +113,15 @@ def swap_actions(alias: str, *, serving: str, retiring: str) -> list[dict[str, A
     ]
 
 
+def clusters_index_name(alias: str) -> str:
+    """Where ``vitrine cluster`` stores centroids: outside the product pattern ``<alias>.*``."""
+    return f"{alias}-clusters"
+
+
+def clusters_index_body() -> dict[str, Any]:
+    return es_mapping_file("clusters_index.json")
+
+
 def errors_index_template(errors_index: str) -> dict[str, Any]:
     body = es_mapping_file("ingest_errors_index_template.json")
     body["index_patterns"] = [errors_index]

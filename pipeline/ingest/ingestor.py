@@ -153,6 +153,8 @@ class Ingestor:
                         auto_tag_scores=item.auto_tag_scores,
                         image_text=item.image_text,
                         phash=item.phash,
+                        visual_cluster=item.visual_cluster,
+                        visual_cluster_name=item.visual_cluster_name,
                     ),
                 )
             )

@@ -68,6 +68,8 @@ class IngestItem:
     image_text: str | None = None
     text_boxes: list[TextBox] = field(default_factory=list)
     phash: str | None = None
+    visual_cluster: str | None = None
+    visual_cluster_name: str | None = None
 
     @property
     def source(self) -> str:

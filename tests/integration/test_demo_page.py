@@ -54,9 +54,7 @@ if os.environ.get("VITRINE_SKIP_BROWSER") == "1":
 
 @pytest.fixture(scope="module")
 def page_settings(settings):
-    """An alias and queue of their own, so the grid shows only the demo catalogue. The alias
-    must not extend the session's (``<alias>-*`` index templates of equal priority must not
-    overlap), hence a prefix rather than a suffix."""
+    """An alias and queue of their own, so the grid shows only the demo catalogue."""
     return settings.model_copy(
         update={"index_alias": f"page-{settings.index_alias}", "queue": f"page-{settings.queue}"}
     )

@@ -502,8 +502,8 @@ def test_data_views_match_the_indices_the_stack_writes(compose_services: dict[st
             titles[obj["id"]] = obj["attributes"]["title"]
     assert titles["vitrine-products"] == env["VITRINE_INDEX_ALIAS"]
     assert titles["vitrine-ingest-errors"] == env["VITRINE_ERRORS_INDEX"]
-    # The errors index must not fall under the product indices' "<alias>-*" template pattern.
-    assert not fnmatch(env["VITRINE_ERRORS_INDEX"], env["VITRINE_INDEX_ALIAS"] + "-*")
+    # The errors index must not fall under the product indices' "<alias>.*" template pattern.
+    assert not fnmatch(env["VITRINE_ERRORS_INDEX"], env["VITRINE_INDEX_ALIAS"] + ".*")
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ columns only use fields of the documented index schemas, with aggregatable types
 from __future__ import annotations
 
 import json
+import re
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,9 @@ PRODUCT_FIELDS: dict[str, str] = {
     "auto_tag_scores.score": "float",
     "image_text": "text",
     "phash": "keyword",
+    "duplicate_group": "keyword",
+    "visual_cluster": "keyword",
+    "visual_cluster_name": "keyword",
 }
 ERROR_FIELDS: dict[str, str] = {
     "job_id": "keyword",
@@ -91,7 +95,18 @@ BUCKET_FIELD_TYPES = {
 RECORDS_FIELD = "___records___"  # Lens' pseudo-field of count()
 LAYER_REF_PREFIX = "indexpattern-datasource-layer-"
 
-TYPE_MIGRATION_VERSION = {"index-pattern": "8.0.0", "lens": "8.9.0", "dashboard": "8.9.0"}
+TYPE_MIGRATION_VERSION = {
+    "index-pattern": "8.0.0",
+    "lens": "8.9.0",
+    "dashboard": "8.9.0",
+    "search": "8.0.0",
+}
+SEARCH_INDEX_REF = "kibanaSavedObjectMeta.searchSourceJSON.index"
+#: KQL that Lucene's query_string reads the same way (field:value, field:"phrase", field:*,
+#: upper-case AND/OR/NOT, parentheses): saved searches and the analyst guide keep to it, so the
+#: integration tests can run each query on the real Elasticsearch without Kibana.
+_KQL_CLAUSE = r'(NOT\s+)?\(*[a-z_.]+:(\*|"[^"]*"|[A-Za-z0-9_.*-]+)\)*'
+COMMON_KQL = re.compile(rf"^\s*({_KQL_CLAUSE}(\s+(AND|OR)\s+{_KQL_CLAUSE})*)?\s*$")
 SUMMARY_KEYS = {
     "excludedObjects",
     "excludedObjectsCount",
@@ -268,6 +283,13 @@ def test_lens_visualisations_cover_the_expected_charts() -> None:
         (PRODUCTS_VIEW, "range", "price"),
         (PRODUCTS_VIEW, "terms", "model_id"),
         (ERRORS_VIEW, "terms", "reason"),
+        (ERRORS_VIEW, "date_histogram", "occurred_at"),
+        (ERRORS_VIEW, "terms", "merchant_id"),
+        (PRODUCTS_VIEW, "terms", "auto_tags"),
+        (PRODUCTS_VIEW, "terms", "auto_category"),
+        (PRODUCTS_VIEW, "terms", "quality_flags"),
+        (PRODUCTS_VIEW, "terms", "duplicate_group"),
+        (PRODUCTS_VIEW, "terms", "visual_cluster"),
         (PRODUCTS_VIEW, "count", RECORDS_FIELD),
         (ERRORS_VIEW, "count", RECORDS_FIELD),
     ]:
@@ -361,6 +383,53 @@ def test_lens_state_is_internally_consistent() -> None:
                 if vis_layer.get(key):
                     accessors.add(vis_layer[key])
             assert accessors == columns_by_layer[layer_id], lens["id"]
+
+
+# --------------------------------------------------------------------------------------------
+# Saved searches (Discover)
+# --------------------------------------------------------------------------------------------
+
+
+def saved_search_source(search: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(search["attributes"]["kibanaSavedObjectMeta"]["searchSourceJSON"])
+
+
+def saved_search_view(search: dict[str, Any]) -> str:
+    (ref,) = [r for r in search["references"] if r["name"] == SEARCH_INDEX_REF]
+    assert ref["type"] == "index-pattern"
+    return ref["id"]
+
+
+def test_saved_searches_cover_failures_flags_duplicates_and_clusters() -> None:
+    searches = {o["id"]: o for o in objects_of_type("search")}
+    assert {saved_search_view(s) for s in searches.values()} == {PRODUCTS_VIEW, ERRORS_VIEW}
+    queries = {saved_search_source(s)["query"]["query"] for s in searches.values()}
+    assert {"quality_flags:*", "duplicate_group:*", "NOT visual_cluster:*"} <= queries
+
+
+def test_saved_searches_are_well_formed() -> None:
+    for search in objects_of_type("search"):
+        attrs, source = search["attributes"], saved_search_source(search)
+        assert source["indexRefName"] == SEARCH_INDEX_REF, search["id"]
+        assert source["query"]["language"] == "kuery" and source["filter"] == []
+        assert COMMON_KQL.match(source["query"]["query"]), search["id"]
+        schema = SCHEMA_BY_DATA_VIEW[saved_search_view(search)]
+        assert attrs["columns"] and set(attrs["columns"]) <= set(schema), search["id"]
+        for field, direction in attrs["sort"]:
+            assert direction in {"asc", "desc"}
+            assert schema[field] not in {"text", "dense_vector"}, f"{search['id']}: sorts {field}"
+
+
+def test_common_kql_subset() -> None:
+    for good in [
+        "",
+        "quality_flags:*",
+        'merchant_id:"shop-a" AND NOT reason:fetch_timeout',
+        '(auto_tags:"colour:red" OR auto_tags:"colour:blue") AND in_stock:true',
+    ]:
+        assert COMMON_KQL.match(good), good
+    for bad in ["price >= 10", "merchant_id:a and reason:x", "auto_tags:colour:red", "a:b c:d"]:
+        assert not COMMON_KQL.match(bad), bad
 
 
 # --------------------------------------------------------------------------------------------

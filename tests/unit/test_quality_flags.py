@@ -165,6 +165,7 @@ def test_default_chain_runs_quality_and_phash_but_not_ocr():
         "phash",
         "embed_image",
         "auto_tag",
+        "visual_cluster",
     ]
     context = ProcessorContext(SETTINGS, lambda: None)  # type: ignore[arg-type,return-value]
     names = [p.name for p in ProcessorChain(SETTINGS.processors, context).processors]
