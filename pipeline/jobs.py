@@ -114,6 +114,8 @@ def create_celery(settings: VitrineSettings, *, worker: bool = False) -> Vitrine
 
 
 QUEUED = "QUEUED"  # our own state, stored before sending so a job id is known at once
+#: Message header with the time a job was sent (epoch seconds): workers profile queue wait.
+SENT_AT_HEADER = "vitrine_sent_at"
 
 
 @dataclass
@@ -156,7 +158,13 @@ def _send(
     job_id = job_id or str(uuid.uuid4())
     app.backend.store_result(job_id, None, QUEUED)
     app.backend.set(_description_key(job_id), json.dumps(description))
-    app.send_task(task, args=args, task_id=job_id, queue=app.settings.queue)
+    app.send_task(
+        task,
+        args=args,
+        task_id=job_id,
+        queue=app.settings.queue,
+        headers={SENT_AT_HEADER: time.time()},
+    )
     return job_id
 
 

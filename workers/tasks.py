@@ -21,7 +21,13 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from celery import Task, current_app, shared_task
-from celery.signals import after_setup_logger, worker_process_init, worker_ready, worker_shutdown
+from celery.signals import (
+    after_setup_logger,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
 from celery.utils.time import get_exponential_backoff_interval
 from pydantic import ValidationError
 
@@ -30,7 +36,7 @@ from pipeline.es import indexing
 from pipeline.es.client import is_transient_es_error, make_client
 from pipeline.ingest.ingestor import FAILED, Ingestor, ProductResult
 from pipeline.ingest.reconcile import reconcile
-from pipeline.jobs import DELETE_TASK, INDEX_TASK, VitrineCelery
+from pipeline.jobs import DELETE_TASK, INDEX_TASK, SENT_AT_HEADER, VitrineCelery
 from pipeline.settings import VitrineSettings
 
 log = logging.getLogger(__name__)
@@ -70,6 +76,13 @@ def _load_model_after_fork(**_: Any) -> None:
         took,
         limit,
     )
+
+
+@worker_process_shutdown.connect
+def _log_profile(**_: Any) -> None:
+    """Say where this process's ingest time went (see ``pipeline.profile``)."""
+    if _ingestor is not None:
+        _ingestor.log_profile()
 
 
 @after_setup_logger.connect
@@ -173,11 +186,20 @@ def _settle(task: Task, products: Sequence[Product], results: Sequence[ProductRe
             journal.finish_product(product)
 
 
+def _queue_wait_s(task: Task) -> float:
+    """Seconds from sending to now of a first attempt (a retry's wait is its back-off)."""
+    sent_at = getattr(task.request, SENT_AT_HEADER, None)
+    if task.request.retries or not isinstance(sent_at, int | float):
+        return 0.0
+    return max(0.0, time.time() - sent_at)
+
+
 def _ingest(task: Task, payloads: list[dict], done: list[dict], since: float) -> list[dict]:
     products, results = _parse(payloads)
     runtime = ingestor()
     try:
-        results += runtime.ingest(products) if products else []
+        waited = _queue_wait_s(task)
+        results += runtime.ingest(products, queue_wait_s=waited) if products else []
     except Exception as exc:
         if not is_transient_es_error(exc):
             _settle(task, products, _failed(products, exc, reason="job_error", transient=False))
