@@ -150,7 +150,12 @@ def _describe(products: Sequence[tuple[str, str]]) -> dict[str, Any]:
 
 
 def _send(
-    app: VitrineCelery, task: str, args: list, description: dict, job_id: str | None = None
+    app: VitrineCelery,
+    task: str,
+    args: list,
+    description: dict,
+    job_id: str | None = None,
+    kwargs: dict[str, Any] | None = None,
 ) -> str:
     """Send a task under ``job_id`` (a fresh one by default), marked QUEUED before it is sent.
     The description is stored under its own key, kept as long as results are, so that
@@ -161,6 +166,7 @@ def _send(
     app.send_task(
         task,
         args=args,
+        kwargs=kwargs,
         task_id=job_id,
         queue=app.settings.queue,
         headers={SENT_AT_HEADER: time.time()},
@@ -175,11 +181,19 @@ def job_description(app: Celery, job_id: str) -> dict[str, Any] | None:
     return json.loads(raw) if raw else None
 
 
-def enqueue(app: VitrineCelery, products: Sequence[Product], *, batch_size: int = 1) -> list[str]:
+def enqueue(
+    app: VitrineCelery,
+    products: Sequence[Product],
+    *,
+    batch_size: int = 1,
+    refresh: bool = False,
+) -> list[str]:
     """Start embedding jobs for products, ``batch_size`` products per job; returns job ids.
 
     Each product is in the pending journal before its job is sent. Re-sending a product is
-    safe: its documents are overwritten, never duplicated.
+    safe: its documents are overwritten, never duplicated. ``refresh`` asks for read-your-write:
+    a finished job's documents are searchable at once (it costs the worker a refresh); without
+    it they are within the index's refresh interval.
     """
     job_ids = []
     for start in range(0, len(products), batch_size):
@@ -193,7 +207,8 @@ def enqueue(app: VitrineCelery, products: Sequence[Product], *, batch_size: int 
             ]
         )
         description = _describe([(p.merchant_id, p.product_id) for p in chunk])
-        job_ids.append(_send(app, INDEX_TASK, [payloads], description, job_id))
+        kwargs = {"refresh": True} if refresh else None
+        job_ids.append(_send(app, INDEX_TASK, [payloads], description, job_id, kwargs))
     return job_ids
 
 

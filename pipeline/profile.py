@@ -17,12 +17,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-#: Stages in the order a product passes them (others, e.g. plugin processors, come after).
+#: Stages in the order a product passes them: the queue, the default processors (named as in
+#: the chain; ``preprocess`` and ``forward`` are timed inside ``embed_image``), Elasticsearch.
+#: Other stages (plugin processors) are listed after these, in the order they were first seen.
 STAGES = (
     "queue_wait",
     "decode_image",
+    "image_quality",
+    "phash",
+    "embed_image",
     "preprocess",
     "forward",
+    "auto_tag",
     "es_lookup",
     "es_bulk",
     "refresh",
@@ -76,7 +82,7 @@ class StageProfile:
     @staticmethod
     def ordered(values: dict) -> list:
         rank = {stage: i for i, stage in enumerate(STAGES)}
-        return sorted(values.items(), key=lambda kv: (rank.get(kv[0], len(STAGES)), kv[0]))
+        return sorted(values.items(), key=lambda kv: rank.get(kv[0], len(STAGES)))
 
     def summary(self) -> str:
         """One line: ms per product and share of the timed total, per stage."""

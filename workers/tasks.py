@@ -194,12 +194,15 @@ def _queue_wait_s(task: Task) -> float:
     return max(0.0, time.time() - sent_at)
 
 
-def _ingest(task: Task, payloads: list[dict], done: list[dict], since: float) -> list[dict]:
+def _ingest(
+    task: Task, payloads: list[dict], done: list[dict], since: float, refresh: bool
+) -> list[dict]:
     products, results = _parse(payloads)
     runtime = ingestor()
     try:
         waited = _queue_wait_s(task)
-        results += runtime.ingest(products, queue_wait_s=waited) if products else []
+        if products:
+            results += runtime.ingest(products, refresh=refresh or None, queue_wait_s=waited)
     except Exception as exc:
         if not is_transient_es_error(exc):
             _settle(task, products, _failed(products, exc, reason="job_error", transient=False))
@@ -231,10 +234,15 @@ def _ingest(task: Task, payloads: list[dict], done: list[dict], since: float) ->
 # max_retries=None: no count; the time budget (checked before every retry) bounds retries.
 @shared_task(bind=True, name=INDEX_TASK, max_retries=None)
 def index_products(
-    self: Task, products: list[dict], done: list[dict] | None = None, since: float | None = None
+    self: Task,
+    products: list[dict],
+    done: list[dict] | None = None,
+    since: float | None = None,
+    refresh: bool = False,
 ) -> list[dict]:
-    """Embed and index several products in one forward pass; one result per product."""
-    return _ingest(self, products, done or [], since or time.time())
+    """Embed and index several products in one forward pass; one result per product.
+    ``refresh``: the sender wants them searchable when the job is done (read-your-write)."""
+    return _ingest(self, products, done or [], since or time.time(), refresh)
 
 
 @shared_task(bind=True, name=DELETE_TASK, max_retries=None)
