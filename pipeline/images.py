@@ -85,17 +85,50 @@ PUBLIC_ONLY = FetchPolicy()
 
 
 @dataclass(frozen=True)
+class DecodeSize:
+    """The fewest pixels a consumer of the decoded image needs: its short side at least
+    ``short`` and its long side at least ``long``. A JPEG is then decoded at the smallest DCT
+    scale (1/2, 1/4, 1/8) that still gives that (Pillow's ``draft``): far fewer pixels decoded
+    for a model that takes 224 pixels anyway. The original's size and hash stay in the result."""
+
+    short: int = 0
+    long: int = 0
+
+    def merge(self, other: DecodeSize) -> DecodeSize:
+        return DecodeSize(max(self.short, other.short), max(self.long, other.long))
+
+
+#: DCT scales libjpeg can decode at, largest reduction first.
+_JPEG_SCALES = (8, 4, 2)
+
+
+def draft_request(width: int, height: int, need: DecodeSize) -> tuple[int, int] | None:
+    """The size to pass to ``Image.draft`` so the JPEG decodes at the largest reduction that
+    still meets ``need`` (None: decode in full). Scaled sides round up, as libjpeg's do."""
+    for scale in _JPEG_SCALES:
+        w, h = -(-width // scale), -(-height // scale)
+        if min(width, height) >= scale and min(w, h) >= need.short and max(w, h) >= need.long:
+            return width // scale, height // scale
+    return None
+
+
+@dataclass(frozen=True)
 class LoadedImage:
-    image: Image.Image  # RGB, EXIF orientation applied, fully loaded
+    image: Image.Image  # RGB, EXIF orientation applied, fully loaded (maybe scaled: ``size``)
     sha256: str  # hex SHA-256 of the original bytes
-    width: int  # after EXIF transpose
+    width: int  # of the original, after EXIF transpose
     height: int
     format: str  # original format, e.g. "JPEG"
     num_bytes: int
 
 
-def decode_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> LoadedImage:
-    """Decode untrusted bytes into an RGB image, checking size limits before decoding pixels."""
+def decode_image(
+    data: bytes, limits: ImageLimits = DEFAULT_LIMITS, *, size: DecodeSize | None = None
+) -> LoadedImage:
+    """Decode untrusted bytes into an RGB image, checking size limits before decoding pixels.
+
+    With ``size``, a JPEG may be decoded scaled down to it (see ``DecodeSize``); ``width`` and
+    ``height`` are still the original's."""
     if not data:
         raise ImageError(Reason.EMPTY, "image data is empty (0 bytes)")
     if len(data) > limits.max_bytes:
@@ -123,11 +156,16 @@ def decode_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> LoadedIma
                         f"image format {fmt} is not supported "
                         f"(supported: {', '.join(sorted(SUPPORTED_FORMATS))})",
                     )
+                request = draft_request(width, height, size) if size and fmt == "JPEG" else None
+                if request is not None:
+                    img.draft(None, request)  # keeps the mode; _to_rgb converts
                 try:
                     img.load()  # first frame only for animations
                 except (OSError, SyntaxError, ValueError, EOFError) as e:
                     raise ImageError(Reason.CORRUPT, f"{fmt} image fails to decode: {e}") from e
                 rgb = _to_rgb(_exif_transpose(img))
+                if rgb.size != img.size:  # EXIF turned it by 90 degrees
+                    width, height = height, width
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise ImageError(Reason.TOO_LARGE, f"decompression bomb check failed: {e}") from e
         except UnidentifiedImageError as e:
@@ -137,8 +175,8 @@ def decode_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS) -> LoadedIma
     return LoadedImage(
         image=rgb,
         sha256=hashlib.sha256(data).hexdigest(),
-        width=rgb.width,
-        height=rgb.height,
+        width=width,
+        height=height,
         format=fmt,
         num_bytes=len(data),
     )
@@ -246,9 +284,11 @@ def load_image(
     *,
     policy: FetchPolicy = PUBLIC_ONLY,
     deadline: float | None = None,
+    size: DecodeSize | None = None,
 ) -> LoadedImage:
     """Load and decode an image from bytes, a local path or an http(s) URL (see
-    ``read_image_bytes`` for ``policy`` and ``deadline``)."""
+    ``read_image_bytes`` for ``policy`` and ``deadline``, ``decode_image`` for ``size``)."""
     if isinstance(source, bytes | bytearray | memoryview):
-        return decode_image(bytes(source), limits)
-    return decode_image(read_image_bytes(source, limits, policy=policy, deadline=deadline), limits)
+        return decode_image(bytes(source), limits, size=size)
+    data = read_image_bytes(source, limits, policy=policy, deadline=deadline)
+    return decode_image(data, limits, size=size)

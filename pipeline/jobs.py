@@ -114,6 +114,8 @@ def create_celery(settings: VitrineSettings, *, worker: bool = False) -> Vitrine
 
 
 QUEUED = "QUEUED"  # our own state, stored before sending so a job id is known at once
+#: Message header with the time a job was sent (epoch seconds): workers profile queue wait.
+SENT_AT_HEADER = "vitrine_sent_at"
 
 
 @dataclass
@@ -148,7 +150,12 @@ def _describe(products: Sequence[tuple[str, str]]) -> dict[str, Any]:
 
 
 def _send(
-    app: VitrineCelery, task: str, args: list, description: dict, job_id: str | None = None
+    app: VitrineCelery,
+    task: str,
+    args: list,
+    description: dict,
+    job_id: str | None = None,
+    kwargs: dict[str, Any] | None = None,
 ) -> str:
     """Send a task under ``job_id`` (a fresh one by default), marked QUEUED before it is sent.
     The description is stored under its own key, kept as long as results are, so that
@@ -156,7 +163,14 @@ def _send(
     job_id = job_id or str(uuid.uuid4())
     app.backend.store_result(job_id, None, QUEUED)
     app.backend.set(_description_key(job_id), json.dumps(description))
-    app.send_task(task, args=args, task_id=job_id, queue=app.settings.queue)
+    app.send_task(
+        task,
+        args=args,
+        kwargs=kwargs,
+        task_id=job_id,
+        queue=app.settings.queue,
+        headers={SENT_AT_HEADER: time.time()},
+    )
     return job_id
 
 
@@ -167,11 +181,19 @@ def job_description(app: Celery, job_id: str) -> dict[str, Any] | None:
     return json.loads(raw) if raw else None
 
 
-def enqueue(app: VitrineCelery, products: Sequence[Product], *, batch_size: int = 1) -> list[str]:
+def enqueue(
+    app: VitrineCelery,
+    products: Sequence[Product],
+    *,
+    batch_size: int = 1,
+    refresh: bool = False,
+) -> list[str]:
     """Start embedding jobs for products, ``batch_size`` products per job; returns job ids.
 
     Each product is in the pending journal before its job is sent. Re-sending a product is
-    safe: its documents are overwritten, never duplicated.
+    safe: its documents are overwritten, never duplicated. ``refresh`` asks for read-your-write:
+    a finished job's documents are searchable at once (it costs the worker a refresh); without
+    it they are within the index's refresh interval.
     """
     job_ids = []
     for start in range(0, len(products), batch_size):
@@ -185,7 +207,8 @@ def enqueue(app: VitrineCelery, products: Sequence[Product], *, batch_size: int 
             ]
         )
         description = _describe([(p.merchant_id, p.product_id) for p in chunk])
-        job_ids.append(_send(app, INDEX_TASK, [payloads], description, job_id))
+        kwargs = {"refresh": True} if refresh else None
+        job_ids.append(_send(app, INDEX_TASK, [payloads], description, job_id, kwargs))
     return job_ids
 
 

@@ -160,7 +160,13 @@ class VitrineSettings(BaseSettings):
     )
     device: str = "cpu"
     batch_size: int = 16
-    torch_threads: int | None = None
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        description="Threads of each model process. Default: the CPUs this process may use "
+        "divided by the worker's pool processes (at least 1), so processes x threads fill the "
+        "cores without oversubscribing them; outside a worker, torch's own default.",
+    )
 
     # Images
     image_max_bytes: int = 20 * 1024 * 1024
@@ -200,6 +206,25 @@ class VitrineSettings(BaseSettings):
         ge=0,
         description="How often the visual_cluster processor re-reads the centroids stored by "
         "`vitrine cluster` (one small GET per worker process).",
+    )
+
+    decode_draft: bool = Field(
+        True,
+        description="Decode JPEGs at the smallest DCT scale (1/2, 1/4, 1/8) that the processor "
+        "chain still needs (e.g. the model's 224 pixels): far fewer pixels decoded; stored width, "
+        "height and hash stay the original's.",
+    )
+    ingest_refresh: bool = Field(
+        False,
+        description="Refresh the index after each batch is written, so a finished job is "
+        "searchable at once (read-your-write). Off: documents become searchable within the "
+        "index's refresh interval (1 s by default), and no refresh costs the hot path.",
+    )
+    profile_log_interval_s: float = Field(
+        60,
+        ge=0,
+        description="How often a worker process logs its cumulative per-stage ingest profile "
+        "(0: after every batch). Each batch's profile is logged at DEBUG.",
     )
 
     # Enrichment processors (pipeline/ingest/enrich)
@@ -296,6 +321,15 @@ class VitrineSettings(BaseSettings):
     def _valid_fetch_allow(cls, entries: list[str]) -> list[str]:
         FetchPolicy.parse(entries)  # fail at start-up, not at the first fetch
         return [e.strip() for e in entries if e.strip()]
+
+    def for_worker_processes(self, processes: int, cpus: int) -> VitrineSettings:
+        """These settings for one of ``processes`` pool processes on ``cpus`` usable CPUs:
+        ``torch_threads``, unless set, becomes ``cpus // processes`` (at least 1), so that
+        processes x threads fill the cores and never oversubscribe them (a forward pass
+        with more threads than free cores runs slower, not faster)."""
+        if self.torch_threads is not None:
+            return self
+        return self.model_copy(update={"torch_threads": max(1, cpus // max(1, processes))})
 
     @property
     def models_dir(self) -> Path:

@@ -23,7 +23,13 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from celery import Task, current_app, shared_task
-from celery.signals import after_setup_logger, worker_process_init, worker_ready, worker_shutdown
+from celery.signals import (
+    after_setup_logger,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
 from celery.utils.time import get_exponential_backoff_interval
 from pydantic import ValidationError
 
@@ -32,7 +38,7 @@ from pipeline.es import indexing
 from pipeline.es.client import is_transient_es_error, make_client
 from pipeline.ingest.ingestor import FAILED, Ingestor, ProductResult
 from pipeline.ingest.reconcile import reconcile
-from pipeline.jobs import DELETE_TASK, INDEX_TASK, VitrineCelery
+from pipeline.jobs import DELETE_TASK, INDEX_TASK, SENT_AT_HEADER, VitrineCelery
 from pipeline.settings import VitrineSettings
 
 log = logging.getLogger(__name__)
@@ -89,6 +95,13 @@ def _refuse_unless_index_matches() -> None:
         if not is_transient_es_error(exc):
             raise
         log.warning("could not check the index at start-up (%s); jobs will retry", exc)
+
+
+@worker_process_shutdown.connect
+def _log_profile(**_: Any) -> None:
+    """Say where this process's ingest time went (see ``pipeline.profile``)."""
+    if _ingestor is not None:
+        _ingestor.log_profile()
 
 
 @after_setup_logger.connect
@@ -192,11 +205,23 @@ def _settle(task: Task, products: Sequence[Product], results: Sequence[ProductRe
             journal.finish_product(product)
 
 
-def _ingest(task: Task, payloads: list[dict], done: list[dict], since: float) -> list[dict]:
+def _queue_wait_s(task: Task) -> float:
+    """Seconds from sending to now of a first attempt (a retry's wait is its back-off)."""
+    sent_at = getattr(task.request, SENT_AT_HEADER, None)
+    if task.request.retries or not isinstance(sent_at, int | float):
+        return 0.0
+    return max(0.0, time.time() - sent_at)
+
+
+def _ingest(
+    task: Task, payloads: list[dict], done: list[dict], since: float, refresh: bool
+) -> list[dict]:
     products, results = _parse(payloads)
     runtime = ingestor()
     try:
-        results += runtime.ingest(products) if products else []
+        waited = _queue_wait_s(task)
+        if products:
+            results += runtime.ingest(products, refresh=refresh or None, queue_wait_s=waited)
     except Exception as exc:
         if not is_transient_es_error(exc):
             _settle(task, products, _failed(products, exc, reason="job_error", transient=False))
@@ -228,10 +253,15 @@ def _ingest(task: Task, payloads: list[dict], done: list[dict], since: float) ->
 # max_retries=None: no count; the time budget (checked before every retry) bounds retries.
 @shared_task(bind=True, name=INDEX_TASK, max_retries=None)
 def index_products(
-    self: Task, products: list[dict], done: list[dict] | None = None, since: float | None = None
+    self: Task,
+    products: list[dict],
+    done: list[dict] | None = None,
+    since: float | None = None,
+    refresh: bool = False,
 ) -> list[dict]:
-    """Embed and index several products in one forward pass; one result per product."""
-    return _ingest(self, products, done or [], since or time.time())
+    """Embed and index several products in one forward pass; one result per product.
+    ``refresh``: the sender wants them searchable when the job is done (read-your-write)."""
+    return _ingest(self, products, done or [], since or time.time(), refresh)
 
 
 @shared_task(bind=True, name=DELETE_TASK, max_retries=None)

@@ -177,7 +177,8 @@ async def _upsert(
         except ImageError as exc:
             raise image_problem(exc, image=i) from exc
     product = uploads.attach_images(product, stored)
-    [job_id] = await run_in_threadpool(enqueue, state.celery, [product])
+    # A merchant who saw the job finish expects to read the product back (read-your-write).
+    [job_id] = await run_in_threadpool(enqueue, state.celery, [product], refresh=True)
     return _accepted(
         response,
         job_id,

@@ -8,6 +8,7 @@ that need them, so ``vitrine --help`` stays fast.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -64,7 +65,7 @@ def worker(
     from pipeline.ingest.ingestor import check_plugins
     from pipeline.jobs import create_celery
 
-    current = settings()
+    current = settings().for_worker_processes(concurrency, len(os.sched_getaffinity(0)))
     check_plugins(current)
     celery_app = create_celery(current, worker=True)
     argv = ["worker", f"--concurrency={concurrency}", f"--pool={pool}", f"--loglevel={loglevel}"]

@@ -75,6 +75,9 @@ class Encoder(ABC):
     - ``embed_*`` MAY be called from several threads (the API's thread pool); guard any state
       that is not thread-safe. They SHOULD batch by ``settings.batch_size``.
     - ``semantic`` SHOULD be False for weights that carry no meaning (random initialisation).
+    - ``input_side`` MAY give the short side, in pixels, that the model scales every image to
+      (224 for ViT-B-32): images are then decoded no larger than needed. None (the default)
+      means the encoder gets images at full size.
     """
 
     model_id: str
@@ -82,6 +85,8 @@ class Encoder(ABC):
     capabilities: ClassVar[frozenset[str]] = frozenset({IMAGE})
     #: False for random-initialised weights: results are mechanics only, not semantics.
     semantic: bool = True
+    #: Short side the model resizes images to; None: it needs them at full size.
+    input_side: int | None = None
 
     @property
     def supports_text(self) -> bool:

@@ -24,6 +24,8 @@ import torch
 from PIL import Image
 
 from pipeline.encoders import IMAGE, TEXT, Encoder, EncoderError, l2_normalise
+from pipeline.encoders.preprocess import ClipPreprocess
+from pipeline.profile import stage
 from pipeline.settings import VitrineSettings
 
 log = logging.getLogger(__name__)
@@ -173,6 +175,12 @@ class OpenClipEncoder(Encoder):
             arch, pretrained=weights.pretrained, device=device
         )
         self.model.eval()
+        # The batch preprocessing equal to self.preprocess, when the model's transform allows.
+        self.batch_preprocess = ClipPreprocess.from_config(
+            getattr(self.model.visual, "preprocess_cfg", {})
+        )
+        if self.batch_preprocess is not None:
+            self.input_side = self.batch_preprocess.size
         self.tokenizer = open_clip.get_tokenizer(arch)
         self.device = device
         self.batch_size = batch_size
@@ -195,9 +203,19 @@ class OpenClipEncoder(Encoder):
         out = np.empty((len(images), self.dim), dtype=np.float32)
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
-            batch = torch.stack([self.preprocess(img) for img in chunk]).to(self.device)
-            out[start : start + len(chunk)] = self.model.encode_image(batch).float().cpu().numpy()
+            with stage("preprocess", len(chunk)):
+                batch = self.preprocess_images(chunk).to(self.device)
+            with stage("forward", len(chunk)):
+                out[start : start + len(chunk)] = (
+                    self.model.encode_image(batch).float().cpu().numpy()
+                )
         return l2_normalise(out)
+
+    def preprocess_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """The model's input tensor for a batch of images."""
+        if self.batch_preprocess is not None:
+            return self.batch_preprocess(images)
+        return torch.stack([self.preprocess(img) for img in images])
 
     @torch.inference_mode()
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import chain
 from typing import Any
 
 from elasticsearch import AuthorizationException, Elasticsearch
@@ -16,6 +17,7 @@ from elasticsearch.helpers import streaming_bulk
 from pipeline.documents import stable_id
 from pipeline.es import aliases, mappings
 from pipeline.es.client import IndexInfo, write_index_info
+from pipeline.profile import stage
 from pipeline.settings import VitrineSettings
 
 log = logging.getLogger(__name__)
@@ -133,12 +135,17 @@ class BulkOutcome:
 
 
 def bulk_write(
-    es: Elasticsearch, actions: Iterable[dict[str, Any]], settings: VitrineSettings
+    es: Elasticsearch,
+    actions: Iterable[dict[str, Any]],
+    settings: VitrineSettings,
+    *,
+    refresh: bool = False,
 ) -> BulkOutcome:
-    """Bulk-write actions; 429s are retried with back-off, other per-item errors are reported.
+    """Bulk-write actions; 429s are retried with back-off, other per-item errors are reported
+    (deleting a document that is already gone is not an error).
 
     Connection errors and 5xx on the whole request are retried by the client and then raised,
-    so the calling job can retry later.
+    so the calling job can retry later. ``refresh`` makes the writes searchable on return.
     """
     outcome = BulkOutcome()
     for ok, item in streaming_bulk(
@@ -148,9 +155,10 @@ def bulk_write(
         initial_backoff=settings.bulk_initial_backoff_s,
         raise_on_error=False,
         chunk_size=200,
+        refresh=refresh,
     ):
-        op = next(iter(item.values()))
-        if ok:
+        [(op_type, op)] = item.items()
+        if ok or (op_type == "delete" and op.get("status") == 404):
             outcome.written.append(op["_id"])
         else:
             error = op.get("error", {})
@@ -160,43 +168,56 @@ def bulk_write(
     return outcome
 
 
+#: Most stale documents one batch's look-up returns (products x images they dropped).
+STALE_LOOKUP_SIZE = 10_000
+
+
+def stale_documents(
+    es: Elasticsearch, index: str, keep: dict[tuple[str, str], list[str]]
+) -> list[tuple[str, str]]:
+    """``(index, _id)`` of the documents of these products other than ``keep``'s ids."""
+    response = es.search(
+        index=index,
+        query=mappings.stale_documents_query(keep.items()),
+        source=False,
+        size=STALE_LOOKUP_SIZE,
+        track_total_hits=False,
+    )
+    hits = response["hits"]["hits"]
+    if len(hits) == STALE_LOOKUP_SIZE:
+        log.warning("more than %d stale documents in one batch: some remain", STALE_LOOKUP_SIZE)
+    return [(hit["_index"], hit["_id"]) for hit in hits]
+
+
 def replace_products(
     es: Elasticsearch,
     settings: VitrineSettings,
     documents: dict[tuple[str, str], list[tuple[str, dict[str, Any]]]],
     indices: list[str],
+    *,
+    refresh: bool = False,
 ) -> BulkOutcome:
     """Write the documents of several products (keyed by ``(merchant_id, product_id)``) to each
-    of ``indices`` (the write targets of the documents' model), then delete their documents
-    for images they no longer have.
+    of ``indices`` (the write targets of the documents' model: two during a re-embed) and
+    delete their documents of images they no longer have: one search (ids only) for those,
+    then one bulk request for everything. Two round trips per batch, and no refresh unless
+    ``refresh`` (read-your-write: searchable on return) is asked for.
 
-    The indices are refreshed once before the clean-up so that a document written moments ago
-    by an earlier job is visible to it; one refresh per batch keeps that cheap.
+    The look-up sees what is searchable, so an image written by another batch less than a
+    refresh interval (1 s) earlier, and replaced now by a different image, is not found and
+    stays as a stale document. A product whose new document is rejected is reported failed;
+    its dropped images are deleted all the same.
     """
-    actions = (
-        action
-        for index in indices
-        for action in mappings.index_actions(
-            index, (doc for docs in documents.values() for doc in docs)
-        )
+    keep = {key: [doc_id for doc_id, _ in docs] for key, docs in documents.items() if docs}
+    with stage("es_lookup", len(keep)):
+        stale = stale_documents(es, ",".join(indices), keep) if keep else []
+    written = [doc for docs in documents.values() for doc in docs]
+    actions = chain(
+        *(mappings.index_actions(index, written) for index in indices),
+        mappings.delete_actions(stale),
     )
-    outcome = bulk_write(es, actions, settings)
-    written = set(outcome.written)
-    complete = [
-        (key, [doc_id for doc_id, _ in docs])
-        for key, docs in documents.items()
-        if docs and all(doc_id in written and doc_id not in outcome.failed for doc_id, _ in docs)
-    ]
-    if complete:
-        targets = ",".join(indices)
-        es.indices.refresh(index=targets)
-        es.delete_by_query(
-            index=targets,
-            query=mappings.stale_documents_query(complete),
-            conflicts="proceed",
-            refresh=True,  # a finished job means searches no longer see the replaced images
-        )
-    return outcome
+    with stage("es_bulk", len(written) * len(indices) + len(stale)):
+        return bulk_write(es, actions, settings, refresh=refresh)
 
 
 def delete_product(

@@ -134,6 +134,13 @@ def index_actions(index: str, documents: Iterable[tuple[str, dict[str, Any]]]) -
         yield {"_op_type": "index", "_index": index, "_id": doc_id, "_source": source}
 
 
+def delete_actions(documents: Iterable[tuple[str, str]]) -> Iterator[dict]:
+    """Bulk ``delete`` actions for ``(index, _id)`` pairs (concrete indices: an alias over
+    several indices takes no delete by id)."""
+    for index, doc_id in documents:
+        yield {"_op_type": "delete", "_index": index, "_id": doc_id}
+
+
 def product_filter(merchant_id: str, product_id: str) -> list[dict[str, Any]]:
     return [{"term": {"merchant_id": merchant_id}}, {"term": {"product_id": product_id}}]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from elasticsearch import Elasticsearch, NotFoundError
+from elasticsearch import AuthorizationException, Elasticsearch, NotFoundError
 
 from pipeline.documents import Product
 from pipeline.images import ImageError, ImageLimits, is_http_url, read_image_bytes
@@ -90,8 +90,16 @@ def content_hash_query(hashes: Sequence[str]) -> dict[str, Any]:
 
 
 def indexed_content_hashes(es: Elasticsearch, alias: str, hashes: Iterable[str]) -> set[str]:
+    """The hashes among ``hashes`` already indexed. Workers do not refresh after a write, so
+    the index is refreshed first: an import that just finished counts (read-your-write)."""
     wanted = sorted(set(hashes))
     found: set[str] = set()
+    try:
+        es.indices.refresh(index=alias)
+    except NotFoundError:  # no index yet: nothing is indexed
+        return set()
+    except AuthorizationException:  # may not refresh: what is searchable still counts
+        pass
     for start in range(0, len(wanted), HASH_LOOKUP_CHUNK):
         chunk = wanted[start : start + HASH_LOOKUP_CHUNK]
         try:

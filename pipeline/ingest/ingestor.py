@@ -4,6 +4,7 @@ documents of every product whose images all made it, and report per product."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from pipeline.es import aliases, indexing
 from pipeline.es.client import is_transient_es_error, make_client
 from pipeline.ingest.processors import IngestItem, ProcessorChain, ProcessorContext, load_chain
 from pipeline.journal import ErrorSpool
+from pipeline.profile import StageProfile, active, record
 from pipeline.settings import VitrineSettings
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,9 @@ class Ingestor:
         self.chain = ProcessorChain(settings.processors, ProcessorContext(settings, self.encoder))
         self._index_ready = False
         self.spool = ErrorSpool(settings.journal_root)
+        #: Where this process's ingest time went, since it started (see ``pipeline.profile``).
+        self.profile = StageProfile()
+        self._profile_logged = time.monotonic()
 
     def load_model(self) -> None:
         """Load the encoder now rather than on the first job."""
@@ -108,11 +113,44 @@ class Ingestor:
         targets = aliases.write_targets(self.es, self.settings.index_alias)
         return indexing.model_targets(self.settings.index_alias, targets, self.encoder().model_id)
 
-    def ingest(self, products: Sequence[Product]) -> list[ProductResult]:
-        """Embed and index products; a bad image fails only its own product."""
+    def ingest(
+        self,
+        products: Sequence[Product],
+        *,
+        refresh: bool | None = None,
+        queue_wait_s: float = 0.0,
+    ) -> list[ProductResult]:
+        """Embed and index products; a bad image fails only its own product.
+
+        ``refresh`` (default: the ``ingest_refresh`` setting) makes the documents searchable
+        on return; ``queue_wait_s`` is how long the products waited in the queue (profiled)."""
+        batch = StageProfile(batches=1, products=len(products))
+        try:
+            with active(batch):
+                record("queue_wait", queue_wait_s, len(products))
+                return self._ingest(
+                    products, self.settings.ingest_refresh if refresh is None else refresh
+                )
+        finally:
+            self._log_profile(batch)
+
+    def _log_profile(self, batch: StageProfile) -> None:
+        self.profile.merge(batch)
+        log.debug("ingest batch profile: %s", batch.to_json())
+        now = time.monotonic()
+        if now - self._profile_logged >= self.settings.profile_log_interval_s:
+            self._profile_logged = now
+            self.log_profile()
+
+    def log_profile(self) -> None:
+        """Log this process's cumulative profile: a summary and the JSON (benchmarks read it)."""
+        if self.profile.batches:
+            log.info("ingest profile: %s", self.profile.summary())
+            log.info("ingest profile json: %s", self.profile.to_json())
+
+    def _ingest(self, products: Sequence[Product], refresh: bool) -> list[ProductResult]:
         try:
             self.ensure_index()
-            self.write_indices()  # no embedding for a worker whose model no index holds
         except indexing.IndexModelMismatch as exc:
             return model_mismatch(products, exc)
         items = [IngestItem(p, i) for p in products for i in range(len(p.images))]
@@ -159,11 +197,13 @@ class Ingestor:
                 )
             )
         if documents:
-            try:  # again: a re-embed may have swapped the aliases while this batch was embedded
+            try:  # per batch: a re-embed adds an index, and a swap removes one, while we run
                 indices = self.write_indices()
             except indexing.IndexModelMismatch as exc:
                 return model_mismatch(products, exc)
-            outcome = indexing.replace_products(self.es, self.settings, documents, indices)
+            outcome = indexing.replace_products(
+                self.es, self.settings, documents, indices, refresh=refresh
+            )
             for key, docs in documents.items():
                 rejected = [outcome.failed[d] for d, _ in docs if d in outcome.failed]
                 result = results[key]

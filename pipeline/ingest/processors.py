@@ -23,7 +23,8 @@ from pipeline.documents import Product
 from pipeline.encoders import Encoder, EncoderOutputInvalid, valid_rows
 from pipeline.es import mappings
 from pipeline.fetch import FetchPolicy
-from pipeline.images import ImageError, ImageLimits, LoadedImage, load_image
+from pipeline.images import DecodeSize, ImageError, ImageLimits, LoadedImage, load_image
+from pipeline.profile import stage
 from pipeline.settings import VitrineSettings
 
 ENTRY_POINT_GROUP = "vitrine.processors"
@@ -86,6 +87,8 @@ class ProcessorContext:
 
     settings: VitrineSettings
     encoder_factory: Callable[[], Encoder]
+    #: How far ``decode_image`` may scale JPEGs down: what the chain needs (None: full size).
+    decode_size: DecodeSize | None = None
 
     @property
     def encoder(self) -> Encoder:
@@ -110,6 +113,9 @@ class Processor(ABC):
       through ``self.context.encoder`` (loaded once per process).
     - A processor SHOULD be deterministic and thread-safe, and SHOULD NOT do network IO other
       than fetching the item's own image.
+    - ``decode_size`` MAY say how few pixels of ``item.image.image`` it needs (JPEGs are then
+      decoded scaled down, when every processor of the chain allows it); the default, None,
+      asks for the full image. ``item.image.width``/``height`` are always the original's.
     """
 
     name: ClassVar[str]
@@ -121,6 +127,10 @@ class Processor(ABC):
 
     def __init__(self, context: ProcessorContext):
         self.context = context
+
+    def decode_size(self) -> DecodeSize | None:
+        """The least image this processor needs (None: the full image)."""
+        return None
 
     def process_batch(self, items: Sequence[IngestItem]) -> None:
         for item in items:
@@ -145,6 +155,9 @@ class DecodeImage(Processor):
     name = "decode_image"
     max_concurrent_fetches = 8
 
+    def decode_size(self) -> DecodeSize | None:
+        return DecodeSize()
+
     def process_batch(self, items: Sequence[IngestItem]) -> None:
         settings = self.context.settings
         limits = ImageLimits.from_settings(settings)
@@ -154,7 +167,10 @@ class DecodeImage(Processor):
         if not pending:
             return
         with ThreadPoolExecutor(min(self.max_concurrent_fetches, len(pending))) as pool:
-            loaded = pool.map(lambda item: self._load(item, limits, policy, deadline), pending)
+            size = self.context.decode_size if settings.decode_draft else None
+            loaded = pool.map(
+                lambda item: self._load(item, limits, policy, deadline, size), pending
+            )
             for item, result in zip(pending, loaded, strict=True):
                 if isinstance(result, IngestError):
                     item.error = result
@@ -163,10 +179,14 @@ class DecodeImage(Processor):
 
     @staticmethod
     def _load(
-        item: IngestItem, limits: ImageLimits, policy: FetchPolicy, deadline: float
+        item: IngestItem,
+        limits: ImageLimits,
+        policy: FetchPolicy,
+        deadline: float,
+        size: DecodeSize | None,
     ) -> LoadedImage | IngestError:
         try:
-            return load_image(item.source, limits, policy=policy, deadline=deadline)
+            return load_image(item.source, limits, policy=policy, deadline=deadline, size=size)
         except ImageError as exc:
             return IngestError(exc.reason, str(exc), transient=exc.transient)
 
@@ -175,6 +195,10 @@ class EmbedImage(Processor):
     """Embed all decoded images of the batch in as few forward passes as the batch size allows."""
 
     name = "embed_image"
+
+    def decode_size(self) -> DecodeSize | None:
+        side = self.context.encoder.input_side
+        return None if side is None else DecodeSize(short=side)
 
     def process_batch(self, items: Sequence[IngestItem]) -> None:
         ready = [(item, item.image) for item in items if item.ok and item.image is not None]
@@ -236,11 +260,27 @@ class ProcessorChain:
     def __init__(self, names: Sequence[str], context: ProcessorContext):
         classes = load_chain(names)
         self.field_mappings = declared_fields(classes)
+        self.context = context
         self.processors = [cls(context) for cls in classes]
+        self._sized = False
+
+    def decode_size(self) -> DecodeSize | None:
+        """What the chain needs of an image: the largest need, None if one wants it all."""
+        need = DecodeSize()
+        for processor in self.processors:
+            size = processor.decode_size()
+            if size is None:
+                return None
+            need = need.merge(size)
+        return need
 
     def run(self, items: Sequence[IngestItem]) -> None:
+        if not self._sized:  # on first use: the encoder's input size needs the model loaded
+            self.context.decode_size = self.decode_size()
+            self._sized = True
         for processor in self.processors:
-            processor.process_batch(items)
+            with stage(processor.name, len(items)):
+                processor.process_batch(items)
         for item in items:
             undeclared = sorted(set(item.extra) - set(self.field_mappings))
             if item.ok and undeclared:

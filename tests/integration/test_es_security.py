@@ -42,7 +42,7 @@ def indexed(keys, worker, worker_settings, tmp_path_factory) -> tuple[str, list]
     prefix = unique_prefix()
     directory = tmp_path_factory.mktemp("secure")
     products = [make_product(directory, seed, prefix=prefix, tags=[prefix]) for seed in (1, 2)]
-    [job_id] = enqueue(worker, products, batch_size=2)
+    [job_id] = enqueue(worker, products, batch_size=2, refresh=True)
     status = wait_for_jobs(worker, [job_id], timeout_s=120)[job_id]
     assert status.state == "done", status
     return prefix, products

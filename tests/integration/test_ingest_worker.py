@@ -147,6 +147,25 @@ def test_same_product_twice_gives_one_document_and_new_image_replaces_it(
     assert after[0]["_source"]["price"] == 99.0
 
 
+def test_a_job_that_asks_for_refresh_is_searchable_when_done(worker, es, settings, tmp_path):
+    """Read-your-write on request, without any refresh by the reader; the replaced image's
+    document goes in the same bulk request."""
+    product = make_product(tmp_path, 310, prefix=unique_prefix())
+
+    def visible() -> list[dict]:  # no refresh here: what a shop sees right now
+        query = {"term": {"product_id": product.product_id}}
+        return es.search(index=settings.index_alias, query=query)["hits"]["hits"]
+
+    [job] = enqueue(worker, [product], refresh=True)
+    assert wait_for_jobs(worker, [job], timeout_s=180)[job].state == "done"
+    assert len(visible()) == 1
+    changed = product.model_copy(update={"images": [str(write_image(tmp_path, 311))]})
+    [job] = enqueue(worker, [changed], refresh=True)
+    assert wait_for_jobs(worker, [job], timeout_s=180)[job].state == "done"
+    [hit] = visible()
+    assert hit["_source"]["image_sha256"] == load_image(changed.images[0]).sha256
+
+
 def test_bad_images_fail_only_their_own_job_and_are_recorded(worker, es, settings, tmp_path):
     prefix = unique_prefix()
     good = write_image(tmp_path, 400)

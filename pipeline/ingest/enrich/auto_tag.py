@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from pipeline.images import DecodeSize
 from pipeline.ingest.enrich.tagging import (
     LabelVectors,
     category_mismatch,
@@ -29,6 +30,9 @@ CATEGORY_MISMATCH = "category_mismatch"
 class AutoTag(Processor):
     name = "auto_tag"
     writes = ("auto_category", "auto_category_score", "auto_tags", "auto_tag_scores")
+
+    def decode_size(self) -> DecodeSize:
+        return DecodeSize()  # works on the vector, never on pixels
 
     def __init__(self, context: ProcessorContext):
         super().__init__(context)

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
+from pipeline.images import DecodeSize
 from pipeline.ingest.processors import IngestItem, Processor, ProcessorContext
 from pipeline.settings import VitrineSettings
 
@@ -111,15 +112,19 @@ def text_area(boxes: Sequence[Sequence[Sequence[float]]], width: int, height: in
     return min(1.0, total / max(1, width * height))
 
 
-def measure(image: Image.Image, text_boxes: Sequence = ()) -> QualityMeasures:
+def measure(
+    image: Image.Image, text_boxes: Sequence = (), *, size: tuple[int, int] | None = None
+) -> QualityMeasures:
+    """Measures of ``image``; ``size`` is the original's when ``image`` was decoded smaller."""
+    width, height = size or image.size
     work = _shrink(image.convert("RGB"), WORK_SIDE)
     grey = (np.asarray(work, dtype=np.float32) / 255.0) @ LUMA
     tones = np.asarray(_shrink(work, TONE_SIDE), dtype=np.float32) / 255.0
     background = gaussian_filter(tones, sigma=(BACKGROUND_SIGMA, BACKGROUND_SIGMA, 0))
     dark_end, bright_end = np.percentile(tones @ LUMA, [5, 95])
     return QualityMeasures(
-        width=image.width,
-        height=image.height,
+        width=width,
+        height=height,
         content=float(np.mean(np.abs(tones - background).max(axis=2) > BLANK_DELTA)),
         blur=blur_ratio(grey),
         dark_end=float(dark_end),
@@ -155,6 +160,9 @@ class ImageQuality(Processor):
     name = "image_quality"
     writes = ("quality_flags",)
 
+    def decode_size(self) -> DecodeSize:
+        return DecodeSize(long=WORK_SIDE)  # blur is measured there; the size comes from the header
+
     def __init__(self, context: ProcessorContext):
         super().__init__(context)
         self.thresholds = QualityThresholds.from_settings(context.settings)
@@ -162,5 +170,5 @@ class ImageQuality(Processor):
     def process(self, item: IngestItem) -> None:
         assert item.image is not None, "image_quality must run after decode_image"
         boxes = [box.points for box in item.text_boxes]
-        measures = measure(item.image.image, boxes)
+        measures = measure(item.image.image, boxes, size=(item.image.width, item.image.height))
         item.quality_flags.extend(quality_flags(measures, self.thresholds))

@@ -1,0 +1,359 @@
+"""End-to-end ingest (issue 9, benchmarks 2 and 4): the naive one-at-a-time loop vs Vitrine's
+queue path (enqueue as `vitrine ingest` does, one real worker process, until searchable), in the
+same run, on the same photo-like 640x480 JPEGs, ViT-B-32 with random weights (same FLOPs as
+real ones; the vectors carry no meaning), the same Elasticsearch.
+
+Prints the worker's per-stage profile (where a product's time goes), the path's own
+embedding-only throughput (decoded images through the same encoder, same batch size: the
+ceiling that queue + Elasticsearch overhead is measured against), what JPEG draft decoding saves
+and how close its vectors stay, and a sweep over worker processes x products per job.
+
+Needs the local services (`vitrine services start`). Uses its own aliases and queue; removes its
+indices afterwards.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from bench import harness
+from pipeline.documents import Product, build_document
+from pipeline.encoders.open_clip_encoder import OpenClipEncoder, create_random_checkpoint
+from pipeline.es import indexing
+from pipeline.es.client import make_client
+from pipeline.images import DecodeSize, load_image
+from pipeline.jobs import enqueue, wait_for_jobs
+from pipeline.profile import StageProfile
+from pipeline.settings import VitrineSettings
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "retina", "cat")
+
+
+def photos(directory: Path, count: int) -> list[Path]:
+    """``count`` distinct 640x480 JPEGs cut from scikit-image's photos (crops, flips, tints)."""
+    from skimage import data
+
+    sources = []
+    for name in PHOTOS:
+        try:
+            sources.append(Image.fromarray(getattr(data, name)()).convert("RGB"))
+        except Exception:  # noqa: BLE001 - a photo missing from this scikit-image: use the others
+            continue
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        src = sources[i % len(sources)]
+        scale = rng.uniform(1.0, 1.6)
+        big = src.resize((round(640 * scale), round(480 * scale)), Image.Resampling.BICUBIC)
+        left = int(rng.integers(0, big.width - 640 + 1))
+        top = int(rng.integers(0, big.height - 480 + 1))
+        img = big.crop((left, top, left + 640, top + 480))
+        if i % 2:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        tint = np.asarray(img, dtype=np.float32) * rng.uniform(0.85, 1.15, 3)
+        path = directory / f"photo-{i}.jpg"
+        Image.fromarray(np.clip(tint, 0, 255).astype(np.uint8)).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def products(paths: list[Path], prefix: str) -> list[Product]:
+    return [
+        Product(
+            product_id=f"{prefix}-{i}", merchant_id="bench", title=f"Photo {i}", images=[str(p)]
+        )
+        for i, p in enumerate(paths)
+    ]
+
+
+def naive_loop(settings: VitrineSettings, paths: list[Path]) -> dict[str, float]:
+    """open -> open_clip preprocess -> encode_image (batch 1) -> es.index, one image at a time."""
+    import hashlib
+
+    import open_clip
+    import torch
+
+    es = make_client(settings)
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        settings.model_arch, pretrained=settings.model_pretrained
+    )
+    model.eval()
+    model_id = f"naive:{settings.model_arch}"
+    indexing.ensure_indices(es, settings, model_id, 512)
+    embed_s = 0.0
+    started = time.perf_counter()
+    for i, path in enumerate(paths):
+        data = path.read_bytes()
+        image = Image.open(path).convert("RGB")
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            vector = model.encode_image(preprocess(image).unsqueeze(0))[0].numpy()
+        embed_s += time.perf_counter() - t0
+        product = Product(product_id=f"n-{i}", merchant_id="bench", title="x", images=[str(path)])
+        document = build_document(
+            product,
+            image_index=0,
+            image_sha256=hashlib.sha256(data).hexdigest(),
+            width=image.width,
+            height=image.height,
+            vector=vector / np.linalg.norm(vector),
+            model_id=model_id,
+        )
+        es.index(index=settings.index_alias, id=f"n-{i}", document=document)
+    es.indices.refresh(index=settings.index_alias)
+    elapsed = time.perf_counter() - started
+    assert es.count(index=settings.index_alias)["count"] == len(paths)
+    return {"rate": len(paths) / elapsed, "embed_rate": len(paths) / embed_s}
+
+
+def embedding_only(encoder: OpenClipEncoder, paths: list[Path], batch: int) -> float:
+    """Images/s of preprocess + forward on decoded images (draft-decoded, as the worker does)."""
+    images = [load_image(p, size=DecodeSize(short=224, long=256)).image for p in paths]
+    encoder.encode_images(images[:batch])  # warm-up
+    started = time.perf_counter()
+    for start in range(0, len(images), batch):
+        encoder.encode_images(images[start : start + batch])
+    return len(images) / (time.perf_counter() - started)
+
+
+def draft_check(encoder: OpenClipEncoder, paths: list[Path]) -> dict[str, float]:
+    """Decode time full vs draft; how far apart the model inputs are (random weights map all
+    images to nearly the same vector, so the vectors' cosine says little)."""
+    times, images = {}, {}
+    for name, size in (("full", None), ("draft", DecodeSize(short=224, long=256))):
+        started = time.perf_counter()
+        images[name] = [load_image(p, size=size).image for p in paths]
+        times[name] = (time.perf_counter() - started) / len(paths)
+    full, draft = encoder.encode_images(images["full"]), encoder.encode_images(images["draft"])
+    cosines = np.sum(full * draft, axis=1)
+    inputs = {name: encoder.preprocess_images(batch) for name, batch in images.items()}
+    pixel_delta = (inputs["full"] - inputs["draft"]).abs().mean() / inputs["full"].std()
+    return {
+        "decode_full_ms": 1000 * times["full"],
+        "decode_draft_ms": 1000 * times["draft"],
+        "input_delta": float(pixel_delta),
+        "mean_cosine": float(cosines.mean()),
+        "min_cosine": float(cosines.min()),
+    }
+
+
+_PROFILE_LINE = re.compile(r"\[[^]]*/(?P<proc>[\w-]+)\] ingest profile json: (?P<json>\{.*\})")
+
+
+def worker_profiles(log: Path) -> dict[str, dict]:
+    """The last cumulative profile each pool process logged."""
+    import json
+
+    out: dict[str, dict] = {}
+    for match in _PROFILE_LINE.finditer(log.read_text(errors="replace")):
+        out[match["proc"]] = json.loads(match["json"])
+    return out
+
+
+def profile_between(before: dict[str, dict], after: dict[str, dict]) -> StageProfile:
+    """What the worker processes did between two reads of their logs."""
+    total = StageProfile()
+    for proc, now in after.items():
+        then = before.get(proc, {})
+        seconds = {s: v - then.get("seconds", {}).get(s, 0.0) for s, v in now["seconds"].items()}
+        items = {s: v - then.get("items", {}).get(s, 0) for s, v in now["items"].items()}
+        total.merge(
+            StageProfile(
+                seconds=seconds,
+                items=items,
+                batches=now["batches"] - then.get("batches", 0),
+                products=now["products"] - then.get("products", 0),
+            )
+        )
+    return total
+
+
+def through_worker(
+    settings: VitrineSettings, processes: int, runs: list[tuple[int, list[Product]]], log: Path
+) -> list[dict[str, Any]]:
+    """Ingest each ``(products per job, products)`` run through one worker with ``processes``
+    pool processes, until searchable; returns rate and the worker's profile per run."""
+    from pipeline.dev.worker_process import worker_process
+
+    es = make_client(settings)
+    results = []
+    with (
+        log.open("w") as output,
+        worker_process(settings, concurrency=processes, output=output, timeout_s=300) as app,
+    ):
+        warm = [p.model_copy(update={"product_id": f"warm-{p.product_id}"}) for p in runs[0][1]]
+        warm = warm[: 2 * processes]
+        wait_for_jobs(app, enqueue(app, warm, batch_size=1), timeout_s=300)
+        time.sleep(0.5)
+        for batch_size, batch in runs:
+            es.indices.refresh(index=settings.index_alias)
+            before_count = es.count(index=settings.index_alias)["count"]
+            before = worker_profiles(log)
+            started = time.perf_counter()
+            job_ids = enqueue(app, batch, batch_size=batch_size)
+            enqueued = time.perf_counter() - started
+            statuses = wait_for_jobs(app, job_ids, timeout_s=1800, poll_s=0.2)
+            done = time.perf_counter()
+            es.indices.refresh(index=settings.index_alias)
+            count = es.count(index=settings.index_alias)["count"]
+            searchable = time.perf_counter()
+            assert all(s.state == "done" for s in statuses.values()), statuses
+            assert count == before_count + len(batch), (count, before_count)
+            time.sleep(0.3)  # the last batch's profile line reaches the log
+            profile = profile_between(before, worker_profiles(log))
+            results.append(
+                {
+                    "processes": processes,
+                    "batch_size": batch_size,
+                    "rate": len(batch) / (searchable - started),
+                    "enqueue_s": enqueued,
+                    "refresh_s": searchable - done,
+                    "profile": profile.to_dict(),
+                }
+            )
+    return results
+
+
+def profile_rows(run: dict[str, Any]) -> list[list[Any]]:
+    """Stage, ms per product, share of the worker's busy time (queue wait is backlog, apart)."""
+    profile = StageProfile.from_dict(run["profile"])
+    products = max(1, profile.products)
+    nested = ("preprocess", "forward")  # timed inside embed_image
+    busy = sum(v for s, v in profile.seconds.items() if s != "queue_wait" and s not in nested)
+    rows = []
+    for stage, seconds in StageProfile.ordered(profile.seconds):
+        share = "backlog" if stage == "queue_wait" else f"{100 * seconds / busy:.0f}%"
+        label = f"  {stage} (in embed_image)" if stage in nested else stage
+        rows.append([label, 1000 * seconds / products, share])
+    rows.append(["refresh (bench, once at the end)", 1000 * run["refresh_s"] / products, "-"])
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = harness.parser(__doc__)
+    parser.add_argument("--arch", default="ViT-B-32")
+    parser.add_argument("--images", type=int, default=500)
+    parser.add_argument("--naive-images", type=int, default=None, help="default: --images")
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16, 32])
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.images, args.batch_sizes = min(args.images, 48), [8, 16]
+    n_naive = args.naive_images or (min(args.images, 24) if args.quick else args.images)
+    run_id = uuid.uuid4().hex[:6]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        paths = photos(directory, args.images)
+        checkpoint = create_random_checkpoint(args.arch, directory / "random.pt")
+        base = VitrineSettings(
+            index_alias=f"bench-ingest-{run_id}",
+            errors_index=f"bench-ingest-errors-{run_id}",
+            queue=f"bench-ingest-{run_id}",
+            journal_dir=directory / "journal",
+            model_arch=args.arch,
+            model_pretrained=str(checkpoint),
+            batch_size=max(args.batch_sizes),
+            profile_log_interval_s=0,
+        )
+        es = make_client(base)
+        try:
+            naive = naive_loop(
+                base.model_copy(update={"index_alias": f"bench-ingest-{run_id}-naive"}),
+                paths[:n_naive],
+            )
+            print(
+                f"naive: {naive['rate']:.1f} images/s (embedding alone {naive['embed_rate']:.1f})"
+            )
+            encoder = OpenClipEncoder.from_settings(base)
+            main_batch = 16 if 16 in args.batch_sizes else args.batch_sizes[-1]
+            ceiling = embedding_only(encoder, paths[: max(2 * main_batch, 48)], main_batch)
+            draft = draft_check(encoder, paths[:32])
+            del encoder
+            runs: list[dict[str, Any]] = []
+            for processes in args.processes:
+                settings = base.model_copy(
+                    update={"index_alias": f"bench-ingest-{run_id}-p{processes}"}
+                )
+                batches = [(b, products(paths, f"p{processes}b{b}")) for b in args.batch_sizes]
+                log = directory / f"worker-p{processes}.log"
+                runs += through_worker(settings, processes, batches, log)
+                print(
+                    f"{processes} process(es): "
+                    + ", ".join(f"{r['rate']:.1f}" for r in runs[-len(batches) :])
+                )
+        finally:
+            for index in es.indices.get(index=f"bench-ingest-*{run_id}*", expand_wildcards="all"):
+                es.indices.delete(index=index)
+
+    report = harness.Report(
+        name="bench_ingest",
+        title=f"End-to-end ingest, {args.arch} random weights, 640x480 JPEGs (products/s)",
+        columns=["path", "worker processes", "products per job", "products/s", "x naive",
+                 "vs embedding-only"],
+    )  # fmt: skip
+    report.add("naive loop (batch 1, es.index per doc)", "-", 1, naive["rate"], 1.0, "-")
+    ratio = ceiling / naive["rate"]
+    report.add("embedding only (same encoder, in-process)", "-", main_batch, ceiling, ratio, 1.0)
+    for run in runs:
+        report.add("queue -> worker -> ES, until searchable", run["processes"], run["batch_size"],
+                   run["rate"], run["rate"] / naive["rate"], run["rate"] / ceiling)  # fmt: skip
+    best = max(runs, key=lambda r: r["rate"])
+    main_run = next(
+        (r for r in runs if r["processes"] == 1 and r["batch_size"] == main_batch), runs[0]
+    )
+    report.note(
+        f"{args.images} JPEGs (naive loop: {n_naive}); naive embedding alone "
+        f"{naive['embed_rate']:.1f} images/s. Best path {best['rate']:.1f} products/s = "
+        f"{best['rate'] / naive['rate']:.2f}x naive (target >= 3x)."
+    )
+    overhead = 1 - main_run["rate"] / ceiling
+    report.note(
+        f"Queue + Elasticsearch + decode overhead at 1 process, {main_batch} per job: "
+        f"{100 * overhead:.0f}% below the embedding-only {ceiling:.1f} images/s (target <= 20%)."
+    )
+    report.note(
+        f"JPEG draft decoding: {draft['decode_full_ms']:.1f} -> {draft['decode_draft_ms']:.1f} "
+        f"ms per image; model input vs full decoding: mean |difference| "
+        f"{draft['input_delta']:.3f} of the input's standard deviation; vectors' mean cosine "
+        f"{draft['mean_cosine']:.4f} (min {draft['min_cosine']:.4f}; random weights: weak)."
+    )
+    report.note("Random weights: throughput only (same FLOPs as real weights).")
+    stage_table = profile_rows(main_run)
+    report.data = {"naive": naive, "embedding_only": ceiling, "draft": draft, "runs": runs,
+                   "profile_main": stage_table}  # fmt: skip
+    print(
+        f"\nworker profile, 1 process, {main_batch} per job (ms per product, share of busy time):"
+    )
+    for stage, ms, share in stage_table:
+        print(f"  {stage:40s} {ms:8.1f} ms  {share}")
+
+    def plot(ax: Any) -> None:
+        for processes in args.processes:
+            mine = [r for r in runs if r["processes"] == processes]
+            ax.plot([r["batch_size"] for r in mine], [r["rate"] for r in mine], "o-",
+                    label=f"{processes} worker process(es)")  # fmt: skip
+        ax.axhline(naive["rate"], color="grey", ls="--", label="naive loop")
+        ax.axhline(ceiling, color="green", ls=":", label="embedding only")
+        ax.set_xlabel("products per job")
+        ax.set_ylabel("products/s until searchable")
+        ax.legend()
+
+    report.save(args.results_dir, plot)
+    (args.results_dir / "bench_ingest_profile.md").write_text(
+        "| stage | ms per product | share of busy time |\n|---|---|---|\n"
+        + "".join(f"| {s} | {ms:.1f} | {share} |\n" for s, ms, share in stage_table)
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
