@@ -13,6 +13,7 @@ from typing import Any
 from elasticsearch import AuthorizationException, Elasticsearch
 from elasticsearch.helpers import streaming_bulk
 
+from pipeline import metrics
 from pipeline.documents import stable_id
 from pipeline.es import mappings
 from pipeline.es.client import IndexInfo, write_index_info
@@ -62,7 +63,15 @@ def ensure_indices(
     if current is None:
         index = mappings.product_index_name(alias, model_id)
         es.options(ignore_status=400).indices.create(
-            index=index, **mappings.product_index_body(alias, model_id, dims, extra_fields)
+            index=index,
+            **mappings.product_index_body(
+                alias,
+                model_id,
+                dims,
+                extra_fields,
+                shards=settings.index_shards,
+                replicas=settings.index_replicas,
+            ),
         )
         log.info("created index %s behind alias %s for model %s", index, alias, model_id)
         return index
@@ -162,7 +171,8 @@ def replace_products(
     """
     alias = settings.index_alias
     actions = mappings.index_actions(alias, (doc for docs in documents.values() for doc in docs))
-    outcome = bulk_write(es, actions, settings)
+    with metrics.BULK_SECONDS.time():
+        outcome = bulk_write(es, actions, settings)
     written = set(outcome.written)
     complete = [
         (key, [doc_id for doc_id, _ in docs])

@@ -55,15 +55,22 @@ def image_vector_mapping(dims: int) -> dict[str, Any]:
 
 
 def product_index_body(
-    alias: str, model_id: str, dims: int, extra_fields: dict[str, Any] | None = None
+    alias: str,
+    model_id: str,
+    dims: int,
+    extra_fields: dict[str, Any] | None = None,
+    *,
+    shards: int = 1,
+    replicas: int = 0,
 ) -> dict[str, Any]:
     """Body for creating a concrete product index: the model's vector field, the fields plugin
-    processors declare (``extra_fields``) and the write alias.
+    processors declare (``extra_fields``), shards and replicas, and the write alias.
 
     Everything else comes from the index template; ``_meta.model_id`` records which model's
     vectors the index holds, so a different model can never write into it unnoticed.
     """
     return {
+        "settings": {"index": {"number_of_shards": shards, "number_of_replicas": replicas}},
         "mappings": {
             "_meta": {"model_id": model_id, "dims": dims},
             "properties": {**(extra_fields or {}), "image_vector": image_vector_mapping(dims)},

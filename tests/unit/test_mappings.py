@@ -29,6 +29,12 @@ def test_index_body_sets_dims_model_and_write_alias():
     assert vector["index_options"]["type"] == "int8_hnsw"
     assert body["mappings"]["_meta"] == {"model_id": "model-x", "dims": 384}
     assert body["aliases"] == {"shop": {"is_write_index": True}}
+    assert body["settings"]["index"] == {"number_of_shards": 1, "number_of_replicas": 0}
+
+
+def test_index_body_takes_shards_and_replicas_for_a_cluster():
+    body = mappings.product_index_body("shop", "model-x", 8, shards=3, replicas=1)
+    assert body["settings"]["index"] == {"number_of_shards": 3, "number_of_replicas": 1}
 
 
 def test_loaded_files_are_copies():
