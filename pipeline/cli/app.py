@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from pipeline.cli import es_security, jobs, keys, search, services, taxonomy
-from pipeline.cli.common import settings, setup_logging
+from pipeline.cli.common import exec_with_metrics_dir, settings, setup_logging
 
 app = typer.Typer(
     help="Vitrine: visual product search for Elasticsearch shops. "
@@ -54,11 +54,13 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO",
     hostname: Annotated[str | None, typer.Option(help="Worker node name.")] = None,
 ) -> None:
-    """Run a Celery worker that embeds and indexes products from the queue."""
+    """Run a Celery worker that embeds and indexes products from the queue (Prometheus
+    metrics on VITRINE_WORKER_METRICS_PORT when set)."""
     from pipeline.ingest.ingestor import check_plugins
     from pipeline.jobs import create_celery
 
     current = settings()
+    exec_with_metrics_dir(current)
     check_plugins(current)
     celery_app = create_celery(current, worker=True)
     argv = ["worker", f"--concurrency={concurrency}", f"--pool={pool}", f"--loglevel={loglevel}"]

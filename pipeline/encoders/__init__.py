@@ -18,7 +18,7 @@ from typing import ClassVar
 import numpy as np
 from PIL import Image
 
-from pipeline import plugins
+from pipeline import metrics, plugins
 from pipeline.settings import VitrineSettings
 
 ENTRY_POINT_GROUP = "vitrine.encoders"
@@ -97,13 +97,18 @@ class Encoder(ABC):
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """``embed_images``, checked: what the pipeline calls."""
-        return check_vectors(self.embed_images(images), len(images), self.dim, self.model_id)
+        with metrics.EMBED_BATCH_SECONDS.labels(IMAGE).time():
+            vectors = self.embed_images(images)
+        metrics.IMAGES_EMBEDDED.inc(len(images))
+        return check_vectors(vectors, len(images), self.dim, self.model_id)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """``embed_texts``, checked; ``TextNotSupported`` for an image-only encoder."""
         if not self.supports_text:
             raise TextNotSupported(f"encoder {self.model_id} embeds images only, not text")
-        return check_vectors(self.embed_texts(texts), len(texts), self.dim, self.model_id)
+        with metrics.EMBED_BATCH_SECONDS.labels(TEXT).time():
+            vectors = self.embed_texts(texts)
+        return check_vectors(vectors, len(texts), self.dim, self.model_id)
 
 
 EncoderFactory = Callable[[VitrineSettings], Encoder]
@@ -213,7 +218,8 @@ def get_encoder(settings: VitrineSettings) -> Encoder:
     key = cache_key(settings)
     with _cache_lock:
         if key not in _cache:
-            _cache[key] = create_encoder(settings)
+            with metrics.MODEL_LOAD_SECONDS.time():
+                _cache[key] = create_encoder(settings)
         return _cache[key]
 
 
