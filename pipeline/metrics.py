@@ -7,7 +7,8 @@ environment from its start (``vitrine worker`` sees to it) and the main process 
 per-process files at each scrape. Without it (the API under uvicorn) metrics live in the
 process's default registry.
 
-Hooks elsewhere are one call each: the encoder times its batches and its loading, the bulk
+Hooks elsewhere are one call each: the encoder and the embed_image processor time their
+batches (``embedding``), the encoder its loading, the bulk
 writer its requests, Celery task signals count jobs (``workers.tasks``), and the search route
 times each search by shape. Queue depths are read from Redis at scrape time.
 """
@@ -15,6 +16,7 @@ times each search by shape. Queue depths are read from Redis at scrape time.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess
@@ -54,6 +56,15 @@ SEARCH_SECONDS = Histogram(
     ["shape"],
     buckets=SECONDS,
 )
+
+
+@contextmanager
+def embedding(kind: str, count: int) -> Iterator[None]:
+    """Time one forward pass over ``count`` inputs of ``kind`` ("image" or "text")."""
+    with EMBED_BATCH_SECONDS.labels(kind).time():
+        yield
+    if kind == "image":
+        IMAGES_EMBEDDED.inc(count)
 
 
 def observe_job(task: str, results: Sequence[dict[str, Any]]) -> None:

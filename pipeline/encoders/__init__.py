@@ -97,16 +97,15 @@ class Encoder(ABC):
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """``embed_images``, checked: what the pipeline calls."""
-        with metrics.EMBED_BATCH_SECONDS.labels(IMAGE).time():
+        with metrics.embedding(IMAGE, len(images)):
             vectors = self.embed_images(images)
-        metrics.IMAGES_EMBEDDED.inc(len(images))
         return check_vectors(vectors, len(images), self.dim, self.model_id)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """``embed_texts``, checked; ``TextNotSupported`` for an image-only encoder."""
         if not self.supports_text:
             raise TextNotSupported(f"encoder {self.model_id} embeds images only, not text")
-        with metrics.EMBED_BATCH_SECONDS.labels(TEXT).time():
+        with metrics.embedding(TEXT, len(texts)):
             vectors = self.embed_texts(texts)
         return check_vectors(vectors, len(texts), self.dim, self.model_id)
 
