@@ -1,4 +1,5 @@
-"""``vitrine services``: the local Elasticsearch 8.12.2 and Redis (no Docker)."""
+"""``vitrine services``: the local Elasticsearch 8.12.2 (one node, or a cluster with --nodes) and
+Redis (no Docker)."""
 
 from __future__ import annotations
 
