@@ -98,7 +98,7 @@ def _load_model_after_fork(**_: Any) -> None:
 
 
 @worker_init.connect
-def _remember_node(sender: Any = None, **_: Any) -> None:
+def _node_name_and_exporter(sender: Any = None, **_: Any) -> None:
     """In the main process, before the pool forks: the node name (for the model advert) and
     the metrics exporter, which serves what every pool process records."""
     global _node
