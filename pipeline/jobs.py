@@ -20,6 +20,7 @@ loss of Redis; ``resend`` is how the reconciler sends such work again, under the
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery
+from redis import Redis
 
 from pipeline.documents import Product
 from pipeline.journal import DELETE, INDEX, PendingJournal, PendingRecord
@@ -303,3 +305,34 @@ def wait_for_jobs(
             raise TimeoutError(f"{len(pending)} job(s) not finished after {timeout_s:.0f}s")
         time.sleep(poll_s)
     return statuses
+
+
+# --------------------------------------------------------------------------- worker adverts
+
+#: Each worker pool process that loaded its model says so under ``<prefix>:<node>:<pid>`` (the
+#: value is its ``model_id``), refreshed well within the TTL: a process that died drops out.
+ADVERT_PREFIX = "vitrine-worker"
+ADVERT_TTL_S = 30
+
+
+def advertise_model(client: Redis, node: str, model_id: str, *, ttl_s: int = ADVERT_TTL_S) -> None:
+    """Say that this process of worker ``node`` embeds with ``model_id`` (for ``/healthz``)."""
+    client.set(f"{ADVERT_PREFIX}:{node}:{os.getpid()}", model_id, ex=ttl_s)
+
+
+def withdraw_model(client: Redis, node: str) -> None:
+    client.delete(f"{ADVERT_PREFIX}:{node}:{os.getpid()}")
+
+
+def advertised_models(client: Redis) -> dict[str, set[str]]:
+    """``{worker node: model_ids its live pool processes loaded}``."""
+    keys = list(client.scan_iter(match=f"{ADVERT_PREFIX}:*", count=1000))
+    values: list[Any] = client.mget(keys) if keys else []  # type: ignore[assignment]
+    models: dict[str, set[str]] = {}
+    for key, value in zip(keys, values, strict=True):
+        if value is None:  # expired between SCAN and MGET
+            continue
+        name = key.decode() if isinstance(key, bytes) else str(key)
+        node = name.removeprefix(f"{ADVERT_PREFIX}:").rsplit(":", 1)[0]
+        models.setdefault(node, set()).add(value.decode() if isinstance(value, bytes) else value)
+    return models

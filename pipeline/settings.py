@@ -34,7 +34,11 @@ class VitrineSettings(BaseSettings):
     )
 
     # Elasticsearch
-    es_url: str = "http://127.0.0.1:9200"
+    es_url: str = Field(
+        "http://127.0.0.1:9200",
+        description="Elasticsearch URL, or several (a cluster's nodes) separated by commas: the "
+        "client spreads requests over them and skips one that does not answer.",
+    )
     es_username: str | None = None
     es_password: SecretStr | None = None
     es_api_key: SecretStr | None = None
@@ -50,6 +54,15 @@ class VitrineSettings(BaseSettings):
         "vitrine-ingest-errors",
         pattern=ELASTIC_NAME,
         description="Index of failed ingest jobs (operators, Kibana).",
+    )
+    index_shards: int = Field(
+        1, ge=1, description="Primary shards of a new product index (more on a cluster)."
+    )
+    index_replicas: int = Field(
+        0,
+        ge=0,
+        description="Replicas of each shard of a new product index: 1 on a cluster of 2+ nodes "
+        "keeps every product searchable and writable when a node stops.",
     )
     bulk_max_retries: int = 5
     bulk_initial_backoff_s: float = 0.5
@@ -111,6 +124,17 @@ class VitrineSettings(BaseSettings):
                 "longer than the visibility timeout is handed to another worker again and again"
             )
         return self
+
+    worker_metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Port of a worker's Prometheus exporter (/metrics on all of the worker's "
+        "pool processes); none by default. The API serves its own at /metrics.",
+    )
+    worker_metrics_host: str = Field(
+        "127.0.0.1", description="Interface of the worker's exporter (0.0.0.0 in a container)."
+    )
 
     # Durability: accepted work and error records on disk (see pipeline/journal.py)
     journal_dir: Path | None = Field(
@@ -330,6 +354,10 @@ class VitrineSettings(BaseSettings):
         if self.torch_threads is not None:
             return self
         return self.model_copy(update={"torch_threads": max(1, cpus // max(1, processes))})
+
+    @property
+    def es_hosts(self) -> list[str]:
+        return [url.strip() for url in self.es_url.split(",") if url.strip()]
 
     @property
     def models_dir(self) -> Path:

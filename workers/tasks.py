@@ -14,6 +14,7 @@ reconciler (run here at start-up and every ``reconcile_interval_s``) sends it ag
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -25,20 +26,35 @@ from typing import Any, cast
 from celery import Task, current_app, shared_task
 from celery.signals import (
     after_setup_logger,
+    task_failure,
+    task_retry,
+    task_success,
+    worker_init,
     worker_process_init,
     worker_process_shutdown,
     worker_ready,
     worker_shutdown,
 )
 from celery.utils.time import get_exponential_backoff_interval
+from prometheus_client import start_http_server
 from pydantic import ValidationError
+from redis import Redis, RedisError
 
+from pipeline import metrics
 from pipeline.documents import Product
 from pipeline.es import indexing
 from pipeline.es.client import is_transient_es_error, make_client
 from pipeline.ingest.ingestor import FAILED, Ingestor, ProductResult
 from pipeline.ingest.reconcile import reconcile
-from pipeline.jobs import DELETE_TASK, INDEX_TASK, SENT_AT_HEADER, VitrineCelery
+from pipeline.jobs import (
+    ADVERT_TTL_S,
+    DELETE_TASK,
+    INDEX_TASK,
+    SENT_AT_HEADER,
+    VitrineCelery,
+    advertise_model,
+    withdraw_model,
+)
 from pipeline.settings import VitrineSettings
 
 log = logging.getLogger(__name__)
@@ -46,6 +62,8 @@ log = logging.getLogger(__name__)
 _ingestor: Ingestor | None = None
 _ingestor_lock = threading.Lock()
 _stop_reconciler = threading.Event()
+_stop_advertising = threading.Event()
+_node = "celery"  # this worker's node name, set in the main process before the pool forks
 
 
 def _app(app: Any) -> VitrineCelery:
@@ -79,6 +97,7 @@ def _load_model_after_fork(**_: Any) -> None:
         limit,
     )
     _refuse_unless_index_matches()
+    threading.Thread(target=_advertise, name="vitrine-advert", daemon=True).start()
 
 
 def _refuse_unless_index_matches() -> None:
@@ -104,6 +123,50 @@ def _log_profile(**_: Any) -> None:
         _ingestor.log_profile()
 
 
+@worker_init.connect
+def _node_name_and_exporter(sender: Any = None, **_: Any) -> None:
+    """In the main process, before the pool forks: the node name (for the model advert) and
+    the metrics exporter, which serves what every pool process records."""
+    global _node
+    _node = getattr(sender, "hostname", None) or _node
+    settings = _settings(sender.app) if sender is not None else None
+    if settings is not None and settings.worker_metrics_port is not None:
+        if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+            log.warning("PROMETHEUS_MULTIPROC_DIR is not set: only this process's metrics show")
+        broker = Redis.from_url(settings.redis_url, socket_timeout=2)
+        served = metrics.registry(
+            metrics.QueueDepth(broker, [settings.queue]),
+            multiprocess_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"),
+        )
+        start_http_server(
+            settings.worker_metrics_port, addr=settings.worker_metrics_host, registry=served
+        )
+        log.info("metrics on %s:%d", settings.worker_metrics_host, settings.worker_metrics_port)
+
+
+def _advertise() -> None:
+    """Tell ``/healthz`` which model this pool process embeds with, until it stops."""
+    settings = _settings(current_app)
+    client = Redis.from_url(settings.redis_url, socket_timeout=5)
+    model_id = ingestor().encoder().model_id
+    while True:
+        try:
+            advertise_model(client, _node, model_id)
+        except RedisError as exc:  # Redis down: the next refresh tries again
+            log.warning("model advert failed (%s)", exc)
+        if _stop_advertising.wait(ADVERT_TTL_S / 3):
+            return
+
+
+@worker_process_shutdown.connect
+def _withdraw_advert(pid: int | None = None, **_: Any) -> None:
+    _stop_advertising.set()
+    if pid is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics.process_dead(pid, os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    with contextlib.suppress(RedisError):  # else the advert expires within ADVERT_TTL_S
+        withdraw_model(Redis.from_url(_settings(current_app).redis_url, socket_timeout=2), _node)
+
+
 @after_setup_logger.connect
 def _quiet_http_clients(**_: object) -> None:
     """Keep worker logs about products, not about every HTTP request to Elasticsearch."""
@@ -124,6 +187,28 @@ def _start_reconciler(sender: Any = None, **_: Any) -> None:
 @worker_shutdown.connect
 def _stop_reconciling(**_: Any) -> None:
     _stop_reconciler.set()
+
+
+_TASK_LABELS = {INDEX_TASK: "index", DELETE_TASK: "delete"}
+
+
+@task_success.connect
+def _count_job(sender: Any = None, result: Any = None, **_: Any) -> None:
+    if getattr(sender, "name", None) in _TASK_LABELS:
+        results = result if isinstance(result, list) else [result]
+        metrics.observe_job(_TASK_LABELS[sender.name], results)
+
+
+@task_retry.connect
+def _count_retry(sender: Any = None, **_: Any) -> None:
+    if getattr(sender, "name", None) in _TASK_LABELS:
+        metrics.JOBS.labels(_TASK_LABELS[sender.name], "retrying").inc()
+
+
+@task_failure.connect
+def _count_error(sender: Any = None, **_: Any) -> None:
+    if getattr(sender, "name", None) in _TASK_LABELS:
+        metrics.JOBS.labels(_TASK_LABELS[sender.name], "error").inc()
 
 
 def _reconcile_periodically(app: VitrineCelery) -> None:

@@ -9,8 +9,10 @@ from typing import Annotated
 
 from elasticsearch import Elasticsearch
 from fastapi import Depends, Request
+from prometheus_client import CollectorRegistry
 from redis import Redis
 
+from pipeline import metrics
 from pipeline.encoders import LazyEncoder
 from pipeline.jobs import VitrineCelery
 from pipeline.merchants.apikeys import ApiKeyStore
@@ -48,6 +50,13 @@ class ApiState:
     def searcher(self) -> Searcher:
         """It caches the index's model for a few seconds, so there is one per application."""
         return Searcher(self.settings, self.es, self.encoder)
+
+    @cached_property
+    def metrics_registry(self) -> CollectorRegistry:
+        """What ``/metrics`` serves: the process's metrics and the queue's depth."""
+        return metrics.registry(
+            metrics.QueueDepth(self.celery.backend.client, [self.settings.queue])
+        )
 
     @cached_property
     def merchant_services(self) -> MerchantServices:

@@ -34,6 +34,7 @@ from PIL import Image
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from pipeline import metrics
 from pipeline.api.auth import SearchCaller, authorise_image_url
 from pipeline.api.body import invalid, parse_json, read_body
 from pipeline.api.deps import ApiState, SearcherDep, State
@@ -249,7 +250,9 @@ async def search(
 
     def work() -> dict[str, Any]:
         image = _query_image(state, upload, body.image_url, body.image_base64)
-        return searcher.search(body.to_query(image)).to_dict()
+        query = body.to_query(image)
+        with metrics.SEARCH_SECONDS.labels(query.shape).time():
+            return searcher.search(query).to_dict()
 
     result = await run_in_threadpool(work)
     for hit in result["hits"]:

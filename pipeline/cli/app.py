@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from pipeline.cli import cluster, es_security, jobs, keys, reindex, search, services, taxonomy
-from pipeline.cli.common import settings, setup_logging
+from pipeline.cli.common import exec_with_metrics_dir, settings, setup_logging
 
 app = typer.Typer(
     help="Vitrine: visual product search for Elasticsearch shops. "
@@ -59,13 +59,15 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO",
     hostname: Annotated[str | None, typer.Option(help="Worker node name.")] = None,
 ) -> None:
-    """Run a Celery worker that embeds and indexes products from the queue."""
+    """Run a Celery worker that embeds and indexes products from the queue (Prometheus
+    metrics on VITRINE_WORKER_METRICS_PORT when set)."""
     from celery.signals import worker_shutting_down
 
     from pipeline.ingest.ingestor import check_plugins
     from pipeline.jobs import create_celery
 
     current = settings().for_worker_processes(concurrency, len(os.sched_getaffinity(0)))
+    exec_with_metrics_dir(current)
     check_plugins(current)
     celery_app = create_celery(current, worker=True)
     argv = ["worker", f"--concurrency={concurrency}", f"--pool={pool}", f"--loglevel={loglevel}"]

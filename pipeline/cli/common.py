@@ -4,6 +4,9 @@ and the one-line error exit."""
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import tempfile
 from typing import NoReturn
 
 import typer
@@ -30,3 +33,14 @@ def setup_logging(level: str = "INFO") -> None:
 def fail(message: str) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(1)
+
+
+def exec_with_metrics_dir(current: VitrineSettings) -> None:
+    """A worker that exports metrics runs prometheus_client's multiprocess mode (its pool
+    processes record, its main process serves), which the library picks when it is imported,
+    from ``PROMETHEUS_MULTIPROC_DIR``: without that variable, start this command again with a
+    fresh directory in it. A directory the deployment set is kept (empty it between runs)."""
+    if current.worker_metrics_port is None or "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        return
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="vitrine-metrics-")}
+    os.execve(sys.executable, [sys.executable, "-m", "pipeline.cli", *sys.argv[1:]], env)

@@ -104,6 +104,8 @@ def enqueue(
 ) -> None:
     """Start embedding jobs for products given as JSON, as an upload path does; prints job ids.
 
+    With --wait, exit status 2 when a job failed or did not finish within --timeout.
+
     A product: {"product_id", "merchant_id", "title", "image" (URL or path), ...}; see README.
     For catalogue files with validation and a reject report, use `vitrine ingest`.
     """
@@ -120,7 +122,16 @@ def enqueue(
     if not wait:
         typer.echo("\n".join(job_ids))
         return
-    statuses = wait_for_jobs(celery_app, job_ids, timeout_s=timeout)
+    try:
+        statuses = wait_for_jobs(celery_app, job_ids, timeout_s=timeout)
+    except TimeoutError as exc:  # the jobs stay queued: say how to follow them, no traceback
+        typer.secho(
+            f"error: {exc}; they stay queued (`vitrine job ID`, `/healthz` for workers): "
+            + " ".join(job_ids),
+            fg=typer.colors.RED,
+            err=True,
+        )
+        raise typer.Exit(2) from None
     typer.echo(json.dumps([s.to_dict() for s in statuses.values()], indent=2))
     if any(s.state != "done" for s in statuses.values()):
         raise typer.Exit(2)

@@ -1,11 +1,14 @@
-"""``vitrine services``: the local Elasticsearch 8.12.2 and Redis (no Docker)."""
+"""``vitrine services``: the local Elasticsearch 8.12.2 (one node, or a cluster with --nodes) and
+Redis (no Docker)."""
 
 from __future__ import annotations
+
+from typing import Annotated
 
 import typer
 
 from pipeline.cli.common import fail, settings, setup_logging
-from pipeline.dev import secure_es, services
+from pipeline.dev import cluster, secure_es, services
 
 app = typer.Typer(help="Local Elasticsearch 8.12.2 and Redis (no Docker).")
 
@@ -17,26 +20,50 @@ def services_install() -> None:
     services.install_all(settings())
 
 
+Nodes = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Elasticsearch nodes: 1 is the single node; more is a local cluster whose HTTP "
+        "ports are VITRINE_ES_URL's (comma-separated) or the ones after it, transport +100.",
+    ),
+]
+
+
 @app.command("start")
-def services_start() -> None:
+def services_start(nodes: Nodes = 1) -> None:
     """Start local Elasticsearch and Redis on 127.0.0.1 (installing them first if needed)."""
     setup_logging()
-    for status in services.start_all(settings()):
+    current = settings()
+    if nodes == 1:
+        statuses = services.start_all(current)
+    else:
+        statuses = [cluster.start_cluster(current, nodes), services.start_redis(current)]
+    for status in statuses:
         typer.echo(f"{status.name}: running, {status.detail}")
 
 
 @app.command("stop")
-def services_stop() -> None:
+def services_stop(nodes: Nodes = 1) -> None:
     """Stop the local Elasticsearch and Redis started by `vitrine services start`."""
     setup_logging()
-    for status in services.stop_all(settings()):
+    current = settings()
+    if nodes == 1:
+        statuses = services.stop_all(current)
+    else:
+        statuses = [cluster.stop_cluster(current, nodes), services.stop_redis(current)]
+    for status in statuses:
         typer.echo(f"{status.name}: {'still running' if status.running else 'stopped'}")
 
 
 @app.command("status")
-def services_status() -> None:
+def services_status(nodes: Nodes = 1) -> None:
     """Show whether local Elasticsearch and Redis answer; exit 1 if one does not."""
-    statuses = services.status_all(settings())
+    current = settings()
+    if nodes == 1:
+        statuses = services.status_all(current)
+    else:
+        statuses = [cluster.cluster_status(current, nodes), services.redis_status(current)]
     for status in statuses:
         typer.echo(f"{status.name}: {'running' if status.running else 'DOWN'}, {status.detail}")
     if not all(s.running for s in statuses):

@@ -53,7 +53,7 @@ class ServiceStatus:
     detail: str
 
 
-def _port(url: str, default: int) -> int:
+def url_port(url: str, default: int) -> int:
     return urlparse(url).port or default
 
 
@@ -146,7 +146,7 @@ def _write_es_config(settings: VitrineSettings, dirs: dict[str, Path], security:
         "cluster.name: vitrine-local\n"
         "node.name: vitrine-local-1\n"
         "network.host: 127.0.0.1\n"
-        f"http.port: {_port(settings.es_url, 9200)}\n"
+        f"http.port: {url_port(settings.es_hosts[0], 9200)}\n"
         "discovery.type: single-node\n"
         + "".join(f"{line}\n" for line in security)
         + "xpack.ml.enabled: false\n"
@@ -162,7 +162,7 @@ def _write_es_config(settings: VitrineSettings, dirs: dict[str, Path], security:
     (config / "jvm.options.d" / "vitrine-heap.options").write_text("-Xms1g\n-Xmx1g\n")
 
 
-def _as_unprivileged(cmd: list[str]) -> list[str]:
+def as_unprivileged(cmd: list[str]) -> list[str]:
     if os.geteuid() != 0:
         return cmd
     return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *cmd]
@@ -170,7 +170,7 @@ def _as_unprivileged(cmd: list[str]) -> list[str]:
 
 def elasticsearch_status(settings: VitrineSettings) -> ServiceStatus:
     scheme = "https" if secure_es.is_secure(settings) else "http"
-    url = f"{scheme}://127.0.0.1:{_port(settings.es_url, 9200)}"
+    url = f"{scheme}://127.0.0.1:{url_port(settings.es_hosts[0], 9200)}"
     try:
         with httpx.Client(timeout=2, **secure_es.status_options(settings)) as client:
             health = client.get(f"{url}/_cluster/health").json()
@@ -213,16 +213,16 @@ def start_elasticsearch(settings: VitrineSettings, *, timeout_s: float = 240) ->
         "ES_JAVA_OPTS": "-Xms1g -Xmx1g",
         "ES_PATH_CONF": str(dirs["config"]),
     }
-    cmd = _as_unprivileged([str(home / "bin" / "elasticsearch"), "-d", "-p", str(dirs["pid"])])
+    cmd = as_unprivileged([str(home / "bin" / "elasticsearch"), "-d", "-p", str(dirs["pid"])])
     log.info("starting Elasticsearch %s (logs in %s)", ES_VERSION, dirs["logs"])
     result = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise ServiceError(f"Elasticsearch failed to start: {result.stderr.strip()[-2000:]}")
-    return _wait_until(lambda: elasticsearch_status(settings), timeout_s, dirs["logs"])
+    return wait_until(lambda: elasticsearch_status(settings), timeout_s, dirs["logs"])
 
 
 def stop_elasticsearch(settings: VitrineSettings) -> ServiceStatus:
-    _stop_pidfile(_es_dirs(settings)["pid"], "elasticsearch")
+    stop_pidfile(_es_dirs(settings)["pid"], "elasticsearch")
     return elasticsearch_status(settings)
 
 
@@ -254,7 +254,7 @@ def install_redis() -> str:
 def redis_status(settings: VitrineSettings) -> ServiceStatus:
     import redis
 
-    port = _port(settings.redis_url, 6379)
+    port = url_port(settings.redis_url, 6379)
     try:
         info: dict = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2).info()  # type: ignore[assignment]
     except redis.RedisError:
@@ -284,7 +284,7 @@ def start_redis(
         server,
         "--daemonize", "yes",
         "--bind", "127.0.0.1",
-        "--port", str(_port(settings.redis_url, 6379)),
+        "--port", str(url_port(settings.redis_url, 6379)),
         "--save", "",
         *(aof or ["--appendonly", "no"]),
         "--dir", str(workdir),
@@ -294,18 +294,18 @@ def start_redis(
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         raise ServiceError(f"redis-server failed to start: {result.stderr.strip()}")
-    return _wait_until(lambda: redis_status(settings), timeout_s, workdir)
+    return wait_until(lambda: redis_status(settings), timeout_s, workdir)
 
 
 def stop_redis(settings: VitrineSettings) -> ServiceStatus:
-    _stop_pidfile(_redis_dir(settings) / "redis.pid", "redis")
+    stop_pidfile(_redis_dir(settings) / "redis.pid", "redis")
     return redis_status(settings)
 
 
 # --------------------------------------------------------------------------- shared
 
 
-def _wait_until(probe: Callable[[], ServiceStatus], timeout_s: float, logs: Path) -> ServiceStatus:
+def wait_until(probe: Callable[[], ServiceStatus], timeout_s: float, logs: Path) -> ServiceStatus:
     deadline = time.monotonic() + timeout_s
     status = probe()
     while not status.running:
@@ -316,7 +316,7 @@ def _wait_until(probe: Callable[[], ServiceStatus], timeout_s: float, logs: Path
     return status
 
 
-def _stop_pidfile(pidfile: Path, name: str, timeout_s: float = 60) -> None:
+def stop_pidfile(pidfile: Path, name: str, timeout_s: float = 60) -> None:
     if not pidfile.exists():
         log.info("%s: no pid file at %s (not started by vitrine)", name, pidfile)
         return

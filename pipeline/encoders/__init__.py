@@ -18,7 +18,7 @@ from typing import ClassVar
 import numpy as np
 from PIL import Image
 
-from pipeline import plugins
+from pipeline import metrics, plugins
 from pipeline.settings import VitrineSettings
 
 ENTRY_POINT_GROUP = "vitrine.encoders"
@@ -102,13 +102,17 @@ class Encoder(ABC):
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """``embed_images``, checked: what the pipeline calls."""
-        return check_vectors(self.embed_images(images), len(images), self.dim, self.model_id)
+        with metrics.embedding(IMAGE, len(images)):
+            vectors = self.embed_images(images)
+        return check_vectors(vectors, len(images), self.dim, self.model_id)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """``embed_texts``, checked; ``TextNotSupported`` for an image-only encoder."""
         if not self.supports_text:
             raise TextNotSupported(f"encoder {self.model_id} embeds images only, not text")
-        return check_vectors(self.embed_texts(texts), len(texts), self.dim, self.model_id)
+        with metrics.embedding(TEXT, len(texts)):
+            vectors = self.embed_texts(texts)
+        return check_vectors(vectors, len(texts), self.dim, self.model_id)
 
 
 EncoderFactory = Callable[[VitrineSettings], Encoder]
@@ -218,7 +222,8 @@ def get_encoder(settings: VitrineSettings) -> Encoder:
     key = cache_key(settings)
     with _cache_lock:
         if key not in _cache:
-            _cache[key] = create_encoder(settings)
+            with metrics.MODEL_LOAD_SECONDS.time():
+                _cache[key] = create_encoder(settings)
         return _cache[key]
 
 

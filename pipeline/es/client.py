@@ -20,7 +20,7 @@ def make_client(settings: VitrineSettings) -> Elasticsearch:
     if settings.es_ca_certs:
         auth["ca_certs"] = str(settings.es_ca_certs)
     return Elasticsearch(
-        settings.es_url,
+        settings.es_hosts,
         request_timeout=settings.es_request_timeout_s,
         retry_on_timeout=True,
         max_retries=3,

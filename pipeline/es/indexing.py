@@ -14,6 +14,7 @@ from typing import Any
 from elasticsearch import AuthorizationException, Elasticsearch
 from elasticsearch.helpers import streaming_bulk
 
+from pipeline import metrics
 from pipeline.documents import stable_id
 from pipeline.es import aliases, mappings
 from pipeline.es.client import IndexInfo, write_index_info
@@ -57,7 +58,13 @@ def ensure_indices(
         es.options(ignore_status=400).indices.create(
             index=index,
             **mappings.product_index_body(
-                alias, model_id, dims, extra_fields, meta={"queue": settings.queue}
+                alias,
+                model_id,
+                dims,
+                extra_fields,
+                meta={"queue": settings.queue},
+                shards=settings.index_shards,
+                replicas=settings.index_replicas,
             ),
         )
         log.info("created index %s behind alias %s for model %s", index, alias, model_id)
@@ -216,7 +223,7 @@ def replace_products(
         *(mappings.index_actions(index, written) for index in indices),
         mappings.delete_actions(stale),
     )
-    with stage("es_bulk", len(written) * len(indices) + len(stale)):
+    with stage("es_bulk", len(written) * len(indices) + len(stale)), metrics.BULK_SECONDS.time():
         return bulk_write(es, actions, settings, refresh=refresh)
 
 

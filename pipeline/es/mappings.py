@@ -80,10 +80,13 @@ def product_index_body(
     *,
     serving: bool = True,
     meta: dict[str, Any] | None = None,
+    shards: int = 1,
+    replicas: int = 0,
 ) -> dict[str, Any]:
     """Body for creating a concrete product index: the model's vector field, the fields plugin
-    processors declare (``extra_fields``) and its aliases: the write alias always, the read
-    alias only for a ``serving`` index (a re-embed's new index gets it at the swap).
+    processors declare (``extra_fields``), shards and replicas, and its aliases: the write
+    alias always, the read alias only for a ``serving`` index (a re-embed's new index gets it
+    at the swap).
 
     Everything else comes from the index template; ``_meta`` records which model's vectors the
     index holds (so a different model can never write into it unnoticed), whose it is
@@ -94,6 +97,7 @@ def product_index_body(
     if serving:
         aliases[alias] = {}
     return {
+        "settings": {"index": {"number_of_shards": shards, "number_of_replicas": replicas}},
         "mappings": {
             "_meta": {**(meta or {}), "model_id": model_id, "dims": dims, "alias": alias},
             "properties": {**(extra_fields or {}), "image_vector": image_vector_mapping(dims)},

@@ -18,9 +18,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from pipeline import plugins
+from pipeline import metrics, plugins
 from pipeline.documents import Product
-from pipeline.encoders import Encoder, EncoderOutputInvalid, valid_rows
+from pipeline.encoders import IMAGE, Encoder, EncoderOutputInvalid, valid_rows
 from pipeline.es import mappings
 from pipeline.fetch import FetchPolicy
 from pipeline.images import DecodeSize, ImageError, ImageLimits, LoadedImage, load_image
@@ -205,7 +205,8 @@ class EmbedImage(Processor):
         if not ready:
             return
         encoder = self.context.encoder
-        output = encoder.embed_images([image.image for _, image in ready])
+        with metrics.embedding(IMAGE, len(ready)):
+            output = encoder.embed_images([image.image for _, image in ready])
         try:
             vectors, bad = valid_rows(output, len(ready), encoder.dim)
         except EncoderOutputInvalid as exc:  # unusable as a whole: every item of the batch

@@ -150,7 +150,14 @@ def start(
     index = mappings.product_index_name(alias, model_id, generation)
     meta = {"queue": queue, "previous_index": serving.index}
     body = mappings.product_index_body(
-        alias, model_id, dims, extra_fields, serving=False, meta=meta
+        alias,
+        model_id,
+        dims,
+        extra_fields,
+        serving=False,
+        meta=meta,
+        shards=settings.index_shards,
+        replicas=settings.index_replicas,
     )
     es.indices.create(index=index, **body)
     log.info("re-embed: created %s for model %s (replaces %s)", index, model_id, serving.index)

@@ -6,7 +6,7 @@ product must still be indexed exactly once (documents per product = its images).
 - A killed worker (main process and pool process): its job waits in the queue's unacked set
   until the visibility timeout, then a new worker requeues it (``redelivery_bound_s``).
 - ``/healthz`` answers 503 while no worker consumes the queue (none yet, or it was killed),
-  200 while one does.
+  200 while one does with the index's model (once its pool process has loaded it).
 
 Settings are shortened (visibility timeout 20 s) so the module runs in a few minutes. The
 measured times are printed (``-s``); the guarantees page quotes them.
@@ -244,7 +244,13 @@ def _assert_not_served(api: TestClient, queue: str) -> None:
     assert f"no worker consumes queue {queue!r}" in checks["workers"]["reason"]
 
 
-def _assert_served(api: TestClient, queue: str) -> None:
+def _assert_served(api: TestClient, queue: str, timeout_s: float = 120) -> None:
+    """Served once the worker answers and its pool process has loaded the index's model."""
+    deadline = time.monotonic() + timeout_s
     answer = api.get("/healthz")
+    while answer.status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        answer = api.get("/healthz")
     assert answer.status_code == 200, answer.text
-    assert answer.json()["checks"]["workers"] == {"ok": True, "queue": queue, "count": 1}
+    workers = answer.json()["checks"]["workers"]
+    assert (workers["ok"], workers["queue"], workers["count"]) == (True, queue, 1)

@@ -44,8 +44,19 @@ EXPECTED_SERVICES = {
     "worker",
     "api",
 }
-ONE_SHOT_SERVICES = {"kibana-setup", "kibana-objects", "setup"}
-LONG_RUNNING_SERVICES = EXPECTED_SERVICES - ONE_SHOT_SERVICES
+#: The "cluster" profile's services (tests/unit/test_compose_cluster.py checks them in depth).
+CLUSTER_SERVICES = {
+    "es-certs",
+    "es01",
+    "es02",
+    "es03",
+    "cluster-setup",
+    "cluster-worker",
+    "cluster-api",
+    "flower",
+}
+ONE_SHOT_SERVICES = {"kibana-setup", "kibana-objects", "setup", "es-certs", "cluster-setup"}
+LONG_RUNNING_SERVICES = (EXPECTED_SERVICES | CLUSTER_SERVICES) - ONE_SHOT_SERVICES
 VITRINE_APP_SERVICES = ("setup", "worker", "api")
 EXPECTED_VOLUMES = {
     "esdata",
@@ -55,6 +66,10 @@ EXPECTED_VOLUMES = {
     "hfcache",
     "images",
     "journal",
+    "escerts",
+    "es01data",
+    "es02data",
+    "es03data",
 }
 VALID_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 
@@ -255,7 +270,9 @@ def test_env_example_has_the_documented_variables(env_example: dict[str, str]) -
 
 
 def test_all_services_present(compose_services: dict[str, Any]) -> None:
-    assert set(compose_services) == EXPECTED_SERVICES
+    default = {name for name, svc in compose_services.items() if not svc.get("profiles")}
+    assert default == EXPECTED_SERVICES
+    assert set(compose_services) - default == CLUSTER_SERVICES
 
 
 def test_images_are_pinned(compose_services: dict[str, Any]) -> None:
@@ -453,6 +470,9 @@ def test_ports_bind_to_localhost(compose_services: dict[str, Any]) -> None:
         "kibana": "127.0.0.1:5601:5601",
         "redis": "127.0.0.1:6379:6379",
         "api": "127.0.0.1:8000:8000",
+        "es01": "127.0.0.1:9201:9200",
+        "cluster-api": "127.0.0.1:8001:8000",
+        "flower": "127.0.0.1:5555:5555",
     }
 
 

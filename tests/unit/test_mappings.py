@@ -60,6 +60,7 @@ def test_index_body_sets_dims_model_and_aliases():
         "queue": "q",
     }
     assert body["aliases"] == {"shop.write": {}, "shop": {}}
+    assert body["settings"]["index"] == {"number_of_shards": 1, "number_of_replicas": 0}
     building = mappings.product_index_body("shop", "model-y", 8, serving=False)
     assert building["aliases"] == {"shop.write": {}}  # searches see it only after the swap
 
@@ -71,6 +72,11 @@ def test_swap_moves_both_aliases_in_one_call():
     assert {"remove": {"index": "shop.old.000001", "alias": "shop"}} in actions
     assert {"remove": {"index": "shop.old.000001", "alias": "shop.write"}} in actions
     assert len(actions) == 4
+
+
+def test_index_body_takes_shards_and_replicas_for_a_cluster():
+    body = mappings.product_index_body("shop", "model-x", 8, shards=3, replicas=1)
+    assert body["settings"]["index"] == {"number_of_shards": 3, "number_of_replicas": 1}
 
 
 def test_loaded_files_are_copies():
