@@ -19,6 +19,7 @@ import numpy as np
 from elasticsearch import ApiError, Elasticsearch, TransportError
 
 from pipeline.es.client import make_client
+from pipeline.images import DecodeSize
 from pipeline.ingest.clustering import ClusterModel, load_model
 from pipeline.ingest.processors import IngestItem, Processor, ProcessorContext
 
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 class VisualCluster(Processor):
     name = "visual_cluster"
     writes = ("visual_cluster", "visual_cluster_name")
+
+    def decode_size(self) -> DecodeSize:
+        return DecodeSize()  # reads the vector, not the pixels
 
     def __init__(self, context: ProcessorContext):
         super().__init__(context)
