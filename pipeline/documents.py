@@ -158,6 +158,7 @@ class ImageFields(BaseModel):
     auto_tag_scores: list[TagScore] = Field(default_factory=list)
     image_text: str | None = None
     phash: str | None = None
+    duplicate_group: str | None = None
 
 
 class IndexingFields(BaseModel):
