@@ -234,7 +234,7 @@ async function loadRecommendations() {
   const seq = ++state.recSeq;
   const panel = $("recommended");
   panel.dataset.state = "loading";
-  const params = new URLSearchParams({ shopper: shopperId(), k: String(RECOMMENDED), in_stock: "true" });
+  const params = new URLSearchParams({ shopper: shopperId(), k: String(RECOMMENDED) });
   try {
     const response = await fetch(`/v1/recommendations?${params}`);
     const body = await response.json();
