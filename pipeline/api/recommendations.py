@@ -130,7 +130,9 @@ class EventItem(ProductKey):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     type: EventKind
-    at: float | None = Field(None, description="Epoch seconds (default: now; never later).")
+    at: float | None = Field(
+        None, description="Epoch seconds (default: now; clamped to the retention period)."
+    )
 
 
 class EventsRequest(BaseModel):
@@ -253,12 +255,12 @@ async def profile(
     """The shopper's profile vector, and ready-to-send parameters of the ``<alias>-recommend``
     stored template (vector, model, viewed products to exclude, filters, k). Diversify its
     hits client-side: keep one per product and one per duplicate_group. A shopper without
-    history is a 404 (product_not_found)."""
+    history is a 400 (invalid_query); no viewed product indexed, a 404 (product_not_found)."""
 
     def work() -> dict[str, Any]:
         recommender = Recommender(searcher)
         result = recommender.profile(_viewed(body, services, state.settings), now=time.time())
-        k = body.k or state.settings.search_default_k
+        k = recommender.window(body.k)
         query = recommender.candidates_query(result, body.filters, k, with_vectors=False)
         call = template_call(state.settings.index_alias, query)
         return {
@@ -283,10 +285,12 @@ async def profile(
 )
 def record_events(body: EventsRequest, services: Services, caller: SearchCaller) -> EventsResponse:
     now = time.time()
-    events = [
-        ShopperEvent(e.type, e.merchant_id, e.product_id, now if e.at is None else min(now, e.at))
-        for e in body.events
-    ]
+    oldest = now - services.shoppers.ttl_s  # nothing older than the retention, nothing later
+
+    def when(at: float | None) -> float:
+        return now if at is None else min(now, max(oldest, at))
+
+    events = [ShopperEvent(e.type, e.merchant_id, e.product_id, when(e.at)) for e in body.events]
     stored = services.shoppers.record(body.shopper, events)
     return EventsResponse(stored=stored, retention_s=services.shoppers.ttl_s)
 

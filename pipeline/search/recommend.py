@@ -247,6 +247,15 @@ class Recommender:
             exclude=tuple(products),
         )
 
+    def window(self, k: int | None) -> int:
+        """Products to recommend: ``k``, or the search default; within the search limit."""
+        k = k or self.settings.search_default_k
+        if not 1 <= k <= self.settings.search_max_k:
+            raise QueryError(
+                "invalid_query", f"k must be between 1 and {self.settings.search_max_k}"
+            )
+        return k
+
     def candidates_query(
         self, profile: Profile, filters: Filters, k: int, *, with_vectors: bool
     ) -> RecommendQuery:
@@ -273,11 +282,7 @@ class Recommender:
         k: int | None = None,
         mmr_lambda: float | None = None,
     ) -> Recommendations:
-        k = k or self.settings.search_default_k
-        if not 1 <= k <= self.settings.search_max_k:
-            raise QueryError(
-                "invalid_query", f"k must be between 1 and {self.settings.search_max_k}"
-            )
+        k = self.window(k)
         lam = self.settings.recommend_mmr_lambda if mmr_lambda is None else mmr_lambda
         profile = self.profile(viewed, now=now)
         query = self.candidates_query(profile, filters or Filters(), k, with_vectors=True)
