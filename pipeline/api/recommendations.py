@@ -19,13 +19,14 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from pipeline.api.auth import SearchCaller
 from pipeline.api.deps import SearcherDep, Services, State
 from pipeline.api.models import ErrorResponse, SearchHit, TemplateCall
+from pipeline.api.public import public_image_url
 from pipeline.documents import ID_PATTERN
 from pipeline.merchants.shoppers import SHOPPER_ID_PATTERN, EventKind, ShopperEvent
 from pipeline.search.query import Filters, ProductRef
@@ -168,7 +169,11 @@ def _viewed(
 
 
 async def _recommend(
-    body: RecommendationRequest, state: State, searcher: SearcherDep, services: Services
+    request: Request,
+    body: RecommendationRequest,
+    state: State,
+    searcher: SearcherDep,
+    services: Services,
 ) -> dict[str, Any]:
     def work() -> dict[str, Any]:
         viewed = _viewed(body, services, state.settings)
@@ -195,7 +200,10 @@ async def _recommend(
             "requests": result.requests if body.explain else None,
         }
 
-    return await run_in_threadpool(work)
+    result = await run_in_threadpool(work)
+    for hit in result["hits"]:  # stored images by their public URL, never a server path
+        hit["image_url"] = public_image_url(request, hit.get("image_url"), hit.get("image_sha256"))
+    return result
 
 
 @router.post(
@@ -205,6 +213,7 @@ async def _recommend(
     responses=ERRORS,
 )
 async def recommend(
+    request: Request,
     body: RecommendationRequest,
     state: State,
     searcher: SearcherDep,
@@ -215,7 +224,7 @@ async def recommend(
     the viewed products, filters applied inside the search -> at most one product per
     duplicate group, re-ranked by maximal marginal relevance so near-copies do not crowd the
     list."""
-    return await _recommend(body, state, searcher, services)
+    return await _recommend(request, body, state, searcher, services)
 
 
 @router.get(
@@ -225,6 +234,7 @@ async def recommend(
     responses=ERRORS,
 )
 async def recommend_for_shopper(
+    request: Request,
     query: Annotated[ShopperQuery, Query()],
     state: State,
     searcher: SearcherDep,
@@ -236,7 +246,7 @@ async def recommend_for_shopper(
     options = query.model_dump(include={"shopper", "k", "mmr_lambda", "explain"})
     filters = Filters(**query.model_dump(include=set(Filters.model_fields), exclude_unset=True))
     body = RecommendationRequest(**options, filters=filters)
-    return await _recommend(body, state, searcher, services)
+    return await _recommend(request, body, state, searcher, services)
 
 
 @router.post(

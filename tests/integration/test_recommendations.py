@@ -43,6 +43,7 @@ CATALOGUE: dict[str, tuple[list[dict[int, float]], str | None, str, bool]] = {
     "far": ([{0: -1.0, 10: 1.0}], None, "shoes", True),
 }
 VIEWED = ["viewed_1", "viewed_2"]
+STORE, SHA = "/var/lib/vitrine/images", "ab" * 32
 
 
 class Cat:
@@ -85,8 +86,10 @@ def cat(es, settings, encoder) -> Cat:
             in_stock=in_stock,
             images=[f"https://shop.invalid/{name}-{i}.jpg" for i in range(len(images))],
         )
+        if name == "near":  # an image in this server's store: shown by its public URL
+            product.images[0] = f"{STORE}/{SHA[:2]}/{SHA}"
         for index, offsets in enumerate(images):
-            sha = uuid.uuid4().hex * 2
+            sha = SHA if name == "near" else uuid.uuid4().hex * 2
             source = build_document(
                 product,
                 image_index=index,
@@ -211,6 +214,8 @@ def test_stateless_endpoint(client, cat):
     assert not set(names) & set(VIEWED) and "copy_b" not in names and "copy_a" in names
     assert data["viewed_found"] == keys(cat, VIEWED) and data["mmr_lambda"] == 0.7
     assert data["requests"][0]["template_id"].endswith("-recommend")
+    urls = {cat.name(h): h["image_url"] for h in data["hits"]}
+    assert urls["near"] == f"/v1/images/{SHA}" and urls["copy_a"].startswith("https://")
     both = client.post("/v1/recommendations", json={**body, "shopper": "shopper-123"})
     assert both.status_code == 422
     gone = client.post("/v1/recommendations", json={"viewed": keys(cat, ["gone"])})
