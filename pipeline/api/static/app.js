@@ -259,9 +259,8 @@ async function recordView(hit) {
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ shopper: shopperId(), events: [event] }),
     });
-  } finally {
-    loadRecommendations();
-  }
+  } catch (_) { /* offline: the view stays in the local list; recommendations say why below */ }
+  loadRecommendations();
 }
 
 function moreLikeThis(hit) {
