@@ -267,3 +267,28 @@ def test_events_history_recommendations_and_erasure(client, cat, settings):
     empty = client.get("/v1/recommendations", params={"shopper": shopper}).json()
     assert empty["hits"] == [] and empty["model_id"] is None
     assert client.post("/v1/events", json={"shopper": "x", "events": events}).status_code == 422
+
+
+def test_recommendations_and_events_count_against_the_search_rate_limit(settings, cat):
+    limited = settings.model_copy(
+        update={
+            "search_rate_limit_per_address": 2,
+            "redis_prefix": f"{settings.redis_prefix}-{uuid.uuid4().hex[:6]}",
+        }
+    )
+    shopper = f"shopper-{uuid.uuid4().hex}"
+    event = {"type": "view", **keys(cat, ["viewed_1"])[0]}
+    calls = [
+        lambda c: c.post("/v1/events", json={"shopper": shopper, "events": [event]}),
+        lambda c: c.get("/v1/recommendations", params={"shopper": shopper}),
+        lambda c: c.post("/v1/recommendations", json={"viewed": [keys(cat, ["viewed_1"])[0]]}),
+        lambda c: c.post("/v1/recommendations/profile", json={"shopper": shopper}),
+        lambda c: c.delete("/v1/events", params={"shopper": shopper}),
+    ]
+    with TestClient(create_app(limited, load_model=False)) as client:
+        statuses = [call(client) for call in calls]
+        client.app.state.vitrine.merchant_services.shoppers.forget(shopper)
+    # at most two per window: five calls cross at most one window boundary
+    refused = [r for r in statuses if r.status_code == 429]
+    assert len(refused) >= 1 and all("Retry-After" in r.headers for r in refused)
+    assert all(r.status_code < 300 for r in statuses if r.status_code != 429)
