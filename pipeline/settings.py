@@ -324,6 +324,39 @@ class VitrineSettings(BaseSettings):
     )
     rrf_k: int = Field(60, description="Rank constant of reciprocal rank fusion.")
 
+    # Recommendations from browsing history (pipeline/search/recommend.py)
+    recommend_mmr_lambda: float = Field(
+        0.7,
+        ge=0,
+        le=1,
+        description="Maximal marginal relevance: 1 ranks by similarity to the profile only, "
+        "lower values trade similarity for variety.",
+    )
+    recommend_overfetch: int = Field(
+        5, ge=1, description="kNN fetches k x this many image documents to diversify from."
+    )
+    recommend_half_life_s: float = Field(
+        86_400, gt=0, description="A timestamped view counts half as much after this long."
+    )
+    recommend_position_half_life: float = Field(
+        5,
+        gt=0,
+        description="Views without timestamps (most recent first): the view this many places "
+        "back counts half as much.",
+    )
+    recommend_cart_weight: float = Field(
+        3.0, gt=0, description="An add-to-cart event counts this many views."
+    )
+    shopper_history_ttl_s: int = Field(
+        30 * 86_400,
+        ge=60,
+        description="Retention of a shopper's events in Redis: the whole history expires this "
+        "long after the shopper's last event.",
+    )
+    shopper_history_max_events: int = Field(
+        50, ge=1, le=1000, description="Events kept per shopper (older ones are dropped)."
+    )
+
     # Local services and caches
     home: Path = Field(default_factory=_default_home, description="Model and cache files.")
     services_dir: Path = Field(

@@ -17,6 +17,7 @@ from pipeline.encoders import LazyEncoder
 from pipeline.jobs import VitrineCelery
 from pipeline.merchants.apikeys import ApiKeyStore
 from pipeline.merchants.ratelimit import RateLimiter, RedisCounter
+from pipeline.merchants.shoppers import ShopperHistory
 from pipeline.search.searcher import Searcher
 from pipeline.settings import VitrineSettings
 from pipeline.storage import ImageStore
@@ -31,6 +32,7 @@ class MerchantServices:
     search_limiter: RateLimiter  # searches and embeds, per API key
     address_limiter: RateLimiter  # searches and embeds without a key, per client address
     store: ImageStore
+    shoppers: ShopperHistory  # browsing history for recommendations
 
 
 @dataclass
@@ -84,6 +86,12 @@ class ApiState:
                 prefix=f"{settings.redis_prefix}:search-address",
             ),
             store=ImageStore(settings.images_dir),
+            shoppers=ShopperHistory(
+                redis,
+                prefix=settings.redis_prefix,
+                ttl_s=settings.shopper_history_ttl_s,
+                max_events=settings.shopper_history_max_events,
+            ),
         )
 
 

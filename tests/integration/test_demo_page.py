@@ -226,8 +226,56 @@ def test_search_page_text_image_filters_and_more_like_this(server, browser, tmp_
     assert price_facet.inner_text() == "3"  # sample mugs cost 12, 17, 22, 27 and 32
     cards = searched(page, lambda: page.check("#filter-in-stock"))
     assert sorted(cards) == ["mug-black", "mug-blue", "mug-red", "mug-yellow"]
-    in_stock = page.eval_on_selector_all(".card .meta", "ms => ms.map(m => m.textContent)")
+    in_stock = page.eval_on_selector_all("#results .card .meta", "ms => ms.map(m => m.textContent)")
     assert not any("out of stock" in text for text in in_stock)
 
+    assert not errors, errors
+    page.close()
+
+
+def panel(page, name: str) -> list[str]:
+    return page.eval_on_selector_all(
+        f"#{name} .card", "cards => cards.map(c => c.dataset.productId)"
+    )
+
+
+def viewed(page, action) -> list[str]:
+    """Open a product (a view): wait for the event, then for the recommendations panel."""
+    with (
+        page.expect_response(lambda r: r.url.endswith("/v1/events")) as event,
+        page.expect_response(lambda r: "/v1/recommendations?" in r.url) as recs,
+    ):
+        action()
+    assert event.value.ok, event.value.text()
+    assert recs.value.ok, recs.value.text()
+    page.wait_for_selector('#recommended[data-state="ready"]')
+    return panel(page, "recommended")
+
+
+def test_recently_viewed_and_you_may_also_like(server, browser):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    searched(page, lambda: page.goto(server))
+    assert page.locator("#history").is_hidden()  # nothing viewed yet
+
+    # opening the red sneaker: it is recently viewed, its near-identical twin comes first
+    recommended = viewed(page, lambda: page.click('#results .card[data-product-id="shoe-red"]'))
+    assert page.locator("#history").is_visible()
+    assert panel(page, "recent") == ["shoe-red"]
+    assert recommended and recommended[0] == TWIN and "shoe-red" not in recommended
+
+    # opening a recommendation: both are recently viewed (newest first), neither recommended
+    recommended = viewed(page, lambda: page.click(f'#recommended .card[data-product-id="{TWIN}"]'))
+    assert panel(page, "recent") == [TWIN, "shoe-red"]
+    assert recommended and not {TWIN, "shoe-red"} & set(recommended)
+
+    # the history outlives a reload: same shopper id, recommendations fetched again
+    with page.expect_response(lambda r: "/v1/recommendations?" in r.url):
+        page.reload()
+    page.wait_for_selector('#recommended[data-state="ready"]')
+    assert panel(page, "recent") == [TWIN, "shoe-red"]
+    assert set(panel(page, "recommended")) == set(recommended)
     assert not errors, errors
     page.close()

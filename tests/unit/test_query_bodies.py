@@ -244,6 +244,7 @@ def test_template_ids_are_namespaced_by_alias():
         "shop-a-more-like-this",
         "shop-a-product-vector",
         "shop-a-keyword",
+        "shop-a-recommend",
     ]
     assert all(body["script"]["lang"] == "mustache" for body in templates.values())
 

@@ -1,10 +1,17 @@
 // Vitrine demo search page: plain JavaScript over POST /v1/search (no build step).
 // Image and/or text queries, filters, facet counts, a result grid, and "more like this".
+// Opening a product counts as a view: it is sent to POST /v1/events under an opaque shopper id
+// kept in localStorage, shown under "recently viewed", and GET /v1/recommendations?shopper=
+// fills "you may also like".
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { image: null, mlt: null, seq: 0 };
+const state = { image: null, mlt: null, seq: 0, recSeq: 0 };
 const PAGE_SIZE = 48;
+const SHOPPER_KEY = "vitrine-shopper";
+const RECENT_KEY = "vitrine-recently-viewed";
+const RECENT_MAX = 8;
+const RECOMMENDED = 8;
 
 function currentFilters() {
   const filters = {};
@@ -111,7 +118,7 @@ function card(hit) {
   body.append(element("div", "title", hit.title));
   const meta = element("div", "meta");
   meta.append(element("span", "price", formatPrice(hit.price, hit.currency)));
-  meta.append(element("span", "score", `score ${hit.score.toFixed(4)}`));
+  if (typeof hit.score === "number") meta.append(element("span", "score", `score ${hit.score.toFixed(4)}`));
   body.append(meta);
   const details = [hit.category, hit.merchant_id].filter(Boolean).join(" · ");
   body.append(element("div", "meta", details + (hit.in_stock === false ? " · out of stock" : "")));
@@ -194,7 +201,70 @@ function render(body) {
   $("results").dataset.state = "ready";
 }
 
+function shopperId() {
+  let id = localStorage.getItem(SHOPPER_KEY);
+  if (!id) { // random and opaque: nothing about the person
+    const bytes = crypto.getRandomValues(new Uint8Array(16));
+    id = "s-" + [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
+    localStorage.setItem(SHOPPER_KEY, id);
+  }
+  return id;
+}
+
+function recentlyViewed() {
+  try { return JSON.parse(localStorage.getItem(RECENT_KEY)) || []; } catch (_) { return []; }
+}
+
+function remember(hit) {
+  const same = (h) => h.product_id === hit.product_id && h.merchant_id === hit.merchant_id;
+  const keep = ["product_id", "merchant_id", "title", "price", "currency", "category",
+    "image_url", "image_sha256", "in_stock"];
+  const entry = Object.fromEntries(keep.map((k) => [k, hit[k]]));
+  const recent = [entry, ...recentlyViewed().filter((h) => !same(h))].slice(0, RECENT_MAX);
+  localStorage.setItem(RECENT_KEY, JSON.stringify(recent));
+}
+
+function renderHistory() {
+  const recent = recentlyViewed();
+  $("history").hidden = recent.length === 0;
+  $("recent").replaceChildren(...recent.map(card));
+}
+
+async function loadRecommendations() {
+  const seq = ++state.recSeq;
+  const panel = $("recommended");
+  panel.dataset.state = "loading";
+  const params = new URLSearchParams({ shopper: shopperId(), k: String(RECOMMENDED) });
+  try {
+    const response = await fetch(`/v1/recommendations?${params}`);
+    const body = await response.json();
+    if (seq !== state.recSeq) return;
+    if (!response.ok) throw new Error(errorText(body));
+    panel.replaceChildren(...(body.hits || []).map(card));
+    panel.dataset.state = "ready";
+  } catch (error) {
+    if (seq !== state.recSeq) return;
+    panel.replaceChildren(element("p", "error", error.message));
+    panel.dataset.state = "error";
+  }
+}
+
+async function recordView(hit) {
+  remember(hit);
+  renderHistory();
+  const event = { type: "view", merchant_id: hit.merchant_id, product_id: hit.product_id };
+  try {
+    await fetch("/v1/events", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ shopper: shopperId(), events: [event] }),
+    });
+  } catch (_) { /* offline: the view stays in the local list; recommendations say why below */ }
+  loadRecommendations();
+}
+
 function moreLikeThis(hit) {
+  recordView(hit);
   state.mlt = { product_id: hit.product_id, merchant_id: hit.merchant_id };
   $("mlt-title").textContent = hit.title;
   $("mlt-banner").hidden = false;
@@ -243,6 +313,10 @@ function init() {
     setImage(null);
   });
   search();
+  if (recentlyViewed().length) {
+    renderHistory();
+    loadRecommendations();
+  }
 }
 
 document.addEventListener("DOMContentLoaded", init);
