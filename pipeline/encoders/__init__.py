@@ -199,6 +199,8 @@ def cache_key(settings: VitrineSettings) -> tuple[str, ...]:
         settings.model_arch,
         settings.model_pretrained,
         settings.device,
+        settings.encoder_runtime,
+        str(settings.encoder_min_agreement),
         str(settings.allow_random_weights),
         json.dumps(settings.encoder_options, sort_keys=True, default=str),
     )

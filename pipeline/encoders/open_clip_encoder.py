@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.encoders import IMAGE, TEXT, Encoder, EncoderError, l2_normalise
+from pipeline.encoders import IMAGE, TEXT, Encoder, EncoderError, l2_normalise, onnx_runtime
 from pipeline.settings import VitrineSettings
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,15 @@ def _download(arch: str, tag: str, settings: VitrineSettings) -> str | None:
 class OpenClipEncoder(Encoder):
     capabilities = frozenset({IMAGE, TEXT})
 
-    def __init__(self, arch: str, weights: ResolvedWeights, *, device: str, batch_size: int):
+    def __init__(
+        self,
+        arch: str,
+        weights: ResolvedWeights,
+        *,
+        device: str,
+        batch_size: int,
+        runtime: onnx_runtime.RuntimeOptions | None = None,
+    ):
         open_clip = _open_clip()
         self.model, _, self.preprocess = open_clip.create_model_and_transforms(
             arch, pretrained=weights.pretrained, device=device
@@ -179,7 +187,21 @@ class OpenClipEncoder(Encoder):
         self.dim = int(open_clip.get_model_config(arch)["embed_dim"])
         self.semantic = weights.semantic
         self.model_id = f"open_clip:{arch}:{weights.identity}:{self.dim}"
+        self.runtime: onnx_runtime.OnnxTower | None = None
+        self.agreement: onnx_runtime.Agreement | None = None  # the runtime's, to torch fp32
+        if runtime is not None:  # the image tower runs in ONNX Runtime; text stays in torch
+            key = onnx_runtime.cache_key(
+                weights.identity, self.pixels([Image.new("RGB", (8, 8))]).shape
+            )
+            self.runtime, self.agreement = onnx_runtime.load(
+                self.model.visual, self.pixels, key, runtime
+            )
+            self.model.visual = torch.nn.Identity()  # frees the torch copy of the image tower
+            self.model_id += f":{runtime.variant}"
         log.info("loaded encoder %s on %s", self.model_id, device)
+
+    def pixels(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return torch.stack([self.preprocess(img) for img in images]).numpy()
 
     @classmethod
     def from_settings(cls, settings: VitrineSettings) -> OpenClipEncoder:
@@ -187,7 +209,11 @@ class OpenClipEncoder(Encoder):
             torch.set_num_threads(settings.torch_threads)
         weights = resolve_weights(settings)
         return cls(
-            settings.model_arch, weights, device=settings.device, batch_size=settings.batch_size
+            settings.model_arch,
+            weights,
+            device=settings.device,
+            batch_size=settings.batch_size,
+            runtime=onnx_runtime.RuntimeOptions.from_settings(settings),
         )
 
     @torch.inference_mode()
@@ -196,8 +222,13 @@ class OpenClipEncoder(Encoder):
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
             batch = torch.stack([self.preprocess(img) for img in chunk]).to(self.device)
-            out[start : start + len(chunk)] = self.model.encode_image(batch).float().cpu().numpy()
+            out[start : start + len(chunk)] = self._forward(batch)
         return l2_normalise(out)
+
+    def _forward(self, batch: torch.Tensor) -> np.ndarray:
+        if self.runtime is not None:
+            return self.runtime(batch.numpy())
+        return self.model.encode_image(batch).float().cpu().numpy()
 
     @torch.inference_mode()
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
