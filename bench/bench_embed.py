@@ -186,8 +186,7 @@ def open_clip_subject(arch: str, cache: Path, batch: int) -> Subject:
     settings = VitrineSettings(model_arch=arch, model_pretrained=str(checkpoint))
     weights = resolve_weights(settings)
     encoder = OpenClipEncoder(arch, weights, device="cpu", batch_size=batch)
-    key = ox.cache_key(weights.identity, encoder.pixels([Image.new("RGB", (8, 8))]).shape)
-    return Subject(f"{arch} (random)", encoder, encoder.model.visual, key)
+    return Subject(f"{arch} (random)", encoder, encoder.model.visual, encoder.export_key)
 
 
 def efficientnet_subject(batch: int) -> Subject | None:
@@ -200,9 +199,7 @@ def efficientnet_subject(batch: int) -> Subject | None:
         encoder = EfficientNetLite0Encoder(wheel_weights(), device="cpu", batch_size=batch)
     except Exception:  # noqa: BLE001 - the offline-image extra is optional
         return None
-    identity = encoder.model_id.split(":")[2]
-    key = ox.cache_key(f"tf_efficientnet_lite0-{identity}", (224, 224))
-    return Subject("EfficientNet-Lite0 (ImageNet)", encoder, encoder.model, key)
+    return Subject("EfficientNet-Lite0 (ImageNet)", encoder, encoder.model, encoder.export_key)
 
 
 def main(argv: list[str] | None = None) -> None:

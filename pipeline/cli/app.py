@@ -55,11 +55,13 @@ def worker(
     hostname: Annotated[str | None, typer.Option(help="Worker node name.")] = None,
 ) -> None:
     """Run a Celery worker that embeds and indexes products from the queue."""
+    from pipeline.encoders import prepare as prepare_encoder
     from pipeline.ingest.ingestor import check_plugins
     from pipeline.jobs import create_celery
 
     current = settings()
     check_plugins(current)
+    prepare_encoder(current)
     celery_app = create_celery(current, worker=True)
     argv = ["worker", f"--concurrency={concurrency}", f"--pool={pool}", f"--loglevel={loglevel}"]
     argv += [f"--queues={celery_app.settings.queue}"]

@@ -108,11 +108,13 @@ class EfficientNetLite0Encoder(Encoder):
         self.batch_size = batch_size
         identity = f"imagenet-{_file_sha256(weights)[:12]}"
         self.model_id = f"timm:{ARCH}:{identity}:{DIM}"
+        self.export_key = onnx_runtime.cache_key(f"{ARCH}-{identity}", config["input_size"])
         self.runtime: onnx_runtime.OnnxTower | None = None
         self.agreement: onnx_runtime.Agreement | None = None  # the runtime's, to torch fp32
         if runtime is not None:
-            key = onnx_runtime.cache_key(f"{ARCH}-{identity}", config["input_size"])
-            self.runtime, self.agreement = onnx_runtime.load(self.model, self.pixels, key, runtime)
+            self.runtime, self.agreement = onnx_runtime.load(
+                self.model, self.pixels, self.export_key, runtime
+            )
             self.model_id += f":{runtime.variant}"
         log.info("loaded encoder %s on %s", self.model_id, device)
 
@@ -145,4 +147,5 @@ class EfficientNetLite0Encoder(Encoder):
         return l2_normalise(out)
 
     def pixels(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """The model's input: ``(n, 3, h, w)`` float32, preprocessed."""
         return torch.stack([self.preprocess(img.convert("RGB")) for img in images]).numpy()

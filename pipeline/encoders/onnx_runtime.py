@@ -113,7 +113,7 @@ class RuntimeOptions:
 
     @property
     def file_stem(self) -> str:
-        return self.variant if self.recipe is None else f"{self.variant}-{self.recipe.name}"
+        return self.variant if self.recipe is None else self.recipe.name
 
 
 class OnnxTower:

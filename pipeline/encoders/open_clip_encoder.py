@@ -187,20 +187,21 @@ class OpenClipEncoder(Encoder):
         self.dim = int(open_clip.get_model_config(arch)["embed_dim"])
         self.semantic = weights.semantic
         self.model_id = f"open_clip:{arch}:{weights.identity}:{self.dim}"
+        self.export_key = onnx_runtime.cache_key(
+            f"{arch}-{weights.identity}", self.model.visual.image_size
+        )
         self.runtime: onnx_runtime.OnnxTower | None = None
         self.agreement: onnx_runtime.Agreement | None = None  # the runtime's, to torch fp32
         if runtime is not None:  # the image tower runs in ONNX Runtime; text stays in torch
-            key = onnx_runtime.cache_key(
-                weights.identity, self.pixels([Image.new("RGB", (8, 8))]).shape
-            )
             self.runtime, self.agreement = onnx_runtime.load(
-                self.model.visual, self.pixels, key, runtime
+                self.model.visual, self.pixels, self.export_key, runtime
             )
             self.model.visual = torch.nn.Identity()  # frees the torch copy of the image tower
             self.model_id += f":{runtime.variant}"
         log.info("loaded encoder %s on %s", self.model_id, device)
 
     def pixels(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """The image tower's input: ``(n, 3, h, w)`` float32, preprocessed."""
         return torch.stack([self.preprocess(img) for img in images]).numpy()
 
     @classmethod

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from pipeline.encoders import EncoderError, cache_key, create_encoder
+from pipeline.encoders import EncoderError, cache_key, create_encoder, prepare
 from pipeline.encoders import onnx_runtime as ox
 from pipeline.encoders.calibration import agreement_images, calibration_images
 from pipeline.settings import VitrineSettings
@@ -113,3 +113,12 @@ def test_onnx_runs_on_the_cpu_only(tiny_checkpoint, home):
     settings = settings_for(tiny_checkpoint, home, encoder_runtime="onnx", device="cuda")
     with pytest.raises(EncoderError, match="runs on the CPU"):
         ox.RuntimeOptions.from_settings(settings)
+
+
+def test_prepare_builds_in_a_child_and_passes_a_refusal_on(tiny_checkpoint, home):
+    """What ``vitrine worker`` does before forking its pool."""
+    settings = settings_for(tiny_checkpoint, home, encoder_runtime="onnx-int8")
+    prepare(settings)
+    assert list(Path(home, "models", "onnx").glob("*/int8-*.json"))
+    with pytest.raises(ox.AgreementTooLow, match="refused"):
+        prepare(settings.model_copy(update={"encoder_min_agreement": 1.0}))
