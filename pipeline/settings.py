@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -190,6 +190,21 @@ class VitrineSettings(BaseSettings):
         description="Threads of each model process. Default: the CPUs this process may use "
         "divided by the worker's pool processes (at least 1), so processes x threads fill the "
         "cores without oversubscribing them; outside a worker, torch's own default.",
+    )
+    encoder_runtime: Literal["torch", "onnx", "onnx-int8"] = Field(
+        "torch",
+        description="What runs the image tower: torch fp32, or an ONNX Runtime export of it in "
+        "fp32 or int8 (AVX-512 VNNI; faster, slightly different vectors). The runtime is part of "
+        "model_id, so changing it means a new index. Exports are built once per machine and "
+        "cached under <home>/models/onnx (the first start takes longer). ONNX Runtime uses "
+        "torch_threads threads per forward pass too.",
+    )
+    encoder_min_agreement: float = Field(
+        0.99,
+        ge=0,
+        le=1,
+        description="An ONNX runtime whose vectors agree with torch fp32 at a lower mean cosine "
+        "(measured once, on a fixed generated image set) is refused at load.",
     )
 
     # Images

@@ -63,12 +63,14 @@ def worker(
     metrics on VITRINE_WORKER_METRICS_PORT when set)."""
     from celery.signals import worker_shutting_down
 
+    from pipeline.encoders import prepare as prepare_encoder
     from pipeline.ingest.ingestor import check_plugins
     from pipeline.jobs import create_celery
 
     current = settings().for_worker_processes(concurrency, len(os.sched_getaffinity(0)))
     exec_with_metrics_dir(current)
     check_plugins(current)
+    prepare_encoder(current)
     celery_app = create_celery(current, worker=True)
     argv = ["worker", f"--concurrency={concurrency}", f"--pool={pool}", f"--loglevel={loglevel}"]
     argv += [f"--queues={celery_app.settings.queue}"]

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from typing import ClassVar
 
 import numpy as np
@@ -208,9 +210,26 @@ def cache_key(settings: VitrineSettings) -> tuple[str, ...]:
         settings.model_arch,
         settings.model_pretrained,
         settings.device,
+        settings.encoder_runtime,
+        str(settings.encoder_min_agreement),
         str(settings.allow_random_weights),
         json.dumps(settings.encoder_options, sort_keys=True, default=str),
     )
+
+
+def prepare(settings: VitrineSettings) -> None:
+    """Build what the encoder caches on disk (ONNX Runtime exports) in a child process, before a
+    worker forks its pool: pool processes then only load it, well within Celery's start-up
+    timeout, and a refused variant stops the worker at once instead of every pool process."""
+    if settings.encoder_runtime == "torch":
+        return
+    context = multiprocessing.get_context("spawn")  # this process stays free of the model
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        pool.submit(_load_and_drop, settings).result()
+
+
+def _load_and_drop(settings: VitrineSettings) -> None:
+    create_encoder(settings)
 
 
 _cache: dict[tuple[str, ...], Encoder] = {}

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.encoders import IMAGE, Encoder, EncoderError, l2_normalise
+from pipeline.encoders import IMAGE, Encoder, EncoderError, l2_normalise, onnx_runtime
 from pipeline.settings import VitrineSettings
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,14 @@ class EfficientNetLite0Encoder(Encoder):
     capabilities = frozenset({IMAGE})
     dim = DIM
 
-    def __init__(self, weights: Path, *, device: str, batch_size: int):
+    def __init__(
+        self,
+        weights: Path,
+        *,
+        device: str,
+        batch_size: int,
+        runtime: onnx_runtime.RuntimeOptions | None = None,
+    ):
         timm = _timm()
         model = timm.create_model(ARCH, pretrained=False)
         load_state_dict(model, weights)
@@ -99,7 +106,16 @@ class EfficientNetLite0Encoder(Encoder):
         self.preprocess = timm.data.create_transform(**config)
         self.device = device
         self.batch_size = batch_size
-        self.model_id = f"timm:{ARCH}:imagenet-{_file_sha256(weights)[:12]}:{DIM}"
+        identity = f"imagenet-{_file_sha256(weights)[:12]}"
+        self.model_id = f"timm:{ARCH}:{identity}:{DIM}"
+        self.export_key = onnx_runtime.cache_key(f"{ARCH}-{identity}", config["input_size"])
+        self.runtime: onnx_runtime.OnnxTower | None = None
+        self.agreement: onnx_runtime.Agreement | None = None  # the runtime's, to torch fp32
+        if runtime is not None:
+            self.runtime, self.agreement = onnx_runtime.load(
+                self.model, self.pixels, self.export_key, runtime
+            )
+            self.model_id += f":{runtime.variant}"
         log.info("loaded encoder %s on %s", self.model_id, device)
 
     @classmethod
@@ -110,13 +126,26 @@ class EfficientNetLite0Encoder(Encoder):
         weights = Path(option).expanduser() if option else wheel_weights()
         if not weights.is_file():
             raise EncoderError(f"efficientnet_lite0 weights {weights} do not exist")
-        return cls(weights, device=settings.device, batch_size=settings.batch_size)
+        return cls(
+            weights,
+            device=settings.device,
+            batch_size=settings.batch_size,
+            runtime=onnx_runtime.RuntimeOptions.from_settings(settings),
+        )
 
     @torch.inference_mode()
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         out = np.empty((len(images), self.dim), dtype=np.float32)
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
-            batch = torch.stack([self.preprocess(img.convert("RGB")) for img in chunk])
-            out[start : start + len(chunk)] = self.model(batch.to(self.device)).float().cpu()
+            batch = self.pixels(chunk)
+            if self.runtime is not None:
+                out[start : start + len(chunk)] = self.runtime(batch)
+            else:
+                tensor = torch.from_numpy(batch).to(self.device)
+                out[start : start + len(chunk)] = self.model(tensor).float().cpu()
         return l2_normalise(out)
+
+    def pixels(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """The model's input: ``(n, 3, h, w)`` float32, preprocessed."""
+        return torch.stack([self.preprocess(img.convert("RGB")) for img in images]).numpy()

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.encoders import IMAGE, TEXT, Encoder, EncoderError, l2_normalise
+from pipeline.encoders import IMAGE, TEXT, Encoder, EncoderError, l2_normalise, onnx_runtime
 from pipeline.encoders.preprocess import ClipPreprocess
 from pipeline.profile import stage
 from pipeline.settings import VitrineSettings
@@ -169,7 +169,15 @@ def _download(arch: str, tag: str, settings: VitrineSettings) -> str | None:
 class OpenClipEncoder(Encoder):
     capabilities = frozenset({IMAGE, TEXT})
 
-    def __init__(self, arch: str, weights: ResolvedWeights, *, device: str, batch_size: int):
+    def __init__(
+        self,
+        arch: str,
+        weights: ResolvedWeights,
+        *,
+        device: str,
+        batch_size: int,
+        runtime: onnx_runtime.RuntimeOptions | None = None,
+    ):
         open_clip = _open_clip()
         self.model, _, self.preprocess = open_clip.create_model_and_transforms(
             arch, pretrained=weights.pretrained, device=device
@@ -187,7 +195,22 @@ class OpenClipEncoder(Encoder):
         self.dim = int(open_clip.get_model_config(arch)["embed_dim"])
         self.semantic = weights.semantic
         self.model_id = f"open_clip:{arch}:{weights.identity}:{self.dim}"
+        self.export_key = onnx_runtime.cache_key(
+            f"{arch}-{weights.identity}", self.model.visual.image_size
+        )
+        self.runtime: onnx_runtime.OnnxTower | None = None
+        self.agreement: onnx_runtime.Agreement | None = None  # the runtime's, to torch fp32
+        if runtime is not None:  # the image tower runs in ONNX Runtime; text stays in torch
+            self.runtime, self.agreement = onnx_runtime.load(
+                self.model.visual, self.pixels, self.export_key, runtime
+            )
+            self.model.visual = torch.nn.Identity()  # frees the torch copy of the image tower
+            self.model_id += f":{runtime.variant}"
         log.info("loaded encoder %s on %s", self.model_id, device)
+
+    def pixels(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """The image tower's input: ``(n, 3, h, w)`` float32, preprocessed."""
+        return self.preprocess_images(images).numpy()
 
     @classmethod
     def from_settings(cls, settings: VitrineSettings) -> OpenClipEncoder:
@@ -195,7 +218,11 @@ class OpenClipEncoder(Encoder):
             torch.set_num_threads(settings.torch_threads)
         weights = resolve_weights(settings)
         return cls(
-            settings.model_arch, weights, device=settings.device, batch_size=settings.batch_size
+            settings.model_arch,
+            weights,
+            device=settings.device,
+            batch_size=settings.batch_size,
+            runtime=onnx_runtime.RuntimeOptions.from_settings(settings),
         )
 
     @torch.inference_mode()
@@ -206,9 +233,7 @@ class OpenClipEncoder(Encoder):
             with stage("preprocess", len(chunk)):
                 batch = self.preprocess_images(chunk).to(self.device)
             with stage("forward", len(chunk)):
-                out[start : start + len(chunk)] = (
-                    self.model.encode_image(batch).float().cpu().numpy()
-                )
+                out[start : start + len(chunk)] = self._forward(batch)
         return l2_normalise(out)
 
     def preprocess_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -216,6 +241,11 @@ class OpenClipEncoder(Encoder):
         if self.batch_preprocess is not None:
             return self.batch_preprocess(images)
         return torch.stack([self.preprocess(img) for img in images])
+
+    def _forward(self, batch: torch.Tensor) -> np.ndarray:
+        if self.runtime is not None:
+            return self.runtime(batch.numpy())
+        return self.model.encode_image(batch).float().cpu().numpy()
 
     @torch.inference_mode()
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:

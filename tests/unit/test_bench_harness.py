@@ -21,4 +21,4 @@ def test_report_saves_table_json_and_plot(tmp_path):
 
 
 def test_every_benchmark_module_is_listed():
-    assert {"embed_batching", "ingest", "quality"} <= set(available())
+    assert {"embed", "ingest", "quality"} <= set(available())
