@@ -158,6 +158,9 @@ class ImageFields(BaseModel):
     auto_tag_scores: list[TagScore] = Field(default_factory=list)
     image_text: str | None = None
     phash: str | None = None
+    #: Near-duplicate group (pipeline.ingest.duplicates): the document id of the group's first
+    #: member; documents of the same item, at one merchant or several, share it.
+    duplicate_group: str | None = None
 
 
 class IndexingFields(BaseModel):
@@ -203,6 +206,7 @@ def build_document(
     auto_tag_scores: Mapping[str, float] | None = None,
     image_text: str | None = None,
     phash: str | None = None,
+    duplicate_group: str | None = None,
 ) -> dict[str, Any]:
     """The ``_source`` of one product-image document (validated against ``ProductDocument``);
     ``extra`` (fields written by plugin processors) never overrides Vitrine's own fields."""
@@ -220,6 +224,7 @@ def build_document(
         auto_tag_scores=[TagScore(tag=t, score=v) for t, v in (auto_tag_scores or {}).items()],
         image_text=image_text,
         phash=phash,
+        duplicate_group=duplicate_group,
         model_id=model_id,
         content_hash=product.content_hash,
         indexed_at=indexed_at or datetime.now(UTC),

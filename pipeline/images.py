@@ -252,3 +252,11 @@ def load_image(
     if isinstance(source, bytes | bytearray | memoryview):
         return decode_image(bytes(source), limits)
     return decode_image(read_image_bytes(source, limits, policy=policy, deadline=deadline), limits)
+
+
+def phash_distance(a: str | None, b: str | None) -> int | None:
+    """Differing bits of two hex perceptual hashes (the ``phash`` field); ``None`` when either
+    is missing."""
+    if not a or not b:
+        return None
+    return (int(a, 16) ^ int(b, 16)).bit_count()

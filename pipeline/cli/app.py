@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli import es_security, jobs, keys, search, services, taxonomy
+from pipeline.cli import duplicates, es_security, jobs, keys, search, services, taxonomy
 from pipeline.cli.common import settings, setup_logging
 
 app = typer.Typer(
@@ -31,6 +31,8 @@ app.command()(jobs.enqueue)
 app.command()(jobs.job)
 app.command()(jobs.reconcile)
 app.command()(search.search)
+app.command()(duplicates.offers)
+app.command()(duplicates.duplicates)
 
 
 @app.command("init-index")

@@ -14,6 +14,7 @@ from pipeline.documents import Product, build_document, document_id
 from pipeline.encoders import Encoder, LazyEncoder, load_factory
 from pipeline.es import indexing
 from pipeline.es.client import is_transient_es_error, make_client
+from pipeline.ingest.duplicates import DuplicateMatcher
 from pipeline.ingest.processors import IngestItem, ProcessorChain, ProcessorContext, load_chain
 from pipeline.journal import ErrorSpool
 from pipeline.settings import VitrineSettings
@@ -63,6 +64,9 @@ class Ingestor:
         self.es = es or make_client(settings)
         self.encoder = LazyEncoder(settings, encoder)
         self.chain = ProcessorChain(settings.processors, ProcessorContext(settings, self.encoder))
+        self.duplicates = (
+            DuplicateMatcher(settings, self.es) if settings.duplicate_matching else None
+        )
         self._index_ready = False
         self.spool = ErrorSpool(settings.journal_root)
 
@@ -87,6 +91,8 @@ class Ingestor:
         self.ensure_index()
         items = [IngestItem(p, i) for p in products for i in range(len(p.images))]
         self.chain.run(items)
+        if self.duplicates:
+            self.duplicates.assign(items)  # one msearch for the whole batch
         now = datetime.now(UTC)
         results: dict[tuple[str, str], ProductResult] = {}
         documents: dict[tuple[str, str], list[tuple[str, dict]]] = {}
@@ -123,6 +129,7 @@ class Ingestor:
                         auto_tag_scores=item.auto_tag_scores,
                         image_text=item.image_text,
                         phash=item.phash,
+                        duplicate_group=item.duplicate_group,
                     ),
                 )
             )

@@ -68,6 +68,7 @@ class IngestItem:
     image_text: str | None = None
     text_boxes: list[TextBox] = field(default_factory=list)
     phash: str | None = None
+    duplicate_group: str | None = None
 
     @property
     def source(self) -> str:
