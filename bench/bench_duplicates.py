@@ -63,9 +63,23 @@ def _overlap(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:
     return max(0, w) * max(0, h) / min(a[2], b[2]) ** 2
 
 
+def _cutout(image: Image.Image, mask: Image.Image) -> Image.Image:
+    product = image.convert("RGBA")
+    product.putalpha(mask)
+    return product
+
+
+def _centred(image: Image.Image, side: int) -> Image.Image:
+    """``image`` resized to ``side`` in the middle of a transparent product layer."""
+    layer = Image.new("RGBA", (SIZE, SIZE), (0, 0, 0, 0))
+    offset = (SIZE - side) // 2
+    layer.paste(image.convert("RGBA").resize((side, side), Image.LANCZOS), (offset, offset))
+    return layer
+
+
 def photo_crops(rng: random.Random, n: int) -> list[tuple[Image.Image, Image.Image]]:
-    """``(original, look-alike)``: a crop and the neighbouring crop half a side away; crops of
-    different originals overlap by at most a tenth."""
+    """``(original, look-alike)`` products: a photo crop and the neighbouring crop half a side
+    away; crops of different originals overlap by at most a tenth."""
     photos = _photos()
     taken: dict[int, list[tuple[int, int, int]]] = {}
     pairs: list[tuple[Image.Image, Image.Image]] = []
@@ -75,7 +89,7 @@ def photo_crops(rng: random.Random, n: int) -> list[tuple[Image.Image, Image.Ima
         index = rng.randrange(len(photos))
         photo = photos[index]
         w, h = photo.size
-        side = rng.randint(min(w, h) // 5, min(w, h) // 3)
+        side = rng.randint(min(w, h) // 6, min(w, h) // 4)
         x, y = rng.randint(0, w - side), rng.randint(0, h - side)
         step = side // 2
         near = next(
@@ -92,9 +106,9 @@ def photo_crops(rng: random.Random, n: int) -> list[tuple[Image.Image, Image.Ima
         ):
             continue
         taken.setdefault(index, []).extend([crop, near])
+        shown = rng.randint(200, 260)
         pairs.append(tuple(  # type: ignore[arg-type]
-            photo.crop((cx, cy, cx + s, cy + s)).resize((SIZE, SIZE), Image.LANCZOS)
-            for cx, cy, s in (crop, near)
+            _centred(photo.crop((cx, cy, cx + s, cy + s)), shown) for cx, cy, s in (crop, near)
         ))  # fmt: skip
     if len(pairs) < n:
         raise RuntimeError(f"only {len(pairs)} non-overlapping photo crops for {n}")
@@ -102,29 +116,34 @@ def photo_crops(rng: random.Random, n: int) -> list[tuple[Image.Image, Image.Ima
 
 
 def _print(rng: random.Random, size: int) -> Image.Image:
-    """A random print: stripes, dots or shapes in random colours."""
-    tile = Image.new("RGB", (size, size), tuple(rng.randrange(256) for _ in range(3)))
+    """A random print: rectangles and ellipses in random colours on a random ground."""
+    tile = Image.new("RGB", (size, size), _colour(rng))
     draw = ImageDraw.Draw(tile)
-    for _ in range(rng.randint(4, 9)):
-        colour = tuple(rng.randrange(256) for _ in range(3))
+    for _ in range(rng.randint(5, 10)):
         x0, y0 = rng.randrange(size), rng.randrange(size)
-        x1, y1 = x0 + rng.randint(8, size // 2), y0 + rng.randint(8, size // 2)
-        getattr(draw, rng.choice(["rectangle", "ellipse"]))([x0, y0, x1, y1], fill=colour)
+        x1, y1 = x0 + rng.randint(10, size // 2), y0 + rng.randint(10, size // 2)
+        getattr(draw, rng.choice(["rectangle", "ellipse"]))([x0, y0, x1, y1], fill=_colour(rng))
     return tile
 
 
 def drawings(rng: random.Random, n: int) -> list[tuple[Image.Image, Image.Image]]:
-    """``(original, look-alike)``: a sample drawing with a print, and with another print."""
+    """``(original, look-alike)`` products: a sample-catalogue drawing with a large print, and
+    the same drawing with another print."""
     pairs = []
     for index in range(n):
         category = list(CATEGORIES)[index % len(CATEGORIES)]
         colour = list(COLOURS)[(index // len(CATEGORIES)) % len(COLOURS)]
         base = product_image(category, colour, seed=index)
+        ground = np.asarray(base, dtype=np.int16)[:4, :4].reshape(-1, 3).mean(0)
+        differs = np.abs(np.asarray(base, dtype=np.int16) - ground).sum(-1) > 40
         variants = []
         for _ in range(2):
             image = base.copy()
-            image.paste(_print(rng, 90), (115, 150))
-            variants.append(image)
+            mask = Image.fromarray((differs * 255).astype(np.uint8))
+            x, y = rng.randint(70, 110), rng.randint(90, 130)
+            image.paste(_print(rng, 140), (x, y))
+            mask.paste(255, (x, y, x + 140, y + 140))
+            variants.append(_cutout(image, mask))
         pairs.append((variants[0], variants[1]))
     return pairs
 
@@ -138,17 +157,39 @@ def _texture(rng: np.random.Generator, palette: np.ndarray, smooth: float) -> Im
 
 
 def textures(rng: random.Random, n: int) -> list[tuple[Image.Image, Image.Image]]:
-    """``(original, look-alike)``: smoothed random noise in a random palette, twice."""
+    """``(original, look-alike)`` products: a shape (cushion, rug, swatch) in a random
+    smoothed-noise fabric, and the same shape and palette with another noise."""
     pairs = []
     for _ in range(n):
-        palette = np.array([[rng.randrange(256) for _ in range(3)] for _ in range(2)], np.float32)
+        palette = np.array([_colour(rng), _colour(rng)], np.float32)
         smooth = rng.uniform(1, 6)
-        first, second = (np.random.default_rng(rng.randrange(2**32)) for _ in range(2))
-        pairs.append((_texture(first, palette, smooth), _texture(second, palette, smooth)))
+        mask = Image.new("L", (SIZE, SIZE), 0)
+        w, h = rng.randint(160, 280), rng.randint(160, 280)
+        box = ((SIZE - w) // 2, (SIZE - h) // 2, (SIZE + w) // 2, (SIZE + h) // 2)
+        shape = rng.choice(["ellipse", "rounded_rectangle", "rectangle"])
+        getattr(ImageDraw.Draw(mask), shape)(box, fill=255)
+        fabrics = [_texture(np.random.default_rng(rng.randrange(2**32)), palette, smooth)
+                   for _ in range(2)]  # fmt: skip
+        pairs.append((_cutout(fabrics[0], mask), _cutout(fabrics[1], mask)))
     return pairs
 
 
 # --------------------------------------------------------------------------- copies
+
+
+def _colour(rng: random.Random) -> tuple[int, int, int]:
+    return (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+
+
+def _studio(rng: random.Random) -> tuple[int, int, int]:
+    """A plain photo background: light, sometimes tinted."""
+    base = rng.randint(200, 250)
+    return (base + rng.randint(-12, 5), base + rng.randint(-12, 5), base + rng.randint(-12, 5))
+
+
+def on(product: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    canvas = Image.new("RGBA", product.size, (*background, 255))
+    return Image.alpha_composite(canvas, product).convert("RGB")
 
 
 def _jpeg(image: Image.Image, quality: int) -> Image.Image:
@@ -157,35 +198,31 @@ def _jpeg(image: Image.Image, quality: int) -> Image.Image:
     return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
 
 
-def copy_of(image: Image.Image, kind: str, rng: random.Random) -> Image.Image:
+def copy_of(product: Image.Image, image: Image.Image, kind: str, rng: random.Random) -> Image.Image:
+    """A copy of ``image`` (``product`` on a background) as another shop might show it."""
     w, h = image.size
     if kind == "resized":
         scale = rng.choice([0.5, 0.75, 1.6])
         return image.resize((int(w * scale), int(h * scale)), Image.LANCZOS)
     if kind == "recompressed":
-        return _jpeg(image, rng.randint(20, 40))
+        return _jpeg(image, rng.randint(25, 45))
     if kind == "cropped":
         f = rng.uniform(0.04, 0.08)
         left, top = int(w * f * rng.random()), int(h * f * rng.random())
         return image.crop((left, top, left + int(w * (1 - f)), top + int(h * (1 - f))))
     if kind == "colour_shifted":
-        shifted = ImageEnhance.Color(image).enhance(rng.uniform(0.7, 1.3))
-        shifted = ImageEnhance.Brightness(shifted).enhance(rng.uniform(0.85, 1.15))
-        tint = Image.new("RGB", image.size, tuple(rng.randrange(256) for _ in range(3)))
-        return Image.blend(shifted, tint, 0.08)
+        shifted = ImageEnhance.Color(image).enhance(rng.uniform(0.75, 1.25))
+        shifted = ImageEnhance.Brightness(shifted).enhance(rng.uniform(0.88, 1.12))
+        return Image.blend(shifted, Image.new("RGB", image.size, _colour(rng)), 0.06)
     if kind == "rebackgrounded":
-        margin = int(w * rng.uniform(0.08, 0.15))
-        canvas = Image.new("RGB", (w + 2 * margin, h + 2 * margin), _background(rng))
-        canvas.paste(image, (margin, margin))
-        return canvas
+        return on(product, _studio(rng))
     raise ValueError(kind)
 
 
-def _background(rng: random.Random) -> tuple[int, int, int]:
-    return tuple(rng.randrange(256) for _ in range(3))  # type: ignore[return-value]
-
-
-def build_set(n_originals: int, seed: int = 7) -> list[Sample]:
+def build_set(
+    n_originals: int, *, copies: int = 1, lookalike_share: float = 0.5, seed: int = 7
+) -> list[Sample]:
+    """Originals, ``copies`` copies of each (kinds in turn) and look-alikes of a share."""
     rng = random.Random(seed)
     n_photos, n_drawings = n_originals * 3 // 10, n_originals * 3 // 10
     pairs = (
@@ -193,11 +230,17 @@ def build_set(n_originals: int, seed: int = 7) -> list[Sample]:
         + drawings(rng, n_drawings)
         + textures(rng, n_originals - n_photos - n_drawings)
     )
+    rng.shuffle(pairs)
     samples = []
-    for item, (original, lookalike) in enumerate(pairs):
+    for item, (product, lookalike) in enumerate(pairs):
+        background = _studio(rng)
+        original = on(product, background)
         samples.append(Sample(item, "original", original))
-        samples += [Sample(item, kind, copy_of(original, kind, rng)) for kind in COPIES]
-        samples.append(Sample(len(pairs) + item, "lookalike", lookalike))
+        for c in range(copies):
+            kind = COPIES[(item + 2 * c) % len(COPIES)]
+            samples.append(Sample(item, kind, copy_of(product, original, kind, rng)))
+        if item < lookalike_share * len(pairs):
+            samples.append(Sample(len(pairs) + item, "lookalike", on(lookalike, background)))
     return samples
 
 
@@ -259,21 +302,17 @@ def pair_scores(items: list[int], groups: list[str]) -> tuple[float, float]:
 
 def kind_recall(samples: list[Sample], groups: list[str]) -> dict[str, float]:
     """Share of each copy kind in its original's group; for look-alikes, share kept apart."""
+    n = sum(s.kind == "original" for s in samples)
     original_group = {s.item: groups[i] for i, s in enumerate(samples) if s.kind == "original"}
-    n = len(original_group)
-    result = {}
-    for kind in COPIES:
-        hits = sum(
-            groups[i] == original_group[s.item] for i, s in enumerate(samples) if s.kind == kind
-        )
-        result[kind] = hits / n
-    apart = sum(
-        groups[i] != original_group[s.item - n]
-        for i, s in enumerate(samples)
-        if s.kind == "lookalike"
-    )
-    result["lookalike_kept_apart"] = apart / n
-    return result
+    together: dict[str, list[bool]] = {}
+    for i, s in enumerate(samples):
+        if s.kind in COPIES:
+            together.setdefault(s.kind, []).append(groups[i] == original_group[s.item])
+        elif s.kind == "lookalike":
+            together.setdefault("lookalike_kept_apart", []).append(
+                groups[i] != original_group[s.item - n]
+            )
+    return {kind: sum(v) / len(v) for kind, v in together.items()}
 
 
 def embed(samples: list[Sample]) -> np.ndarray:
@@ -286,6 +325,7 @@ def embed(samples: list[Sample]) -> np.ndarray:
 def main(argv: list[str] | None = None) -> None:
     parser = harness.parser(__doc__)
     parser.add_argument("--originals", type=int, default=500)
+    parser.add_argument("--copies", type=int, default=1, help="copies per original (kinds in turn)")
     parser.add_argument("--batch", type=int, default=16, help="images per ingest batch")
     args = parser.parse_args(argv)
     if args.quick:
@@ -293,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = VitrineSettings()
     default = MatchRule.from_settings(settings)
     started = time.perf_counter()
-    samples = build_set(args.originals)
+    samples = build_set(args.originals, copies=args.copies)
     hashes = [str(imagehash.phash(s.image)) for s in samples]
     vectors = embed(samples)
     took = time.perf_counter() - started

@@ -228,13 +228,13 @@ class VitrineSettings(BaseSettings):
         True, description="Match each ingested image against the catalogue (duplicate_group)."
     )
     duplicate_min_cosine: float = Field(
-        0.80, ge=-1, le=1, description="Cosine from which hashes close enough make a duplicate."
+        0.70, ge=-1, le=1, description="Cosine from which hashes close enough make a duplicate."
     )
     duplicate_max_phash_distance: int = Field(
-        12, ge=0, le=64, description="Most differing bits of two duplicates' 64-bit phash."
+        8, ge=0, le=64, description="Most differing bits of two duplicates' 64-bit phash."
     )
     duplicate_sure_cosine: float = Field(
-        0.95, ge=-1, le=1, description="Cosine from which two images are duplicates on its own."
+        0.99, ge=-1, le=1, description="Cosine from which two images are duplicates on its own."
     )
     duplicate_candidates: int = Field(
         10, ge=1, le=100, description="Nearest documents compared with each new image."

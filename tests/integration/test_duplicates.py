@@ -173,3 +173,35 @@ def test_the_worker_groups_copies(worker, es, settings, item):
     statuses = wait_for_jobs(worker, job_ids, timeout_s=180)
     assert [statuses[j].state for j in job_ids] == ["done", "done"]
     assert _group(es, settings, a) == _group(es, settings, b) == _doc_id(a)
+
+
+def test_cli_offers_and_duplicates_report(es, settings, ingestor, item, tmp_path):
+    import csv
+    import json
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+
+    a, b, c = item["a"], item["b"], item["c"]
+    ingestor.ingest([a, b, c])
+    group = _group(es, settings, a)
+    runner = CliRunner()
+    env = settings.to_env()
+    result = runner.invoke(app, ["offers", a.merchant_id, a.product_id, "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    offers = json.loads(result.stdout)["offers"]
+    assert [o["product_id"] for o in offers] == [b.product_id, c.product_id]
+
+    out_csv, out_png = tmp_path / "dupes.csv", tmp_path / "dupes.png"
+    args = ["duplicates", "--csv", str(out_csv), "--sheet", str(out_png), "--cross-merchant"]
+    result = runner.invoke(app, args, env=env)
+    assert result.exit_code == 0, result.output
+    rows = [row for row in csv.DictReader(out_csv.open()) if row["group"] == group]
+    assert sorted((r["merchant"], r["product"]) for r in rows) == sorted(
+        (p.merchant_id, p.product_id) for p in (a, b, c)
+    )
+    assert {"group", "merchant", "product", "price", "distance"} <= set(rows[0])
+    with Image.open(out_png) as sheet:
+        assert sheet.width > 0 and sheet.height > 0
