@@ -152,3 +152,63 @@ def test_group_members_measure_distance_to_the_founder():
     assert row["group"] == "g" and row["distance"] == "0.4000" and row["price"] == 3.0
     # founder deleted: the earliest indexed member is the reference
     assert group_members("g", hits[:1]).members[0].distance == 0.0
+
+
+class FakeES:
+    """Answers the matcher's msearch with canned hits and records bulk updates."""
+
+    def __init__(self, knn_hits, own_hits=(), fail=None):
+        self.knn_hits, self.own_hits, self.fail = knn_hits, list(own_hits), fail
+        self.searches, self.bulks = [], []
+
+    def msearch(self, searches):
+        if self.fail:
+            raise self.fail
+        self.searches.append(searches)
+        responses = [{"hits": {"hits": hits}} for hits in self.knn_hits]
+        return {"responses": [*responses, {"hits": {"hits": self.own_hits}}]}
+
+    def bulk(self, operations):
+        self.bulks.append(operations)
+
+
+def _items(tmp_path, n):
+    from PIL import Image
+
+    from pipeline.documents import Product
+    from pipeline.images import load_image
+    from pipeline.ingest.processors import IngestItem
+
+    items = []
+    for i in range(n):
+        path = tmp_path / f"{i}.png"
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(path)
+        product = Product(product_id=f"p{i}", merchant_id="m", title="t", images=[str(path)])
+        item = IngestItem(product, 0, image=load_image(str(path)), vector=X, phash="00")
+        items.append(item)
+    return items
+
+
+def test_matcher_sends_one_msearch_per_batch_and_backfills(tmp_path):
+    from pipeline.ingest.duplicates import DuplicateMatcher
+
+    legacy = {"_id": "legacy", "_score": 0.999, "_source": {"phash": "00"}}
+    es = FakeES([[legacy], [legacy]])
+    items = _items(tmp_path, 2)
+    DuplicateMatcher(VitrineSettings(), es).assign(items)
+    assert len(es.searches) == 1 and len(es.searches[0]) == 2 * 3  # header + body each
+    assert [item.duplicate_group for item in items] == ["legacy", "legacy"]
+    [operations] = es.bulks
+    assert operations[1] == {"doc": {"duplicate_group": "legacy"}}
+
+
+def test_matcher_marks_the_batch_transient_while_elasticsearch_is_down(tmp_path):
+    from elasticsearch import ConnectionError as ESConnectionError
+
+    from pipeline.ingest.duplicates import DuplicateMatcher
+
+    items = _items(tmp_path, 2)
+    down = FakeES([], fail=ESConnectionError("refused"))
+    DuplicateMatcher(VitrineSettings(), down).assign(items)
+    assert all(i.error and i.error.transient for i in items)
+    assert all(i.error.reason == "duplicates_unavailable" for i in items)
