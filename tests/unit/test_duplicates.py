@@ -212,3 +212,29 @@ def test_matcher_marks_the_batch_transient_while_elasticsearch_is_down(tmp_path)
     DuplicateMatcher(VitrineSettings(), down).assign(items)
     assert all(i.error and i.error.transient for i in items)
     assert all(i.error.reason == "duplicates_unavailable" for i in items)
+
+
+@pytest.mark.parametrize(
+    ("path", "endpoint"),
+    [
+        ("/v1/products/sku-1/offers", "offers"),
+        ("/v1/products/a/b/offers", "offers"),  # product ids may contain "/"
+        ("/v1/products/sku-1", "get_product"),
+        ("/v1/products/a/b", "get_product"),
+    ],
+)
+def test_offers_route_comes_before_the_product_view(path, endpoint):
+    from starlette.routing import Match
+
+    from pipeline.api.app import create_app
+
+    app = create_app(VitrineSettings(), load_model=False)
+    scope = {"type": "http", "path": path, "method": "GET", "root_path": ""}
+
+    def routes(container):  # FastAPI keeps included routers as nested routers
+        for route in container:
+            nested = getattr(route, "original_router", None)
+            yield from routes(nested.routes) if nested else [route]
+
+    first = next(r for r in routes(app.routes) if r.matches(scope)[0] == Match.FULL)
+    assert first.endpoint.__name__ == endpoint
