@@ -158,9 +158,11 @@ class ImageFields(BaseModel):
     auto_tag_scores: list[TagScore] = Field(default_factory=list)
     image_text: str | None = None
     phash: str | None = None
-    # catalogue intelligence: the duplicate group (near-duplicate images) and the visual
-    # cluster (``vitrine cluster``, nearest stored centroid at ingest) with its taxonomy name
+    #: Near-duplicate group (pipeline.ingest.duplicates): the document id of the group's first
+    #: member; documents of the same item, at one merchant or several, share it.
     duplicate_group: str | None = None
+    #: Visual cluster (``vitrine cluster``; the nearest stored centroid at ingest) and its
+    #: taxonomy name.
     visual_cluster: str | None = None
     visual_cluster_name: str | None = None
 
@@ -210,6 +212,7 @@ def build_document(
     phash: str | None = None,
     visual_cluster: str | None = None,
     visual_cluster_name: str | None = None,
+    duplicate_group: str | None = None,
 ) -> dict[str, Any]:
     """The ``_source`` of one product-image document (validated against ``ProductDocument``);
     ``extra`` (fields written by plugin processors) never overrides Vitrine's own fields."""
@@ -229,6 +232,7 @@ def build_document(
         phash=phash,
         visual_cluster=visual_cluster,
         visual_cluster_name=visual_cluster_name,
+        duplicate_group=duplicate_group,
         model_id=model_id,
         content_hash=product.content_hash,
         indexed_at=indexed_at or datetime.now(UTC),

@@ -292,3 +292,11 @@ def load_image(
         return decode_image(bytes(source), limits, size=size)
     data = read_image_bytes(source, limits, policy=policy, deadline=deadline)
     return decode_image(data, limits, size=size)
+
+
+def phash_distance(a: str | None, b: str | None) -> int | None:
+    """Differing bits of two hex perceptual hashes (the ``phash`` field); ``None`` when either
+    is missing."""
+    if not a or not b:
+        return None
+    return (int(a, 16) ^ int(b, 16)).bit_count()

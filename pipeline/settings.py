@@ -299,6 +299,27 @@ class VitrineSettings(BaseSettings):
     ocr_max_side: int = Field(640, description="OCR text detection works at this long side.")
     ocr_min_score: float = Field(0.5, description="Text lines read with a lower score are dropped.")
 
+    # Near-duplicates (pipeline/ingest/duplicates.py): two images show the same item when their
+    # vectors' cosine is at least duplicate_sure_cosine, or at least duplicate_min_cosine with
+    # perceptual hashes (phash processor) at most duplicate_max_phash_distance bits apart.
+    # Cosines depend on the encoder: the defaults are measured with efficientnet_lite0
+    # (bench/bench_duplicates.py).
+    duplicate_matching: bool = Field(
+        True, description="Match each ingested image against the catalogue (duplicate_group)."
+    )
+    duplicate_min_cosine: float = Field(
+        0.70, ge=-1, le=1, description="Cosine from which hashes close enough make a duplicate."
+    )
+    duplicate_max_phash_distance: int = Field(
+        8, ge=0, le=64, description="Most differing bits of two duplicates' 64-bit phash."
+    )
+    duplicate_sure_cosine: float = Field(
+        0.99, ge=-1, le=1, description="Cosine from which two images are duplicates on its own."
+    )
+    duplicate_candidates: int = Field(
+        10, ge=1, le=100, description="Nearest documents compared with each new image."
+    )
+
     # Merchant upload API and catalogue import
     image_store_dir: Path | None = Field(
         None,

@@ -61,6 +61,11 @@ def settings(session_id: str, tiny_checkpoint: Path, tmp_path_factory) -> Vitrin
         image_max_bytes=2 * 1024 * 1024,
         image_max_pixels=4_000_000,
         search_rate_limit_per_address=100_000,  # every test client shares one address
+        # The random-weight test model maps all images to cosines near 0.98: duplicates are
+        # told apart by the perceptual hash, with a cosine gate above distinct images' (<0.997).
+        duplicate_min_cosine=0.99,
+        duplicate_max_phash_distance=16,
+        duplicate_sure_cosine=0.9995,
         home=tmp_path_factory.mktemp("home"),
     )
 

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from pipeline.api import errors, health, page, products, recommendations, search
+from pipeline.api import errors, health, offers, page, products, recommendations, search
 from pipeline.api.deps import ApiState
 from pipeline.es.client import make_client
 from pipeline.jobs import create_celery
@@ -34,6 +34,13 @@ def create_app(settings: VitrineSettings, *, load_model: bool = True) -> FastAPI
     )
     app.state.vitrine = state
     errors.install(app)
-    for module in (health, search, recommendations, products, page):
+    for module in (
+        health,
+        search,
+        recommendations,
+        offers,
+        products,
+        page,
+    ):  # offers before products/{id:path}
         app.include_router(module.router)
     return app

@@ -14,7 +14,17 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli import cluster, es_security, jobs, keys, reindex, search, services, taxonomy
+from pipeline.cli import (
+    cluster,
+    duplicates,
+    es_security,
+    jobs,
+    keys,
+    reindex,
+    search,
+    services,
+    taxonomy,
+)
 from pipeline.cli.common import exec_with_metrics_dir, settings, setup_logging
 
 app = typer.Typer(
@@ -36,6 +46,8 @@ app.command()(jobs.job)
 app.command()(jobs.reconcile)
 app.command()(search.search)
 app.command()(cluster.cluster)
+app.command()(duplicates.offers)
+app.command()(duplicates.duplicates)
 
 
 @app.command("init-index")

@@ -84,6 +84,9 @@ def search(
         list[str] | None, typer.Option(help="Has this zero-shot tag, e.g. colour:red (repeat).")
     ] = None,
     auto_category: Annotated[str | None, typer.Option(help="Zero-shot category.")] = None,
+    duplicate_group: Annotated[
+        str | None, typer.Option(help="Only this near-duplicate group (the same item).")
+    ] = None,
     merchant: Annotated[str | None, typer.Option(help="Only this merchant's products.")] = None,
     min_price: Annotated[float | None, typer.Option(help="Lowest price.")] = None,
     max_price: Annotated[float | None, typer.Option(help="Highest price.")] = None,
@@ -153,6 +156,7 @@ def search(
                     "exclude_quality_flags": exclude_quality_flag or [],
                     "auto_tags_all": auto_tag or [],
                     "auto_category": auto_category,
+                    "duplicate_group": duplicate_group,
                 },
                 "k": k,
                 "num_candidates": num_candidates,

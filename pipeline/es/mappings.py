@@ -177,7 +177,7 @@ def product_documents_query(merchant_id: str, product_id: str) -> dict[str, Any]
 # --------------------------------------------------------------------------- search templates
 
 #: Stored search templates, one per query shape; ids are ``<alias>-<name>``.
-SEARCH_TEMPLATES = ("knn", "more-like-this", "product-vector", "keyword", "recommend")
+SEARCH_TEMPLATES = ("knn", "more-like-this", "product-vector", "keyword", "recommend", "offers")
 
 
 def search_template_id(alias: str, name: str) -> str:

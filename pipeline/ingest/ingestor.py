@@ -15,6 +15,7 @@ from pipeline.documents import Product, build_document, document_id
 from pipeline.encoders import Encoder, LazyEncoder, load_factory
 from pipeline.es import aliases, indexing
 from pipeline.es.client import is_transient_es_error, make_client
+from pipeline.ingest.duplicates import DuplicateMatcher
 from pipeline.ingest.processors import IngestItem, ProcessorChain, ProcessorContext, load_chain
 from pipeline.journal import ErrorSpool
 from pipeline.profile import StageProfile, active, record
@@ -85,6 +86,9 @@ class Ingestor:
         self.es = es or make_client(settings)
         self.encoder = LazyEncoder(settings, encoder)
         self.chain = ProcessorChain(settings.processors, ProcessorContext(settings, self.encoder))
+        self.duplicates = (
+            DuplicateMatcher(settings, self.es) if settings.duplicate_matching else None
+        )
         self._index_ready = False
         self.spool = ErrorSpool(settings.journal_root)
         #: Where this process's ingest time went, since it started (see ``pipeline.profile``).
@@ -155,6 +159,8 @@ class Ingestor:
             return model_mismatch(products, exc)
         items = [IngestItem(p, i) for p in products for i in range(len(p.images))]
         self.chain.run(items)
+        if self.duplicates:
+            self.duplicates.assign(items)  # one msearch for the whole batch
         now = datetime.now(UTC)
         results: dict[tuple[str, str], ProductResult] = {}
         documents: dict[tuple[str, str], list[tuple[str, dict]]] = {}
@@ -193,6 +199,7 @@ class Ingestor:
                         phash=item.phash,
                         visual_cluster=item.visual_cluster,
                         visual_cluster_name=item.visual_cluster_name,
+                        duplicate_group=item.duplicate_group,
                     ),
                 )
             )

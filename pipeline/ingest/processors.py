@@ -71,6 +71,7 @@ class IngestItem:
     phash: str | None = None
     visual_cluster: str | None = None
     visual_cluster_name: str | None = None
+    duplicate_group: str | None = None
 
     @property
     def source(self) -> str:

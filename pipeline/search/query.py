@@ -69,6 +69,11 @@ class Filters(BaseModel):
     auto_category: str | None = Field(
         None, max_length=200, description="Zero-shot category (auto_tag processor)."
     )
+    duplicate_group: str | None = Field(
+        None,
+        max_length=200,
+        description="Only this near-duplicate group (a hit's duplicate_group): the same item.",
+    )
 
     def template_params(self) -> dict[str, Any]:
         """The filter parameters of the search templates (absent when not filtering)."""
@@ -92,6 +97,8 @@ class Filters(BaseModel):
             params["auto_tags_all"] = [tag.lower() for tag in self.auto_tags_all]
         if self.auto_category:
             params["auto_category"] = self.auto_category.lower()
+        if self.duplicate_group:
+            params["duplicate_group"] = self.duplicate_group
         return params
 
 
@@ -118,6 +125,8 @@ def filter_clauses(filters: Filters, *, model_id: str | None = None) -> list[dic
     clauses.extend({"term": {"auto_tags": tag}} for tag in p.get("auto_tags_all", []))
     if "auto_category" in p:
         clauses.append({"term": {"auto_category": p["auto_category"]}})
+    if "duplicate_group" in p:
+        clauses.append({"term": {"duplicate_group": p["duplicate_group"]}})
     if model_id:
         clauses.append({"term": {"model_id": model_id}})
     return clauses

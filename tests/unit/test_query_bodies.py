@@ -30,6 +30,7 @@ ALL_FILTERS = Filters(
     exclude_quality_flags=["low_resolution"],
     auto_tags_all=["Colour:Red", "material:leather"],
     auto_category="Bag",
+    duplicate_group="g-1",
 )
 
 
@@ -57,6 +58,7 @@ def test_every_filter_in_template_order():
         {"term": {"auto_tags": "colour:red"}},
         {"term": {"auto_tags": "material:leather"}},
         {"term": {"auto_category": "bag"}},
+        {"term": {"duplicate_group": "g-1"}},
         {"term": {"model_id": "model"}},
     ]
     assert ALL_FILTERS.template_params() == {
@@ -71,6 +73,7 @@ def test_every_filter_in_template_order():
         "exclude_quality_flags": ["low_resolution"],
         "auto_tags_all": ["colour:red", "material:leather"],
         "auto_category": "bag",
+        "duplicate_group": "g-1",
     }
 
 
@@ -245,6 +248,7 @@ def test_template_ids_are_namespaced_by_alias():
         "shop-a-product-vector",
         "shop-a-keyword",
         "shop-a-recommend",
+        "shop-a-offers",
     ]
     assert all(body["script"]["lang"] == "mustache" for body in templates.values())
 
@@ -271,6 +275,7 @@ def test_template_sources_use_exactly_their_documented_params(name):
             "exclude_quality_flags",
             "auto_tags_all",
             "auto_category",
+            "duplicate_group",
         }
     assert used == documented
 

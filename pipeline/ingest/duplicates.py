@@ -1,0 +1,265 @@
+"""Near-duplicates on ingest: the same item, at one merchant or several, shares a
+``duplicate_group``.
+
+After the processor chain, the ingestor hands each batch to ``DuplicateMatcher``: each new image
+is compared with its ``duplicate_candidates`` nearest indexed documents (one
+``msearch`` of kNN searches per batch, not per image) and with the images before it in the same
+batch. Two images match when their vectors' cosine is at least ``duplicate_sure_cosine``, or at
+least ``duplicate_min_cosine`` with perceptual hashes (``phash`` processor) at most
+``duplicate_max_phash_distance`` bits apart (``MatchRule``).
+
+Group ids, and why they are stable:
+
+- An image that matches nothing founds a group whose id is its own document id. Members keep
+  the id they were given; nothing renames a group when members leave, so deleting any member,
+  the founder included, leaves the group of the others as it was.
+- An image that matches members of several groups joins the smallest id (deterministic, so two
+  workers deciding on the same evidence agree); groups are never merged on ingest.
+- Re-ingesting an image (same document id) keeps the group it has; a changed image is a new
+  document and is matched afresh (the product's old image document is deleted by the write).
+- A matched document indexed before this processor existed (no group) founds the group with its
+  own id: it is updated in place so that searches for the group find it.
+
+Concurrency: two workers ingesting copies of one item within a refresh interval (about a second)
+cannot see each other's documents and may found two groups; ``vitrine duplicates`` shows them as
+separate groups. This is the price of keeping ingest free of cross-worker locks.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from elasticsearch import Elasticsearch
+
+from pipeline.documents import document_id
+from pipeline.es.client import is_transient_es_error
+from pipeline.images import phash_distance
+from pipeline.ingest.processors import IngestError, IngestItem
+from pipeline.settings import VitrineSettings
+
+log = logging.getLogger(__name__)
+
+VECTOR_FIELD = "image_vector"
+MATCH_SOURCE = ["merchant_id", "product_id", "duplicate_group", "phash"]
+
+
+@dataclass(frozen=True)
+class MatchRule:
+    """When two images show the same item (thresholds from the settings)."""
+
+    min_cosine: float
+    max_phash_distance: int
+    sure_cosine: float
+
+    @classmethod
+    def from_settings(cls, settings: VitrineSettings) -> MatchRule:
+        return cls(
+            min_cosine=settings.duplicate_min_cosine,
+            max_phash_distance=settings.duplicate_max_phash_distance,
+            sure_cosine=settings.duplicate_sure_cosine,
+        )
+
+    def matches(self, cosine: float, distance: int | None) -> bool:
+        if cosine >= self.sure_cosine:
+            return True
+        close = distance is not None and distance <= self.max_phash_distance
+        return cosine >= self.min_cosine and close
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An indexed document near a new image: its id, group and phash, and the cosine."""
+
+    doc_id: str
+    group: str | None
+    phash: str | None
+    cosine: float
+
+    @classmethod
+    def from_hit(cls, hit: dict[str, Any]) -> Candidate:
+        source = hit.get("_source", {})
+        # kNN on a cosine field scores (1 + cos) / 2
+        return cls(
+            hit["_id"], source.get("duplicate_group"), source.get("phash"), 2 * hit["_score"] - 1
+        )
+
+
+@dataclass(frozen=True)
+class NewImage:
+    """A batch image to be grouped."""
+
+    doc_id: str
+    vector: np.ndarray
+    phash: str | None
+
+
+@dataclass
+class Grouping:
+    """The outcome for one batch: a group per new document, and the group of each matched
+    older document that had none (to be written onto it)."""
+
+    groups: dict[str, str]
+    backfill: dict[str, str]
+
+
+#: The exact float cosine on kNN's (1 + cos) / 2 scale, as the searcher re-scores: int8_hnsw
+#: scores are off by about 0.005, too much for thresholds near 1.
+EXACT_SCORE = f"(cosineSimilarity(params.query_vector, '{VECTOR_FIELD}') + 1.0) / 2.0"
+
+
+def match_searches(
+    vectors: Sequence[np.ndarray], doc_ids: Sequence[str], *, k: int
+) -> list[dict[str, Any]]:
+    """``msearch`` bodies: one kNN search per new image, then one look-up of the groups the
+    batch's documents already have (re-ingest keeps them)."""
+    searches: list[dict[str, Any]] = []
+    for vector in vectors:
+        floats = [float(x) for x in np.asarray(vector, dtype=np.float32)]
+        exact = {"script": {"source": EXACT_SCORE, "params": {"query_vector": floats}}}
+        searches.append(
+            {
+                "knn": {
+                    "field": VECTOR_FIELD,
+                    "query_vector": floats,
+                    "k": k,
+                    "num_candidates": max(50, 2 * k),
+                },
+                "rescore": {
+                    "window_size": k,
+                    "query": {
+                        "rescore_query": {"script_score": {"query": {"match_all": {}}, **exact}},
+                        "query_weight": 0.0,
+                        "rescore_query_weight": 1.0,
+                    },
+                },
+                "size": k,
+                "_source": MATCH_SOURCE,
+            }
+        )
+    searches.append(
+        {"query": {"ids": {"values": list(doc_ids)}}, "size": len(doc_ids), "_source": MATCH_SOURCE}
+    )
+    return searches
+
+
+def assign_groups(
+    images: Sequence[NewImage],
+    candidates: Sequence[Sequence[Candidate]],
+    previous: dict[str, str | None],
+    rule: MatchRule,
+) -> Grouping:
+    """Groups for a batch of new images (pure): see the module docstring for the rules.
+
+    ``candidates[i]`` are the indexed documents nearest ``images[i]``; ``previous`` maps the
+    ids of batch documents that are already indexed to their group."""
+    grouping = Grouping({}, {})
+    unit = [_unit(image.vector) for image in images]
+    for i, image in enumerate(images):
+        kept = previous.get(image.doc_id)
+        if kept:
+            grouping.groups[image.doc_id] = kept
+            continue
+        found: set[str] = set()
+        for candidate in candidates[i]:
+            if candidate.doc_id == image.doc_id:
+                continue
+            if rule.matches(candidate.cosine, phash_distance(image.phash, candidate.phash)):
+                group = candidate.group or grouping.backfill.get(candidate.doc_id)
+                if group is None:
+                    group = grouping.backfill.setdefault(candidate.doc_id, candidate.doc_id)
+                found.add(group)
+        for j in range(i):  # earlier images of this batch are not indexed yet
+            earlier = images[j]
+            cosine = float(unit[i] @ unit[j])
+            if earlier.doc_id != image.doc_id and rule.matches(
+                cosine, phash_distance(image.phash, earlier.phash)
+            ):
+                found.add(grouping.groups[earlier.doc_id])
+        grouping.groups[image.doc_id] = min(found) if found else image.doc_id
+    return grouping
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    v = np.asarray(vector, dtype=np.float32)
+    norm = float(np.linalg.norm(v))
+    return v / norm if norm else v
+
+
+class DuplicateMatcher:
+    """Sets ``duplicate_group`` on a batch's embedded items (after the processor chain, which
+    computes ``phash`` when the ``phash`` processor is configured): one ``msearch`` per batch."""
+
+    def __init__(self, settings: VitrineSettings, es: Elasticsearch):
+        self.settings = settings
+        self.rule = MatchRule.from_settings(settings)
+        self.es = es
+
+    def assign(self, items: Sequence[IngestItem]) -> None:
+        """Group the ``ok`` items; while Elasticsearch is unreachable they fail as transient."""
+        ready = [i for i in items if i.ok and i.vector is not None and i.image is not None]
+        if not ready:
+            return
+        images = [
+            NewImage(
+                document_id(i.product.merchant_id, i.product.product_id, i.image.sha256),  # type: ignore[union-attr]
+                i.vector,  # type: ignore[arg-type]
+                i.phash,
+            )
+            for i in ready
+        ]
+        try:
+            candidates, previous = self._search(images)
+            grouping = assign_groups(images, candidates, previous, self.rule)
+            if grouping.backfill:
+                self._backfill(grouping.backfill)
+        except Exception as exc:
+            if not is_transient_es_error(exc):
+                raise
+            for item in ready:
+                item.error = IngestError(
+                    "duplicates_unavailable", f"duplicate matching: {exc}", transient=True
+                )
+            return
+        for item, image in zip(ready, images, strict=True):
+            item.duplicate_group = grouping.groups[image.doc_id]
+
+    def _search(
+        self, images: Sequence[NewImage]
+    ) -> tuple[list[list[Candidate]], dict[str, str | None]]:
+        alias = self.settings.index_alias
+        searches = match_searches(
+            [image.vector for image in images],
+            [image.doc_id for image in images],
+            k=self.settings.duplicate_candidates,
+        )
+        body: list[dict[str, Any]] = []
+        for search in searches:
+            body += [{"index": alias}, search]
+        responses = self.es.msearch(searches=body)["responses"]
+        for response in responses:
+            if "error" in response:
+                raise RuntimeError(f"duplicate matching search failed: {response['error']}")
+        candidates = [
+            [Candidate.from_hit(hit) for hit in response["hits"]["hits"]]
+            for response in responses[:-1]
+        ]
+        previous = {
+            hit["_id"]: hit.get("_source", {}).get("duplicate_group")
+            for hit in responses[-1]["hits"]["hits"]
+        }
+        return candidates, previous
+
+    def _backfill(self, backfill: dict[str, str]) -> None:
+        """Give matched documents from before this processor their (own-id) group."""
+        body: list[dict[str, Any]] = []
+        for doc_id, group in backfill.items():
+            body += [
+                {"update": {"_index": self.settings.index_alias, "_id": doc_id}},
+                {"doc": {"duplicate_group": group}},
+            ]
+        self.es.bulk(operations=body)
+        log.info("gave %d older document(s) their duplicate group", len(backfill))

@@ -1,0 +1,207 @@
+"""Near-duplicate groups and offers against the real Elasticsearch: offers across merchants,
+groups after insert, update and delete, the stored offers template, the API route and the
+``duplicate_group`` filter, and through the real worker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from pipeline.api.app import create_app
+from pipeline.documents import Product, document_id
+from pipeline.es import indexing, mappings
+from pipeline.images import load_image
+from pipeline.ingest.ingestor import Ingestor
+from pipeline.jobs import enqueue, wait_for_jobs
+from pipeline.search.duplicate_groups import iter_groups
+from pipeline.search.offers import OffersQuery, ProductNotFound, find_offers
+from tests.integration.helpers import near_duplicate, pattern_image, unique_prefix
+
+
+def _product(directory: Path, merchant: str, product_id: str, image, **fields) -> Product:
+    path = directory / f"{merchant}-{product_id.replace('/', '_')}.png"
+    image.save(path)
+    data = {
+        "product_id": product_id,
+        "merchant_id": merchant,
+        "title": f"{product_id} at {merchant}",
+        "price": 10.0,
+        "currency": "EUR",
+        "images": [str(path)],
+        **fields,
+    }
+    return Product.model_validate(data)
+
+
+def _doc_id(product: Product) -> str:
+    sha = load_image(product.images[0]).sha256
+    return document_id(product.merchant_id, product.product_id, sha)
+
+
+def _group(es, settings, product: Product) -> str | None:
+    es.indices.refresh(index=settings.index_alias)
+    hits = es.search(
+        index=settings.index_alias,
+        query=mappings.product_documents_query(product.merchant_id, product.product_id),
+    )["hits"]["hits"]
+    assert len(hits) == 1
+    return hits[0]["_source"].get("duplicate_group")
+
+
+@pytest.fixture
+def ingestor(es, settings, encoder) -> Ingestor:
+    return Ingestor(settings, es=es, encoder=encoder)
+
+
+@pytest.fixture
+def item(tmp_path) -> Iterator:
+    """Products of one item at three merchants and a different product, with unique ids."""
+    prefix = unique_prefix()
+    seed = int(prefix[1:], 16) % 1_000_000 + 1000
+    original = pattern_image(seed)
+    make = lambda merchant, name, image, **kw: _product(  # noqa: E731
+        tmp_path, f"{prefix}-{merchant}", name, image, **kw
+    )
+    yield {
+        "a": make("a", "sku-1", original, price=30.0),
+        "b": make("b", "sku-9", near_duplicate(original), price=20.0),
+        "c": make(
+            "c", "x/2", near_duplicate(original, quality=40, size=90), price=25.0, in_stock=False
+        ),  # fmt: skip
+        "other": make("b", "sku-other", pattern_image(seed + 1), price=1.0),
+        "make": make,
+        "original": original,
+        "seed": seed,
+    }
+
+
+def test_offers_across_merchants_cheapest_first(es, settings, ingestor, item):
+    a, b, c, other = item["a"], item["b"], item["c"], item["other"]
+    ingestor.ingest([a])  # the founder
+    ingestor.ingest([b, c, other])
+    group = _group(es, settings, a)
+    assert group == _doc_id(a)
+    assert _group(es, settings, b) == _group(es, settings, c) == group
+    assert _group(es, settings, other) == _doc_id(other)
+
+    offers = find_offers(es, settings.index_alias, a.merchant_id, a.product_id)
+    assert offers["duplicate_groups"] == [group]
+    assert [(o["merchant_id"], o["price"], o["in_stock"]) for o in offers["offers"]] == [
+        (b.merchant_id, 20.0, True),
+        (c.merchant_id, 25.0, False),
+    ]
+    in_stock = find_offers(es, settings.index_alias, a.merchant_id, a.product_id, in_stock=True)
+    assert [o["product_id"] for o in in_stock["offers"]] == [b.product_id]
+    from_b = find_offers(es, settings.index_alias, b.merchant_id, b.product_id)
+    assert [o["product_id"] for o in from_b["offers"]] == [c.product_id, a.product_id]
+    with pytest.raises(ProductNotFound):
+        find_offers(es, settings.index_alias, a.merchant_id, "no-such-product")
+
+    # the stored template renders exactly the Python body, and runs
+    query = OffersQuery((group,), a.merchant_id)
+    template_id = mappings.search_template_id(settings.index_alias, "offers")
+    rendered = es.render_search_template(id=template_id, params=query.template_params())
+    assert rendered["template_output"] == query.body()
+    stored = es.search_template(index=settings.index_alias, id=template_id,
+                                params=query.template_params())  # fmt: skip
+    assert [h["_source"]["price"] for h in stored["hits"]["hits"]] == [20.0, 25.0]
+
+    # the API: public, addressed by merchant and product id (ids may contain '/')
+    with TestClient(create_app(settings, load_model=False)) as client:
+        response = client.get(
+            f"/v1/products/{c.product_id}/offers", params={"merchant_id": c.merchant_id}
+        )
+        assert response.status_code == 200, response.text
+        assert [o["price"] for o in response.json()["offers"]] == [20.0, 30.0]
+        assert client.get(f"/v1/products/{c.product_id}/offers").status_code == 400
+        missing = client.get("/v1/products/nope/offers", params={"merchant_id": a.merchant_id})
+        assert missing.status_code == 404
+        # the group is a search filter
+        search = client.post("/v1/search", json={"filters": {"duplicate_group": group}, "k": 10})
+        assert search.status_code == 200, search.text
+        found = {(h["merchant_id"], h["product_id"]) for h in search.json()["hits"]}
+        assert found == {(p.merchant_id, p.product_id) for p in (a, b, c)}
+
+    # the catalogue report sees the group with its three members
+    groups = {g.group_id: g for g in iter_groups(es, settings.index_alias, page=3)}
+    assert sorted(m.merchant_id for m in groups[group].members) == sorted(
+        p.merchant_id for p in (a, b, c)
+    )
+    assert groups[group].members[0].distance == 0.0
+
+
+def test_groups_after_update_and_delete(es, settings, ingestor, item):
+    a, b, c = item["a"], item["b"], item["c"]
+    ingestor.ingest([a, b, c])  # copies in one batch share a group too
+    group = _group(es, settings, a)
+    assert group == _doc_id(a) and _group(es, settings, b) == _group(es, settings, c) == group
+
+    # deleting the founder leaves the group of the others as it was; a new copy still joins it
+    indexing.delete_product(es, settings, a.merchant_id, a.product_id)
+    assert _group(es, settings, b) == _group(es, settings, c) == group
+    d = item["make"]("d", "sku-4", near_duplicate(item["original"], size=70), price=5.0)
+    ingestor.ingest([d])
+    assert _group(es, settings, d) == group
+
+    # re-ingesting the same image keeps the group; a changed image leaves it
+    ingestor.ingest([b.model_copy(update={"price": 19.0})])
+    assert _group(es, settings, b) == group
+    changed = item["make"]("c", "x/2", pattern_image(item["seed"] + 2), price=25.0)
+    ingestor.ingest([changed])
+    assert _group(es, settings, changed) == _doc_id(changed)
+    offers = find_offers(es, settings.index_alias, d.merchant_id, d.product_id)
+    assert [(o["product_id"], o["price"]) for o in offers["offers"]] == [(b.product_id, 19.0)]
+
+
+def test_document_from_before_grouping_founds_the_group(es, settings, encoder, ingestor, item):
+    off = settings.model_copy(update={"duplicate_matching": False})
+    legacy = Ingestor(off, es=es, encoder=encoder)
+    a, b = item["a"], item["b"]
+    legacy.ingest([a])
+    assert _group(es, settings, a) is None
+    ingestor.ingest([b])
+    assert _group(es, settings, b) == _doc_id(a) == _group(es, settings, a)
+
+
+def test_the_worker_groups_copies(worker, es, settings, item):
+    a, b = item["a"], item["b"]
+    job_ids = enqueue(worker, [a])
+    job_ids += enqueue(worker, [b])
+    statuses = wait_for_jobs(worker, job_ids, timeout_s=180)
+    assert [statuses[j].state for j in job_ids] == ["done", "done"]
+    assert _group(es, settings, a) == _group(es, settings, b) == _doc_id(a)
+
+
+def test_cli_offers_and_duplicates_report(es, settings, ingestor, item, tmp_path):
+    import csv
+    import json
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+
+    a, b, c = item["a"], item["b"], item["c"]
+    ingestor.ingest([a, b, c])
+    group = _group(es, settings, a)
+    runner = CliRunner()
+    env = settings.to_env()
+    result = runner.invoke(app, ["offers", a.merchant_id, a.product_id, "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    offers = json.loads(result.stdout)["offers"]
+    assert [o["product_id"] for o in offers] == [b.product_id, c.product_id]
+
+    out_csv, out_png = tmp_path / "dupes.csv", tmp_path / "dupes.png"
+    args = ["duplicates", "--csv", str(out_csv), "--sheet", str(out_png), "--cross-merchant"]
+    result = runner.invoke(app, args, env=env)
+    assert result.exit_code == 0, result.output
+    rows = [row for row in csv.DictReader(out_csv.open()) if row["group"] == group]
+    assert sorted((r["merchant"], r["product"]) for r in rows) == sorted(
+        (p.merchant_id, p.product_id) for p in (a, b, c)
+    )
+    assert {"group", "merchant", "product", "price", "distance"} <= set(rows[0])
+    with Image.open(out_png) as sheet:
+        assert sheet.width > 0 and sheet.height > 0

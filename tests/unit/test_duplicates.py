@@ -1,0 +1,240 @@
+"""Near-duplicate matching (pipeline.ingest.duplicates) and the offers query, without
+Elasticsearch: the rule, group assignment, the msearch bodies and the offers template."""
+
+import numpy as np
+import pytest
+
+from pipeline.es import mappings
+from pipeline.images import phash_distance
+from pipeline.ingest.duplicates import (
+    Candidate,
+    MatchRule,
+    NewImage,
+    assign_groups,
+    match_searches,
+)
+from pipeline.search.duplicate_groups import group_members, groups_aggregation
+from pipeline.search.offers import OffersQuery
+from pipeline.settings import VitrineSettings
+
+RULE = MatchRule(min_cosine=0.8, max_phash_distance=10, sure_cosine=0.95)
+X = np.array([1.0, 0.0, 0.0])
+Y = np.array([0.0, 1.0, 0.0])
+
+
+def test_phash_distance_counts_differing_bits():
+    assert phash_distance("ffff000000000000", "ffff000000000000") == 0
+    assert phash_distance("ffff000000000000", "fffe000000000001") == 2
+    assert phash_distance(None, "ff") is None and phash_distance("ff", "") is None
+
+
+@pytest.mark.parametrize(
+    ("cosine", "distance", "match"),
+    [
+        (0.99, None, True),  # sure cosine alone (no hash, or a re-backgrounded copy)
+        (0.95, 40, True),
+        (0.90, 10, True),  # likely cosine and close hashes
+        (0.90, 11, False),
+        (0.90, None, False),
+        (0.79, 0, False),  # identical hashes but unlike vectors: not the same item
+    ],
+)
+def test_rule(cosine, distance, match):
+    assert RULE.matches(cosine, distance) is match
+
+
+def test_rule_from_settings_defaults():
+    rule = MatchRule.from_settings(VitrineSettings())
+    assert rule.min_cosine < rule.sure_cosine
+    assert 0 < rule.max_phash_distance < 32
+
+
+def test_unmatched_image_founds_its_own_group():
+    grouping = assign_groups([NewImage("a", X, "00")], [[]], {}, RULE)
+    assert grouping.groups == {"a": "a"} and grouping.backfill == {}
+
+
+def test_match_joins_the_indexed_group():
+    candidates = [[Candidate("old", "g1", "00", 0.97), Candidate("far", "g2", "00", 0.1)]]
+    grouping = assign_groups([NewImage("a", X, "00")], candidates, {}, RULE)
+    assert grouping.groups == {"a": "g1"}
+
+
+def test_several_matching_groups_join_the_smallest_id():
+    candidates = [[Candidate("o1", "g9", None, 0.99), Candidate("o2", "g3", None, 0.96)]]
+    assert assign_groups([NewImage("a", X, None)], candidates, {}, RULE).groups == {"a": "g3"}
+
+
+def test_reingest_keeps_the_group_and_ignores_itself():
+    # the document itself comes back as its own nearest neighbour: it is not a match
+    candidates = [[Candidate("a", "g-old", "00", 1.0), Candidate("b", "g-b", "00", 0.99)]]
+    kept = assign_groups([NewImage("a", X, "00")], candidates, {"a": "g-old"}, RULE)
+    assert kept.groups == {"a": "g-old"}
+    fresh = assign_groups([NewImage("a", X, "00")], [[Candidate("a", None, "00", 1.0)]], {}, RULE)
+    assert fresh.groups == {"a": "a"}
+
+
+def test_matched_document_without_group_founds_it_and_is_backfilled():
+    candidates = [[Candidate("legacy", None, "00", 0.99)], [Candidate("legacy", None, "00", 0.99)]]
+    images = [NewImage("a", X, "00"), NewImage("b", Y, "ff")]
+    grouping = assign_groups(images, candidates, {}, RULE)
+    assert grouping.groups == {"a": "legacy", "b": "legacy"}
+    assert grouping.backfill == {"legacy": "legacy"}
+
+
+def test_copies_in_one_batch_share_a_group():
+    near = np.array([0.99, 0.1, 0.0])
+    images = [NewImage("a", X, "00"), NewImage("b", Y, "00"), NewImage("c", near, "01")]
+    grouping = assign_groups(images, [[], [], []], {}, RULE)
+    assert grouping.groups == {"a": "a", "b": "b", "c": "a"}
+
+
+def test_match_searches_one_knn_per_image_then_the_ids_lookup():
+    searches = match_searches([X, Y], ["a", "b"], k=5)
+    assert len(searches) == 3
+    assert searches[0]["knn"]["query_vector"] == [1.0, 0.0, 0.0]
+    assert searches[0]["knn"]["k"] == 5 and searches[0]["knn"]["num_candidates"] >= 10
+    assert "image_vector" not in searches[0]["_source"]
+    assert searches[2]["query"] == {"ids": {"values": ["a", "b"]}}
+
+
+def test_offers_query_matches_its_template_params():
+    query = OffersQuery(("g1", "g2"), "shop-a", in_stock=True, size=5)
+    body = query.body()
+    assert body["query"]["bool"]["filter"] == [
+        {"term": {"in_stock": True}},
+        {"terms": {"duplicate_group": ["g1", "g2"]}},
+    ]
+    assert body["query"]["bool"]["must_not"] == [{"term": {"merchant_id": "shop-a"}}]
+    assert body["collapse"] == {"field": "merchant_id"}
+    assert body["sort"][0] == {"price": {"order": "asc", "missing": "_last"}}
+    params = query.template_params()
+    assert params == {
+        "duplicate_groups": ["g1", "g2"],
+        "size": 5,
+        "exclude_merchant_id": "shop-a",
+        "in_stock": True,
+    }
+    documented = mappings.es_mapping_file("search_templates/offers.json")["params"]
+    assert set(params) <= set(documented)
+    with pytest.raises(ValueError):
+        OffersQuery(("g",), size=0)
+
+
+def test_groups_aggregation_pages_with_after_key():
+    first = groups_aggregation(None, page=10)["groups"]["composite"]
+    assert first["size"] == 10 and "after" not in first
+    later = groups_aggregation({"group": "g"}, page=10)["groups"]["composite"]
+    assert later["after"] == {"group": "g"}
+
+
+def test_group_members_measure_distance_to_the_founder():
+    def hit(doc_id, vector, phash, at, merchant="m"):
+        source = {
+            "merchant_id": merchant,
+            "product_id": doc_id,
+            "price": 3.0,
+            "currency": "EUR",
+            "image_url": f"/{doc_id}.jpg",
+            "phash": phash,
+            "indexed_at": at,
+            "image_vector": vector,
+        }
+        return {"_id": doc_id, "_source": source}
+
+    hits = [hit("b", [0.6, 0.8], "0f", "2026-01-02"), hit("g", [1.0, 0.0], "00", "2026-01-03")]
+    group = group_members("g", hits)
+    assert [m.doc_id for m in group.members] == ["g", "b"]  # the founder is the reference
+    assert group.members[0].distance == 0.0
+    assert group.members[1].distance == pytest.approx(0.4)
+    assert group.members[1].phash_distance == 4
+    row = group.members[1].csv_row("g")
+    assert row["group"] == "g" and row["distance"] == "0.4000" and row["price"] == 3.0
+    # founder deleted: the earliest indexed member is the reference
+    assert group_members("g", hits[:1]).members[0].distance == 0.0
+
+
+class FakeES:
+    """Answers the matcher's msearch with canned hits and records bulk updates."""
+
+    def __init__(self, knn_hits, own_hits=(), fail=None):
+        self.knn_hits, self.own_hits, self.fail = knn_hits, list(own_hits), fail
+        self.searches, self.bulks = [], []
+
+    def msearch(self, searches):
+        if self.fail:
+            raise self.fail
+        self.searches.append(searches)
+        responses = [{"hits": {"hits": hits}} for hits in self.knn_hits]
+        return {"responses": [*responses, {"hits": {"hits": self.own_hits}}]}
+
+    def bulk(self, operations):
+        self.bulks.append(operations)
+
+
+def _items(tmp_path, n):
+    from PIL import Image
+
+    from pipeline.documents import Product
+    from pipeline.images import load_image
+    from pipeline.ingest.processors import IngestItem
+
+    items = []
+    for i in range(n):
+        path = tmp_path / f"{i}.png"
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(path)
+        product = Product(product_id=f"p{i}", merchant_id="m", title="t", images=[str(path)])
+        item = IngestItem(product, 0, image=load_image(str(path)), vector=X, phash="00")
+        items.append(item)
+    return items
+
+
+def test_matcher_sends_one_msearch_per_batch_and_backfills(tmp_path):
+    from pipeline.ingest.duplicates import DuplicateMatcher
+
+    legacy = {"_id": "legacy", "_score": 0.999, "_source": {"phash": "00"}}
+    es = FakeES([[legacy], [legacy]])
+    items = _items(tmp_path, 2)
+    DuplicateMatcher(VitrineSettings(), es).assign(items)
+    assert len(es.searches) == 1 and len(es.searches[0]) == 2 * 3  # header + body each
+    assert [item.duplicate_group for item in items] == ["legacy", "legacy"]
+    [operations] = es.bulks
+    assert operations[1] == {"doc": {"duplicate_group": "legacy"}}
+
+
+def test_matcher_marks_the_batch_transient_while_elasticsearch_is_down(tmp_path):
+    from elasticsearch import ConnectionError as ESConnectionError
+
+    from pipeline.ingest.duplicates import DuplicateMatcher
+
+    items = _items(tmp_path, 2)
+    down = FakeES([], fail=ESConnectionError("refused"))
+    DuplicateMatcher(VitrineSettings(), down).assign(items)
+    assert all(i.error and i.error.transient for i in items)
+    assert all(i.error.reason == "duplicates_unavailable" for i in items)
+
+
+@pytest.mark.parametrize(
+    ("path", "endpoint"),
+    [
+        ("/v1/products/sku-1/offers", "offers"),
+        ("/v1/products/a/b/offers", "offers"),  # product ids may contain "/"
+        ("/v1/products/sku-1", "get_product"),
+        ("/v1/products/a/b", "get_product"),
+    ],
+)
+def test_offers_route_comes_before_the_product_view(path, endpoint):
+    from starlette.routing import Match
+
+    from pipeline.api.app import create_app
+
+    app = create_app(VitrineSettings(), load_model=False)
+    scope = {"type": "http", "path": path, "method": "GET", "root_path": ""}
+
+    def routes(container):  # FastAPI keeps included routers as nested routers
+        for route in container:
+            nested = getattr(route, "original_router", None)
+            yield from routes(nested.routes) if nested else [route]
+
+    first = next(r for r in routes(app.routes) if r.matches(scope)[0] == Match.FULL)
+    assert first.endpoint.__name__ == endpoint
