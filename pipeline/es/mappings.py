@@ -116,7 +116,7 @@ def product_documents_query(merchant_id: str, product_id: str) -> dict[str, Any]
 # --------------------------------------------------------------------------- search templates
 
 #: Stored search templates, one per query shape; ids are ``<alias>-<name>``.
-SEARCH_TEMPLATES = ("knn", "more-like-this", "product-vector", "keyword")
+SEARCH_TEMPLATES = ("knn", "more-like-this", "exact", "product-vector", "keyword")
 
 
 def search_template_id(alias: str, name: str) -> str:
