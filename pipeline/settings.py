@@ -259,7 +259,7 @@ class VitrineSettings(BaseSettings):
     )
     rrf_k: int = Field(60, description="Rank constant of reciprocal rank fusion.")
     search_exact_max_docs: int = Field(
-        20_000,
+        30_000,
         ge=0,
         description="Query planner: when the filter keeps at most this many image documents "
         "(estimated by a cached count), search them exactly (script_score cosine) instead of "
