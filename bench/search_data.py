@@ -36,7 +36,7 @@ def bench_settings(alias: str) -> VitrineSettings:
         redis_url=os.environ.get("VITRINE_BENCH_REDIS_URL", "redis://127.0.0.1:6391/0"),
         es_request_timeout_s=600,
         services_dir=services,
-        es_heap="2g",
+        es_heap=os.environ.get("VITRINE_BENCH_ES_HEAP", "2g"),
         es_transport_port=9351,
         index_alias=alias,
         errors_index=f"bench-errors-{alias}",  # not "<alias>-*": index templates clash
