@@ -278,6 +278,13 @@ class VitrineSettings(BaseSettings):
         "distance of the best / distance of the last; ~0.05 on structureless data, ~0.3+ "
         "on real catalogues) is searched again with a wider candidate pool.",
     )
+    search_flat_exact_max_docs: int = Field(
+        200_000,
+        ge=0,
+        description="Query planner: a flat kNN list whose filter keeps at most this many "
+        "documents is searched again exactly rather than with a wider pool (measured here: a "
+        "1000-document kNN pass cost about as much as exact search over ~300k documents).",
+    )
     search_flat_pool: int = Field(
         1000,
         ge=1,

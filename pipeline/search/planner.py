@@ -79,10 +79,10 @@ def contrast(scores: list[float]) -> float:
 
 
 def widen(plan: QueryPlan, scores: list[float], settings: VitrineSettings) -> QueryPlan | None:
-    """The plan for a second pass when a kNN list came back flat, or None to keep it: the
-    wider of ``search_flat_pool`` and the current pool is retrieved and re-scored exactly,
-    from twice as many HNSW candidates; exact search when the filter keeps no more documents
-    than that pool."""
+    """The plan for a second pass when a kNN list came back flat, or None to keep it: exact
+    search when the filter keeps at most ``search_flat_exact_max_docs`` documents (or no more
+    than the pool), else the wider of ``search_flat_pool`` and the current pool retrieved and
+    re-scored exactly, from twice as many HNSW candidates."""
     if plan.method != "knn" or plan.widened or len(scores) < plan.k_docs:
         return None
     spread = contrast(scores)
@@ -91,7 +91,7 @@ def widen(plan: QueryPlan, scores: list[float], settings: VitrineSettings) -> Qu
     pool = min(MAX_NUM_CANDIDATES, max(settings.search_flat_pool, plan.pool))
     why = f"flat scores (contrast {spread:.3f} < search_flat_contrast "
     why += f"{settings.search_flat_contrast})"
-    if plan.estimated_docs <= pool:
+    if plan.estimated_docs <= max(pool, settings.search_flat_exact_max_docs):
         return replace(plan, method="exact", reason=why, pool=plan.estimated_docs, widened=True)
     candidates = min(MAX_NUM_CANDIDATES, max(2 * pool, plan.num_candidates or 0))
     if pool <= plan.pool and candidates <= (plan.num_candidates or 0):

@@ -8,7 +8,10 @@ from pipeline.search.query import ExactQuery, Filters, KeywordQuery, KnnQuery, P
 from pipeline.settings import VitrineSettings
 
 SETTINGS = VitrineSettings(
-    search_exact_max_docs=20_000, search_flat_contrast=0.1, search_flat_pool=1000
+    search_exact_max_docs=20_000,
+    search_flat_contrast=0.1,
+    search_flat_pool=1000,
+    search_flat_exact_max_docs=50_000,
 )
 WINDOW = Window(k=10, k_docs=30, num_candidates=100, from_=0, size=10)
 
@@ -46,10 +49,16 @@ def test_flat_knn_scores_widen_the_pool_once():
     assert planner.widen(knn, steep, SETTINGS) is None
 
 
-def test_flat_scores_search_exactly_when_the_filter_keeps_no_more_than_the_pool():
-    knn = planner.choose(900, WINDOW, SETTINGS.model_copy(update={"search_exact_max_docs": 0}))
-    wide = planner.widen(knn, [0.6] * 30, SETTINGS)
-    assert wide is not None and (wide.method, wide.pool) == ("exact", 900)
+def test_flat_scores_search_exactly_when_the_filter_keeps_few_enough_documents():
+    never = SETTINGS.model_copy(update={"search_exact_max_docs": 0})
+    for kept in (900, 50_000):
+        wide = planner.widen(planner.choose(kept, WINDOW, never), [0.6] * 30, SETTINGS)
+        assert wide is not None and (wide.method, wide.pool, wide.widened) == ("exact", kept, True)
+    wide = planner.widen(planner.choose(50_001, WINDOW, never), [0.6] * 30, SETTINGS)
+    assert wide is not None and wide.method == "knn"
+    no_exact = SETTINGS.model_copy(update={"search_flat_exact_max_docs": 0})
+    wide = planner.widen(planner.choose(900, WINDOW, never), [0.6] * 30, no_exact)
+    assert wide is not None and wide.method == "exact"  # the pool holds every kept document
 
 
 def test_exact_plans_and_short_lists_are_not_widened():
