@@ -359,6 +359,40 @@ class VitrineSettings(BaseSettings):
         100, description="Default HNSW num_candidates (at least 2x the documents fetched)."
     )
     rrf_k: int = Field(60, description="Rank constant of reciprocal rank fusion.")
+    search_exact_max_docs: int = Field(
+        30_000,
+        ge=0,
+        description="Query planner: when the filter keeps at most this many image documents "
+        "(estimated by a cached count), search them exactly (script_score cosine) instead of "
+        "HNSW; exact costs grow with the documents kept, HNSW hardly does. 0: never exact.",
+    )
+    search_count_ttl_s: float = Field(
+        30.0,
+        ge=0,
+        description="Query planner: how long the count of documents a filter keeps is cached.",
+    )
+    search_flat_contrast: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Query planner: a kNN list whose re-scored hits are this flat (1 - "
+        "distance of the best / distance of the last; ~0.05 on structureless data, ~0.3+ "
+        "on real catalogues) is searched again with a wider candidate pool.",
+    )
+    search_flat_exact_max_docs: int = Field(
+        200_000,
+        ge=0,
+        description="Query planner: a flat kNN list whose filter keeps at most this many "
+        "documents is searched again exactly rather than with a wider pool (measured here: a "
+        "1000-document kNN pass cost about as much as exact search over ~300k documents).",
+    )
+    search_flat_pool: int = Field(
+        1000,
+        ge=1,
+        le=10_000,
+        description="Query planner: documents retrieved and re-scored exactly (HNSW "
+        "num_candidates twice this, at most 10,000) when the first kNN pass came back flat.",
+    )
 
     # Recommendations from browsing history (pipeline/search/recommend.py)
     recommend_mmr_lambda: float = Field(
@@ -398,6 +432,10 @@ class VitrineSettings(BaseSettings):
     services_dir: Path = Field(
         default_factory=_default_services_dir,
         description="Local Elasticsearch/Redis installs and data (dev, demo, tests).",
+    )
+    es_heap: str = Field("1g", description="JVM heap of the local Elasticsearch (-Xms/-Xmx).")
+    es_transport_port: int | None = Field(
+        None, description="Transport port of the local Elasticsearch (default: first free 9300+)."
     )
 
     @field_validator("fetch_allow", mode="before")

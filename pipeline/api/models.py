@@ -170,6 +170,18 @@ class TemplateCall(BaseModel):
     params: dict[str, Any]
 
 
+class QueryPlanInfo(BaseModel):
+    """Exact search over the filtered documents, or HNSW kNN with a re-scored pool."""
+
+    method: Literal["exact", "knn"]
+    reason: str
+    estimated_docs: int = Field(description="Image documents the filter keeps (cached count).")
+    k_docs: int = Field(description="Image documents each vector list returns.")
+    pool: int = Field(description="Documents scored with the exact float cosine.")
+    num_candidates: int | None = Field(None, description="HNSW candidates (kNN only).")
+    widened: bool = Field(description="A second, wider pass after flat first-pass scores.")
+
+
 class SearchResponse(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
@@ -186,4 +198,7 @@ class SearchResponse(BaseModel):
     next_search_after: list[Any] | None = None
     requests: list[TemplateCall] | None = Field(
         None, description="With explain: the stored-template calls that reproduce this search."
+    )
+    plan: QueryPlanInfo | None = Field(
+        None, description="With explain, vector searches: the query planner's choice and why."
     )

@@ -64,6 +64,14 @@ def print_result(result: dict[str, Any]) -> None:
     for name, buckets in (result.get("facets") or {}).items():
         values = ", ".join(f"{b['value']} ({b['count']})" for b in buckets if b["count"])
         typer.echo(f"facet {name}: {values or '-'}")
+    plan = result.get("plan")
+    if plan:
+        typer.echo(
+            f"plan: {plan['method']} ({plan['reason']}; pool {plan['pool']}"
+            + (f", num_candidates {plan['num_candidates']}" if plan["num_candidates"] else "")
+            + (", widened" if plan["widened"] else "")
+            + ")"
+        )
     if result.get("next_search_after"):
         typer.echo(f"next page: --search-after '{json.dumps(result['next_search_after'])}'")
 

@@ -147,7 +147,8 @@ def _write_es_config(settings: VitrineSettings, dirs: dict[str, Path], security:
         "node.name: vitrine-local-1\n"
         "network.host: 127.0.0.1\n"
         f"http.port: {url_port(settings.es_hosts[0], 9200)}\n"
-        "discovery.type: single-node\n"
+        + (f"transport.port: {settings.es_transport_port}\n" if settings.es_transport_port else "")
+        + "discovery.type: single-node\n"
         + "".join(f"{line}\n" for line in security)
         + "xpack.ml.enabled: false\n"
         "ingest.geoip.downloader.enabled: false\n"
@@ -159,7 +160,8 @@ def _write_es_config(settings: VitrineSettings, dirs: dict[str, Path], security:
         f"path.data: {dirs['data']}\n"
         f"path.logs: {dirs['logs']}\n"
     )
-    (config / "jvm.options.d" / "vitrine-heap.options").write_text("-Xms1g\n-Xmx1g\n")
+    heap = settings.es_heap
+    (config / "jvm.options.d" / "vitrine-heap.options").write_text(f"-Xms{heap}\n-Xmx{heap}\n")
 
 
 def as_unprivileged(cmd: list[str]) -> list[str]:
@@ -210,7 +212,7 @@ def start_elasticsearch(settings: VitrineSettings, *, timeout_s: float = 240) ->
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(dirs["home"]),
-        "ES_JAVA_OPTS": "-Xms1g -Xmx1g",
+        "ES_JAVA_OPTS": f"-Xms{settings.es_heap} -Xmx{settings.es_heap}",
         "ES_PATH_CONF": str(dirs["config"]),
     }
     cmd = as_unprivileged([str(home / "bin" / "elasticsearch"), "-d", "-p", str(dirs["pid"])])

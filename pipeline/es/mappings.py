@@ -177,7 +177,15 @@ def product_documents_query(merchant_id: str, product_id: str) -> dict[str, Any]
 # --------------------------------------------------------------------------- search templates
 
 #: Stored search templates, one per query shape; ids are ``<alias>-<name>``.
-SEARCH_TEMPLATES = ("knn", "more-like-this", "product-vector", "keyword", "recommend", "offers")
+SEARCH_TEMPLATES = (
+    "knn",
+    "more-like-this",
+    "exact",
+    "product-vector",
+    "keyword",
+    "recommend",
+    "offers",
+)
 
 
 def search_template_id(alias: str, name: str) -> str:

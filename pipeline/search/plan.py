@@ -33,6 +33,7 @@ from pipeline.search.fusion import Fusion, combine_vectors
 from pipeline.search.query import (
     MAX_NUM_CANDIDATES,
     MAX_RESULT_WINDOW,
+    ExactQuery,
     Filters,
     KeywordQuery,
     KnnQuery,
@@ -199,11 +200,11 @@ def validate(query: SearchQuery, settings: VitrineSettings) -> Window:
 @dataclass(frozen=True)
 class ListPlan:
     """One ranked list to run: its name (``image``, ``text``, ``image_text``, ``keyword``),
-    fusion weight and query."""
+    fusion weight and query (kNN, or exact when the query planner chose it)."""
 
     name: str
     weight: float
-    query: KnnQuery | KeywordQuery
+    query: KnnQuery | ExactQuery | KeywordQuery
 
 
 def plan_lists(

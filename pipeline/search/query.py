@@ -137,13 +137,16 @@ def as_floats(vector: Vector) -> list[float]:
     return [float(x) for x in vector]
 
 
+#: The exact float cosine on kNN's (1 + cos) / 2 scale: re-scoring and exact search share it.
+COSINE_SCRIPT = "(cosineSimilarity(params.query_vector, 'image_vector') + 1.0) / 2.0"
+
+
 def exact_rescore(vector: list[float], *, window: int) -> dict[str, Any]:
     """Re-score the retrieved documents with the exact float cosine, on kNN's (1 + cos) / 2 scale.
 
     int8_hnsw ranks by quantised vectors, which can swap near-identical images; the float
     vectors are still stored, so re-scoring the k hits restores the exact order cheaply.
     """
-    script = "(cosineSimilarity(params.query_vector, 'image_vector') + 1.0) / 2.0"
     return {
         "window_size": window,
         "query": {
@@ -151,7 +154,7 @@ def exact_rescore(vector: list[float], *, window: int) -> dict[str, Any]:
                 "script_score": {
                     "query": {"match_all": {}},
                     "script": {
-                        "source": script,
+                        "source": COSINE_SCRIPT,
                         "params": {"query_vector": vector},
                     },
                 }
@@ -185,10 +188,13 @@ class KnnQuery:
     k: int = 10
     num_candidates: int | None = None
     exclude: ProductRef | None = None
+    size: int | None = None  # hits returned, of the k retrieved and re-scored (default k)
 
     def __post_init__(self) -> None:
         if self.k < 1:
             raise ValueError("k must be at least 1")
+        if self.size is not None and not 1 <= self.size <= self.k:
+            raise ValueError("size must be between 1 and k")
         if not self.k <= self.candidates <= MAX_NUM_CANDIDATES:
             raise ValueError(
                 f"num_candidates must be between k ({self.k}) and {MAX_NUM_CANDIDATES}"
@@ -221,7 +227,7 @@ class KnnQuery:
                 "filter": {"bool": bool_filter},
             },
             "rescore": exact_rescore(self.query_vector, window=self.k),
-            "size": self.k,
+            "size": self.size or self.k,
             "_source": SOURCE,
         }
 
@@ -231,6 +237,55 @@ class KnnQuery:
             "model_id": self.model_id,
             "k": self.k,
             "num_candidates": self.candidates,
+            **self.filters.template_params(),
+        }
+        if self.size:
+            params["size"] = self.size
+        if self.exclude:
+            params.update(self.exclude.exclusion_params())
+        return params
+
+
+@dataclass(frozen=True)
+class ExactQuery:
+    """Exact (brute-force) cosine over every document the filter keeps (template ``exact``):
+    what the query planner runs instead of HNSW when the filter keeps few documents. Scores are
+    on kNN's (1 + cos) / 2 scale, so both plans fuse and compare alike."""
+
+    vector: Vector
+    model_id: str
+    filters: Filters = Filters()
+    k: int = 10
+    exclude: ProductRef | None = None
+
+    template: ClassVar[str] = "exact"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.k <= MAX_RESULT_WINDOW:
+            raise ValueError(f"k must be between 1 and {MAX_RESULT_WINDOW}")
+
+    @cached_property
+    def query_vector(self) -> list[float]:
+        return as_floats(self.vector)
+
+    def body(self) -> dict[str, Any]:
+        bool_filter: dict[str, Any] = {
+            "filter": filter_clauses(self.filters, model_id=self.model_id)
+        }
+        if self.exclude:
+            bool_filter["must_not"] = self.exclude.exclusion()
+        script = {"source": COSINE_SCRIPT, "params": {"query_vector": self.query_vector}}
+        return {
+            "query": {"script_score": {"query": {"bool": bool_filter}, "script": script}},
+            "size": self.k,
+            "_source": SOURCE,
+        }
+
+    def template_params(self) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "query_vector": self.query_vector,
+            "model_id": self.model_id,
+            "k": self.k,
             **self.filters.template_params(),
         }
         if self.exclude:

@@ -20,6 +20,7 @@ from pipeline.documents import HIT_FIELDS
 from pipeline.encoders import Encoder, LazyEncoder, TextNotSupported
 from pipeline.es import mappings
 from pipeline.es.client import IndexInfo, write_index_info
+from pipeline.search import planner
 from pipeline.search.fusion import (
     FusedHit,
     RankedList,
@@ -66,6 +67,7 @@ class SearchResult:
     facets: dict[str, list[dict[str, Any]]] | None = None
     next_search_after: list[Any] | None = None
     requests: list[dict[str, Any]] | None = None
+    plan: dict[str, Any] | None = None  # with explain: the query planner's choice and why
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, as ``POST /v1/search`` returns it (``from_`` is ``from``)."""
@@ -110,6 +112,7 @@ class Searcher:
         )
         self._ttl = index_info_ttl_s
         self._info: tuple[float, IndexInfo] | None = None
+        self.counts = planner.FilterCounts(es, ttl_s=settings.search_count_ttl_s)
 
     # ------------------------------------------------------------------ index and vectors
 
@@ -226,6 +229,8 @@ class Searcher:
         except BadRequestError as exc:
             raise QueryError("invalid_query", f"Elasticsearch refused the search: {exc}") from exc
         result.requests = run.requests if query.explain else None
+        if not query.explain:
+            result.plan = None
         return result
 
     def _keyword(self, query: SearchQuery, size: int, info: IndexInfo, run: _Run) -> SearchResult:
@@ -284,7 +289,10 @@ class Searcher:
         plans = plan_lists(
             query, window, model_id=info.model_id, visual_vector=visual, text_vector=text_vector
         )
-        lists = self._run_lists(plans, run)
+        estimate = self.counts.estimate(self.settings.index_alias, query.filters, info.model_id)
+        lists, chosen = self._run_planned(
+            plans, planner.choose(estimate, window, self.settings), run
+        )
         rrf_k = query.rrf_k or self.settings.rrf_k
         ranked = fuse(lists, query.fusion, rrf_k=rrf_k)[: window.k]
         method = query.fusion if len(lists) > 1 else None
@@ -303,7 +311,28 @@ class Searcher:
             model_id=info.model_id,
             fusion=method,
             facets=facets,
+            plan=chosen.to_dict(),
         )
+
+    def _run_planned(
+        self, plans: list[ListPlan], chosen: planner.QueryPlan, run: _Run
+    ) -> tuple[list[RankedList], planner.QueryPlan]:
+        """Run the lists as planned; kNN lists that came back flat run again, wider."""
+        lists = self._run_lists(planner.apply(plans, chosen), run)
+        wider: dict[int, planner.QueryPlan] = {}
+        for i, (plan, ranked) in enumerate(zip(plans, lists, strict=True)):
+            if plan.name != "keyword":
+                scores = [float(hit["_score"]) for hit in ranked.hits]
+                widened = planner.widen(chosen, scores, self.settings)
+                if widened is not None:
+                    wider[i] = widened
+        if not wider:
+            return lists, chosen
+        chosen = next(iter(wider.values()))
+        again = self._run_lists(planner.apply([plans[i] for i in wider], chosen), run)
+        for i, ranked in zip(wider, again, strict=True):
+            lists[i] = ranked
+        return lists, chosen
 
     def _run_lists(self, plans: list[ListPlan], run: _Run) -> list[RankedList]:
         searches: list[dict[str, Any]] = []

@@ -17,7 +17,14 @@ from pipeline.ingest.ingestor import Ingestor
 from pipeline.search import fusion
 from pipeline.search.fusion import RankedList
 from pipeline.search.plan import QueryError, SearchQuery
-from pipeline.search.query import Filters, KeywordQuery, KnnQuery, ProductRef, ProductVectorQuery
+from pipeline.search.query import (
+    ExactQuery,
+    Filters,
+    KeywordQuery,
+    KnnQuery,
+    ProductRef,
+    ProductVectorQuery,
+)
 from pipeline.search.searcher import Searcher
 from tests.integration.helpers import unique_prefix
 from tests.integration.search_catalogue import Catalogue, build_catalogue, index_catalogue
@@ -279,6 +286,9 @@ def template_cases(cat: Catalogue, model_id: str, vector: list[float]):
         KnnQuery(vector, model_id, Filters(), k=5, num_candidates=50),
         KnnQuery(vector, model_id, filters, k=7, num_candidates=100),
         KnnQuery(vector, model_id, Filters(in_stock=False), k=3, exclude=product),
+        KnnQuery(vector, model_id, filters, k=40, num_candidates=80, size=7),
+        ExactQuery(vector, model_id, Filters(), k=5),
+        ExactQuery(vector, model_id, filters, k=7, exclude=product),
         KeywordQuery(),
         KeywordQuery(
             'red "canvas" \\ shoe', filters, model_id, 2, 5, "price_desc", None, True, product
@@ -430,6 +440,7 @@ def test_cli_search(settings, cat):
     rows = out.output.splitlines()
     assert f"{cat.prefix}-boot" in rows[2] and "image #1" in rows[3]
     assert "facet category:" in out.output
+    assert "plan: exact (the filter keeps ~" in out.output
 
     args = ["search", "--product-id", "nope", "--merchant", "m", "--tag", cat.prefix]
     out = runner.invoke(app, args, env=env)

@@ -161,7 +161,9 @@ def test_search_by_uploaded_image(client, cat):
     assert body["hits"][0]["product_id"] == f"{cat.prefix}-boot"
     assert set(body["hits"][0]) >= HIT_FIELDS
     assert body["hits"][0]["explanation"]["lists"]["image"]["rank"] == 1
-    assert body["requests"][0]["template_id"].endswith("-knn")
+    # a small catalogue: the query planner searches it exactly, and says why
+    assert body["requests"][0]["template_id"].endswith("-exact")
+    assert body["plan"]["method"] == "exact" and body["plan"]["estimated_docs"] > 0
 
 
 def test_search_by_image_url_base64_and_vector_agree(client, cat, image_server):

@@ -8,6 +8,7 @@ from pydantic import ValidationError
 from pipeline.es import mappings
 from pipeline.search.plan import QueryError, SearchQuery, Window, plan_lists, validate
 from pipeline.search.query import (
+    ExactQuery,
     Filters,
     KeywordQuery,
     KnnQuery,
@@ -245,6 +246,7 @@ def test_template_ids_are_namespaced_by_alias():
     assert list(templates) == [
         "shop-a-knn",
         "shop-a-more-like-this",
+        "shop-a-exact",
         "shop-a-product-vector",
         "shop-a-keyword",
         "shop-a-recommend",
@@ -283,7 +285,8 @@ def test_template_sources_use_exactly_their_documented_params(name):
 @pytest.mark.parametrize(
     "query",
     [
-        KnnQuery([1.0], "m", ALL_FILTERS, k=3, exclude=ProductRef("a", "b")),
+        KnnQuery([1.0], "m", ALL_FILTERS, k=3, exclude=ProductRef("a", "b"), size=2),
+        ExactQuery([1.0], "m", ALL_FILTERS, k=3, exclude=ProductRef("a", "b")),
         KeywordQuery(
             "t",
             ALL_FILTERS,

@@ -1,0 +1,90 @@
+"""The query planner against the real Elasticsearch: exact and kNN plans find the same
+products on a small catalogue, the plan shows in explain, flat lists are searched again."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.ingest.ingestor import Ingestor
+from pipeline.search.plan import SearchQuery
+from pipeline.search.query import Filters, ProductRef
+from pipeline.search.searcher import Searcher
+from tests.integration.helpers import unique_prefix
+from tests.integration.search_catalogue import Catalogue, build_catalogue, index_catalogue
+
+
+@pytest.fixture(scope="module")
+def cat(es, settings, encoder, tmp_path_factory) -> Catalogue:
+    catalogue = build_catalogue(tmp_path_factory.mktemp("planner"), unique_prefix())
+    index_catalogue(Ingestor(settings, es=es, encoder=encoder), catalogue)
+    return catalogue
+
+
+def searcher(es, settings, encoder, **overrides) -> Searcher:
+    return Searcher(settings.model_copy(update=overrides), es, encoder)
+
+
+def queries(cat: Catalogue) -> list[SearchQuery]:
+    bag = cat.products["bag"]
+    return [
+        SearchQuery(image=cat.image("sneaker"), filters=cat.filters()),
+        SearchQuery(image=cat.image("bag"), filters=cat.filters(in_stock=True), k=3),
+        SearchQuery(text="red", text_mode="vector", filters=cat.filters()),
+        SearchQuery(product=ProductRef(bag.merchant_id, bag.product_id), filters=cat.filters()),
+    ]
+
+
+def products(result) -> list[tuple[str, str]]:
+    return [(h["merchant_id"], h["product_id"]) for h in result.hits]
+
+
+def test_few_documents_are_searched_exactly_with_the_same_results_as_knn(
+    es, settings, encoder, cat
+):
+    exact = searcher(es, settings, encoder)  # the catalogue is far below search_exact_max_docs
+    knn = searcher(es, settings, encoder, search_exact_max_docs=0, search_flat_contrast=0)
+    for query in queries(cat):
+        query = query.model_copy(update={"explain": True})
+        by_exact, by_knn = exact.search(query), knn.search(query)
+        assert by_exact.plan and by_exact.plan["method"] == "exact", query
+        assert by_knn.plan and by_knn.plan["method"] == "knn", query
+        assert products(by_exact) == products(by_knn), query
+        scores = zip(
+            [h["score"] for h in by_exact.hits], [h["score"] for h in by_knn.hits], strict=True
+        )
+        assert all(a == pytest.approx(b, abs=1e-4) for a, b in scores)
+        assert by_exact.plan["estimated_docs"] == by_knn.plan["estimated_docs"] > 0
+        calls = [r["template_id"].rsplit("-", 1)[-1] for r in by_exact.requests or []]
+        assert "exact" in calls and "knn" not in calls
+
+
+def test_the_estimate_is_the_count_of_documents_the_filter_keeps(es, settings, encoder, cat):
+    s = searcher(es, settings, encoder)
+    filters = cat.filters(in_stock=True)
+    model_id = encoder.model_id
+    expected = es.count(
+        index=settings.index_alias,
+        query={"bool": {"filter": [{"term": {"tags": cat.prefix}}, {"term": {"in_stock": True}}]}},
+    )["count"]
+    assert s.counts.estimate(settings.index_alias, filters, model_id) == expected > 0
+    no_match = Filters(tags_all=[cat.prefix, "no-such-tag"])
+    assert s.counts.estimate(settings.index_alias, no_match, model_id) == 0
+
+
+def test_flat_knn_lists_are_searched_again_wider(es, settings, encoder, cat):
+    always_flat = searcher(
+        es, settings, encoder, search_exact_max_docs=0, search_flat_contrast=1, search_flat_pool=500
+    )
+    query = SearchQuery(image=cat.image("sneaker"), filters=cat.filters(), k=2, explain=True)
+    result = always_flat.search(query)
+    assert result.plan and result.plan["widened"] and "flat scores" in result.plan["reason"]
+    # the catalogue keeps fewer documents than the pool: the second pass is exact
+    assert result.plan["method"] == "exact"
+    calls = [r["template_id"].rsplit("-", 1)[-1] for r in result.requests or []]
+    assert calls == ["knn", "exact"]
+    exact = searcher(es, settings, encoder).search(query)
+    assert products(result) == products(exact) and exact.plan and not exact.plan["widened"]
+    assert (
+        searcher(es, settings, encoder).search(query.model_copy(update={"explain": False})).plan
+        is None
+    )
