@@ -25,11 +25,11 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from PIL import Image
 
@@ -38,6 +38,7 @@ from pipeline.encoders.calibration import agreement_images, calibration_images
 from pipeline.settings import VitrineSettings
 
 log = logging.getLogger(__name__)
+ORT_VERSION = version("onnxruntime")
 
 TORCH, ONNX, ONNX_INT8 = "torch", "onnx", "onnx-int8"
 RUNTIMES = (TORCH, ONNX, ONNX_INT8)
@@ -120,6 +121,8 @@ class OnnxTower:
     """An ONNX Runtime session that maps ``(n, 3, h, w)`` pixels to ``(n, dim)`` features."""
 
     def __init__(self, path: Path, *, threads: int | None = None, optimise: bool = True):
+        import onnxruntime as ort  # here: importing it writes a session file into $TMPDIR
+
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or 0  # 0: one per physical core
         options.inter_op_num_threads = 1
@@ -247,7 +250,7 @@ def _build(
     meta: dict[str, Any] = {
         "variant": options.variant,
         "recipe": asdict(options.recipe) if options.recipe else None,
-        "onnxruntime": ort.__version__,
+        "onnxruntime": ORT_VERSION,
         "torch": torch.__version__,
         "agreement": asdict(measured),
     }
@@ -280,4 +283,4 @@ def load(
 def cache_key(identity: str, pixels_shape: Sequence[int]) -> str:
     """Folder name of a checkpoint's exports: its identity, input size and ORT version."""
     h, w = pixels_shape[-2:]
-    return f"{identity}-{h}x{w}-ort{ort.__version__}".replace(os.sep, "_").replace(":", "_")
+    return f"{identity}-{h}x{w}-ort{ORT_VERSION}".replace(os.sep, "_").replace(":", "_")

@@ -80,8 +80,8 @@ def item(tmp_path) -> Iterator:
 
 def test_offers_across_merchants_cheapest_first(es, settings, ingestor, item):
     a, b, c, other = item["a"], item["b"], item["c"], item["other"]
-    ingestor.ingest([a])  # the founder
-    ingestor.ingest([b, c, other])
+    ingestor.ingest([a], refresh=True)  # the founder
+    ingestor.ingest([b, c, other], refresh=True)
     group = _group(es, settings, a)
     assert group == _doc_id(a)
     assert _group(es, settings, b) == _group(es, settings, c) == group
@@ -135,7 +135,7 @@ def test_offers_across_merchants_cheapest_first(es, settings, ingestor, item):
 
 def test_groups_after_update_and_delete(es, settings, ingestor, item):
     a, b, c = item["a"], item["b"], item["c"]
-    ingestor.ingest([a, b, c])  # copies in one batch share a group too
+    ingestor.ingest([a, b, c], refresh=True)  # copies in one batch share a group too
     group = _group(es, settings, a)
     assert group == _doc_id(a) and _group(es, settings, b) == _group(es, settings, c) == group
 
@@ -143,14 +143,14 @@ def test_groups_after_update_and_delete(es, settings, ingestor, item):
     indexing.delete_product(es, settings, a.merchant_id, a.product_id)
     assert _group(es, settings, b) == _group(es, settings, c) == group
     d = item["make"]("d", "sku-4", near_duplicate(item["original"], size=70), price=5.0)
-    ingestor.ingest([d])
+    ingestor.ingest([d], refresh=True)
     assert _group(es, settings, d) == group
 
     # re-ingesting the same image keeps the group; a changed image leaves it
-    ingestor.ingest([b.model_copy(update={"price": 19.0})])
+    ingestor.ingest([b.model_copy(update={"price": 19.0})], refresh=True)
     assert _group(es, settings, b) == group
     changed = item["make"]("c", "x/2", pattern_image(item["seed"] + 2), price=25.0)
-    ingestor.ingest([changed])
+    ingestor.ingest([changed], refresh=True)
     assert _group(es, settings, changed) == _doc_id(changed)
     offers = find_offers(es, settings.index_alias, d.merchant_id, d.product_id)
     assert [(o["product_id"], o["price"]) for o in offers["offers"]] == [(b.product_id, 19.0)]
@@ -160,15 +160,16 @@ def test_document_from_before_grouping_founds_the_group(es, settings, encoder, i
     off = settings.model_copy(update={"duplicate_matching": False})
     legacy = Ingestor(off, es=es, encoder=encoder)
     a, b = item["a"], item["b"]
-    legacy.ingest([a])
+    legacy.ingest([a], refresh=True)
     assert _group(es, settings, a) is None
-    ingestor.ingest([b])
+    ingestor.ingest([b], refresh=True)
     assert _group(es, settings, b) == _doc_id(a) == _group(es, settings, a)
 
 
 def test_the_worker_groups_copies(worker, es, settings, item):
     a, b = item["a"], item["b"]
-    job_ids = enqueue(worker, [a])
+    job_ids = enqueue(worker, [a], refresh=True)  # the founder is searchable before b comes
+    wait_for_jobs(worker, job_ids, timeout_s=180)
     job_ids += enqueue(worker, [b])
     statuses = wait_for_jobs(worker, job_ids, timeout_s=180)
     assert [statuses[j].state for j in job_ids] == ["done", "done"]
@@ -185,7 +186,7 @@ def test_cli_offers_and_duplicates_report(es, settings, ingestor, item, tmp_path
     from pipeline.cli.app import app
 
     a, b, c = item["a"], item["b"], item["c"]
-    ingestor.ingest([a, b, c])
+    ingestor.ingest([a, b, c], refresh=True)
     group = _group(es, settings, a)
     runner = CliRunner()
     env = settings.to_env()
