@@ -198,8 +198,9 @@ class DuplicateMatcher:
         self.rule = MatchRule.from_settings(settings)
         self.es = es
 
-    def assign(self, items: Sequence[IngestItem]) -> None:
-        """Group the ``ok`` items; while Elasticsearch is unreachable they fail as transient."""
+    def assign(self, items: Sequence[IngestItem], indices: Sequence[str]) -> None:
+        """Group the ``ok`` items against ``indices`` (those holding their model's vectors);
+        while Elasticsearch is unreachable they fail as transient."""
         ready = [i for i in items if i.ok and i.vector is not None and i.image is not None]
         if not ready:
             return
@@ -212,10 +213,10 @@ class DuplicateMatcher:
             for i in ready
         ]
         try:
-            candidates, previous = self._search(images)
+            candidates, previous = self._search(images, indices)
             grouping = assign_groups(images, candidates, previous, self.rule)
             if grouping.backfill:
-                self._backfill(grouping.backfill)
+                self._backfill(grouping.backfill, indices)
         except Exception as exc:
             if not is_transient_es_error(exc):
                 raise
@@ -228,9 +229,9 @@ class DuplicateMatcher:
             item.duplicate_group = grouping.groups[image.doc_id]
 
     def _search(
-        self, images: Sequence[NewImage]
+        self, images: Sequence[NewImage], indices: Sequence[str]
     ) -> tuple[list[list[Candidate]], dict[str, str | None]]:
-        alias = self.settings.index_alias
+        target = ",".join(indices)
         searches = match_searches(
             [image.vector for image in images],
             [image.doc_id for image in images],
@@ -238,7 +239,7 @@ class DuplicateMatcher:
         )
         body: list[dict[str, Any]] = []
         for search in searches:
-            body += [{"index": alias}, search]
+            body += [{"index": target}, search]
         responses = self.es.msearch(searches=body)["responses"]
         for response in responses:
             if "error" in response:
@@ -253,13 +254,14 @@ class DuplicateMatcher:
         }
         return candidates, previous
 
-    def _backfill(self, backfill: dict[str, str]) -> None:
+    def _backfill(self, backfill: dict[str, str], indices: Sequence[str]) -> None:
         """Give matched documents from before this processor their (own-id) group."""
         body: list[dict[str, Any]] = []
         for doc_id, group in backfill.items():
-            body += [
-                {"update": {"_index": self.settings.index_alias, "_id": doc_id}},
-                {"doc": {"duplicate_group": group}},
-            ]
+            for index in indices:
+                body += [
+                    {"update": {"_index": index, "_id": doc_id}},
+                    {"doc": {"duplicate_group": group}},
+                ]
         self.es.bulk(operations=body)
         log.info("gave %d older document(s) their duplicate group", len(backfill))

@@ -159,8 +159,12 @@ class Ingestor:
             return model_mismatch(products, exc)
         items = [IngestItem(p, i) for p in products for i in range(len(p.images))]
         self.chain.run(items)
+        try:  # per batch: a re-embed adds an index, and a swap removes one, while we run
+            indices = self.write_indices()
+        except indexing.IndexModelMismatch as exc:
+            return model_mismatch(products, exc)
         if self.duplicates:
-            self.duplicates.assign(items)  # one msearch for the whole batch
+            self.duplicates.assign(items, indices)  # one msearch for the whole batch
         now = datetime.now(UTC)
         results: dict[tuple[str, str], ProductResult] = {}
         documents: dict[tuple[str, str], list[tuple[str, dict]]] = {}
@@ -204,10 +208,6 @@ class Ingestor:
                 )
             )
         if documents:
-            try:  # per batch: a re-embed adds an index, and a swap removes one, while we run
-                indices = self.write_indices()
-            except indexing.IndexModelMismatch as exc:
-                return model_mismatch(products, exc)
             outcome = indexing.replace_products(
                 self.es, self.settings, documents, indices, refresh=refresh
             )

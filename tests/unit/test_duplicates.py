@@ -195,10 +195,12 @@ def test_matcher_sends_one_msearch_per_batch_and_backfills(tmp_path):
     legacy = {"_id": "legacy", "_score": 0.999, "_source": {"phash": "00"}}
     es = FakeES([[legacy], [legacy]])
     items = _items(tmp_path, 2)
-    DuplicateMatcher(VitrineSettings(), es).assign(items)
+    DuplicateMatcher(VitrineSettings(), es).assign(items, ["shop.m.000001"])
     assert len(es.searches) == 1 and len(es.searches[0]) == 2 * 3  # header + body each
+    assert {header["index"] for header in es.searches[0][::2]} == {"shop.m.000001"}
     assert [item.duplicate_group for item in items] == ["legacy", "legacy"]
     [operations] = es.bulks
+    assert operations[0] == {"update": {"_index": "shop.m.000001", "_id": "legacy"}}
     assert operations[1] == {"doc": {"duplicate_group": "legacy"}}
 
 
@@ -209,7 +211,7 @@ def test_matcher_marks_the_batch_transient_while_elasticsearch_is_down(tmp_path)
 
     items = _items(tmp_path, 2)
     down = FakeES([], fail=ESConnectionError("refused"))
-    DuplicateMatcher(VitrineSettings(), down).assign(items)
+    DuplicateMatcher(VitrineSettings(), down).assign(items, ["shop.m.000001"])
     assert all(i.error and i.error.transient for i in items)
     assert all(i.error.reason == "duplicates_unavailable" for i in items)
 
