@@ -28,6 +28,10 @@ def _default_services_dir() -> Path:
 ELASTIC_NAME = r"^[a-z0-9][a-z0-9_+-]{0,200}$"
 
 
+#: What ``VitrineSettings.encoder_fields`` records: the settings that pick the model.
+ENCODER_FIELDS = ("encoder", "encoder_options", "model_arch", "model_pretrained", "encoder_runtime")
+
+
 class VitrineSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="VITRINE_", env_nested_delimiter="__", extra="ignore"
@@ -452,6 +456,12 @@ class VitrineSettings(BaseSettings):
     def _valid_fetch_allow(cls, entries: list[str]) -> list[str]:
         FetchPolicy.parse(entries)  # fail at start-up, not at the first fetch
         return [e.strip() for e in entries if e.strip()]
+
+    def encoder_fields(self) -> dict[str, Any]:
+        """The settings that pick the model. Each product index records them in its ``_meta``,
+        so a process configured for another model (the API, after a re-embed's swap or a
+        rollback) can load the model of the index its alias serves."""
+        return {name: getattr(self, name) for name in ENCODER_FIELDS}
 
     def for_worker_processes(self, processes: int, cpus: int) -> VitrineSettings:
         """These settings for one of ``processes`` pool processes on ``cpus`` usable CPUs:

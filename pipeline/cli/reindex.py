@@ -64,6 +64,7 @@ def reindex(
         dims=ingestor.encoder().dim,
         queue=target.queue,
         extra_fields=ingestor.chain.field_mappings,
+        encoder=target.encoder_fields(),  # the API follows the alias to this model
     )
     typer.echo(f"re-embedding into {new.index} (model {new.model_id}) via queue {target.queue}")
     app = create_celery(target)

@@ -62,7 +62,7 @@ def ensure_indices(
                 model_id,
                 dims,
                 extra_fields,
-                meta={"queue": settings.queue},
+                meta={"queue": settings.queue, "encoder": settings.encoder_fields()},
                 shards=settings.index_shards,
                 replicas=settings.index_replicas,
             ),

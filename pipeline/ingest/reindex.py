@@ -131,6 +131,7 @@ def start(
     dims: int,
     queue: str,
     extra_fields: dict[str, Any] | None = None,
+    encoder: dict[str, Any] | None = None,
 ) -> IndexInfo:
     """The new index of this re-embed: the one in progress, or a new one behind the write
     alias (not yet the read alias). Refuses a second re-embed to another model."""
@@ -148,7 +149,7 @@ def start(
     serving = aliases.serving_index(es, alias)
     generation = aliases.next_generation(aliases.deployment_indices(es, alias))
     index = mappings.product_index_name(alias, model_id, generation)
-    meta = {"queue": queue, "previous_index": serving.index}
+    meta = {"queue": queue, "previous_index": serving.index, "encoder": encoder or {}}
     body = mappings.product_index_body(
         alias,
         model_id,
@@ -277,7 +278,7 @@ def run(
             progress=progress,
             on_progress=on_progress,
         )
-        if diff.empty:
+        if diff.empty and _same_counts(es, old, new.index):  # else writes came meanwhile
             break
     else:
         raise ReindexFailed(
@@ -285,7 +286,6 @@ def run(
             f"({len(diff.stale)} product(s)); see the ingest-errors index, fix or delete those "
             "products, and run again"
         )
-    _verify_counts(es, old, new.index)
     aliases.swap(es, alias, serving=new.index, retiring=old)
     progress.phase = "catch-up"
     time.sleep(1.0)  # writes resolved just before the swap land in the old index meanwhile
@@ -304,8 +304,10 @@ def run(
     return Outcome(old, new.index, count, progress.passes, len(catch_up.stale))
 
 
-def _verify_counts(es: Elasticsearch, old: str, new: str) -> None:
+def _same_counts(es: Elasticsearch, old: str, new: str) -> bool:
+    """Both indices hold as many documents (the comparison before was by id and hash)."""
     es.indices.refresh(index=f"{old},{new}")
     counts = {index: int(es.count(index=index)["count"]) for index in (old, new)}
     if counts[old] != counts[new]:
-        raise ReindexFailed(f"document counts differ after verification: {counts}; run again")
+        log.info("re-embed: document counts differ (%s); one more pass", counts)
+    return counts[old] == counts[new]

@@ -17,7 +17,7 @@ from elasticsearch import BadRequestError, Elasticsearch
 from PIL import Image
 
 from pipeline.documents import HIT_FIELDS
-from pipeline.encoders import Encoder, LazyEncoder, TextNotSupported
+from pipeline.encoders import Encoder, LazyEncoder, TextNotSupported, get_encoder
 from pipeline.es import mappings
 from pipeline.es.client import IndexInfo, write_index_info
 from pipeline.search import planner
@@ -130,8 +130,19 @@ class Searcher:
         self._info = (now, info)
         return info
 
-    def _checked_encoder(self, info: IndexInfo) -> Encoder:
+    def _encoder_for(self, info: IndexInfo | None) -> Encoder:
+        """This process's encoder or, when the alias serves another model's index (after a
+        re-embed's swap, or a rollback), that model as the index's ``_meta`` records it: the
+        API follows the alias without a restart (the first such query loads the model)."""
         encoder = self.encoder()
+        fields = info.meta.get("encoder") if info else None
+        if info is None or encoder.model_id == info.model_id or not fields:
+            return encoder
+        other = get_encoder(self.settings.model_copy(update=fields))
+        return other if other.model_id == info.model_id else encoder
+
+    def _checked_encoder(self, info: IndexInfo) -> Encoder:
+        encoder = self._encoder_for(info)
         if encoder.model_id != info.model_id:
             raise QueryError(
                 "encoder_model_mismatch",
@@ -167,7 +178,11 @@ class Searcher:
         text = text.strip() if text else None
         if image is None and not text:
             raise QueryError("invalid_query", "give an image, a text, or both")
-        encoder = self.encoder()
+        try:
+            info: IndexInfo | None = self.index_info()
+        except QueryError:  # no index yet: this process's own model
+            info = None
+        encoder = self._encoder_for(info)
         if text and not encoder.supports_text:
             raise _text_not_supported(encoder, "embed text")
         image_vec = encoder.encode_images([image])[0] if image is not None else None

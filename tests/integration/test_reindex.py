@@ -22,6 +22,7 @@ from pipeline.dev.worker_process import worker_process
 from pipeline.encoders import get_encoder
 from pipeline.es import aliases, indexing, mappings
 from pipeline.es.client import make_client
+from pipeline.images import load_image
 from pipeline.ingest import reindex
 from pipeline.jobs import enqueue, enqueue_delete, job_status, wait_for_jobs
 from pipeline.search.plan import SearchQuery
@@ -164,6 +165,7 @@ def test_reembed_without_downtime(es, old_settings, new_settings, tmp_path_facto
             model_id=encoder_b.model_id,
             dims=encoder_b.dim,
             queue=new_settings.queue,
+            encoder=new_settings.encoder_fields(),
         )
         assert new.dims == 1280 != old.dims
         added = [make_product(directory, 100 + s, prefix=prefix) for s in range(3)]
@@ -198,6 +200,7 @@ def test_reembed_without_downtime(es, old_settings, new_settings, tmp_path_facto
                 model_id=encoder_b.model_id,
                 dims=encoder_b.dim,
                 queue=new_settings.queue,
+                encoder=new_settings.encoder_fields(),
             )
             assert resumed.index == new.index
             outcome = reindex.run(
@@ -208,6 +211,13 @@ def test_reembed_without_downtime(es, old_settings, new_settings, tmp_path_facto
         assert outcome.old_index == old.index and outcome.new_index == new.index
         assert aliases.serving_index(es, old_settings.index_alias).index == new.index
         assert [t.index for t in aliases.write_targets(es, old_settings.index_alias)] == [new.index]
+        # an API process still configured with the old model follows the alias: an image
+        # search embeds with the new index's model (from its _meta) and finds the product
+        follower = Searcher(old_settings, es)
+        image = load_image(products[0].images[0]).image
+        found = follower.search(SearchQuery(image=image)).hits
+        assert found[0]["product_id"] == products[0].product_id
+        assert follower.embed(image=image).model_id == encoder_b.model_id
 
         expected = {("merchant-a", p.product_id) for p in [*products, *added]} - {
             ("merchant-a", p.product_id) for p in deleted
