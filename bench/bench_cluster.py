@@ -171,7 +171,9 @@ def cleanup(settings: VitrineSettings) -> None:
 
     es = make_client(settings)
     alias = settings.index_alias
-    created = list(es.indices.get(index=f"{alias}-*", expand_wildcards="all"))
+    created = list(
+        es.indices.get(index=mappings.product_index_pattern(alias), expand_wildcards="all")
+    )
     for index in [*created, mappings.clusters_index_name(alias), settings.errors_index]:
         es.options(ignore_status=404).indices.delete(index=index)
     for template in (mappings.product_template_name(alias), settings.errors_index):

@@ -162,7 +162,9 @@ def main(argv: list[str] | None = None) -> None:
         )
         report.note("synthetic clustered vectors; Elasticsearch 8.12 on this machine, shared")
     finally:
-        for name in es.indices.get(index=f"{settings.index_alias}-*", expand_wildcards="all"):
+        for name in es.indices.get(
+            index=mappings.product_index_pattern(settings.index_alias), expand_wildcards="all"
+        ):
             es.indices.delete(index=name)
         es.options(ignore_status=404).indices.delete(index=settings.errors_index)
         for template in (

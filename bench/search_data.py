@@ -120,7 +120,9 @@ def loaded_index(es: Elasticsearch, settings: VitrineSettings, n: int) -> str | 
 
 
 def delete_alias(es: Elasticsearch, alias: str) -> None:
-    for index in es.indices.get(index=f"{alias}-*", ignore_unavailable=True, allow_no_indices=True):
+    for index in es.indices.get(
+        index=mappings.product_index_pattern(alias), ignore_unavailable=True, allow_no_indices=True
+    ):
         es.indices.delete(index=index)
 
 

@@ -36,9 +36,8 @@ import numpy as np
 from elasticsearch import Elasticsearch
 
 from pipeline.documents import document_id
-from pipeline.es.client import is_transient_es_error
 from pipeline.images import phash_distance
-from pipeline.ingest.processors import IngestError, IngestItem
+from pipeline.ingest.processors import IngestItem
 from pipeline.settings import VitrineSettings
 
 log = logging.getLogger(__name__)
@@ -199,8 +198,9 @@ class DuplicateMatcher:
         self.es = es
 
     def assign(self, items: Sequence[IngestItem], indices: Sequence[str]) -> None:
-        """Group the ``ok`` items against ``indices`` (those holding their model's vectors);
-        while Elasticsearch is unreachable they fail as transient."""
+        """Group the ``ok`` items against ``indices`` (those holding their model's vectors).
+        Elasticsearch errors propagate: unreachable, the whole batch is retried like a failed
+        bulk write (and recorded as ``elasticsearch_unavailable`` when the budget runs out)."""
         ready = [i for i in items if i.ok and i.vector is not None and i.image is not None]
         if not ready:
             return
@@ -212,19 +212,10 @@ class DuplicateMatcher:
             )
             for i in ready
         ]
-        try:
-            candidates, previous = self._search(images, indices)
-            grouping = assign_groups(images, candidates, previous, self.rule)
-            if grouping.backfill:
-                self._backfill(grouping.backfill, indices)
-        except Exception as exc:
-            if not is_transient_es_error(exc):
-                raise
-            for item in ready:
-                item.error = IngestError(
-                    "duplicates_unavailable", f"duplicate matching: {exc}", transient=True
-                )
-            return
+        candidates, previous = self._search(images, indices)
+        grouping = assign_groups(images, candidates, previous, self.rule)
+        if grouping.backfill:
+            self._backfill(grouping.backfill, indices)
         for item, image in zip(ready, images, strict=True):
             item.duplicate_group = grouping.groups[image.doc_id]
 

@@ -59,7 +59,10 @@ def cluster_es(cluster_settings: VitrineSettings, encoder) -> Iterator[Elasticse
     es.cluster.health(wait_for_status="green", timeout="120s")
     yield es
     alias = cluster_settings.index_alias
-    for index in [*es.indices.get(index=f"{alias}-*"), cluster_settings.errors_index]:
+    for index in [
+        *es.indices.get(index=mappings.product_index_pattern(alias)),
+        cluster_settings.errors_index,
+    ]:
         es.options(ignore_status=404).indices.delete(index=index)
     for template in (mappings.product_template_name(alias), cluster_settings.errors_index):
         es.options(ignore_status=404).indices.delete_index_template(name=template)
@@ -100,7 +103,9 @@ def _indexed(es: Elasticsearch, alias: str) -> int:
 
 def _node_with_a_primary(es: Elasticsearch, settings: VitrineSettings) -> cluster.ClusterNode:
     """A node holding a primary shard of the product index: stopping it forces a promotion."""
-    shards = es.cat.shards(index=f"{settings.index_alias}-*", format="json")
+    shards = es.cat.shards(
+        index=mappings.product_index_pattern(settings.index_alias), format="json"
+    )
     names = {row["node"] for row in shards if row["prirep"] == "p" and row.get("node")}
     return next(node for node in cluster.cluster_nodes(settings, NODES) if node.name in names)
 
@@ -145,7 +150,7 @@ def test_a_node_stops_mid_ingest_and_nothing_is_lost(
     assert not searches.failures, searches.failures[:3]
     after = [hits for at, hits in searches.answered if at > stopped_at]
     assert after and max(after) > 0, "search did not answer while the node was away"
-    health = es.cluster.health(index=f"{alias}-*")
+    health = es.cluster.health(index=mappings.product_index_pattern(alias))
     assert health["number_of_nodes"] == NODES - 1 and health["status"] in ("green", "yellow")
 
     cluster.start_node(cluster_settings, victim, NODES)

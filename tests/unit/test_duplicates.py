@@ -204,16 +204,18 @@ def test_matcher_sends_one_msearch_per_batch_and_backfills(tmp_path):
     assert operations[1] == {"doc": {"duplicate_group": "legacy"}}
 
 
-def test_matcher_marks_the_batch_transient_while_elasticsearch_is_down(tmp_path):
+def test_matcher_lets_elasticsearch_errors_reach_the_job(tmp_path):
+    """Unreachable Elasticsearch fails the whole batch, as a failed bulk write does, so the job
+    retries it and records ``elasticsearch_unavailable`` if the budget runs out."""
     from elasticsearch import ConnectionError as ESConnectionError
 
     from pipeline.ingest.duplicates import DuplicateMatcher
 
     items = _items(tmp_path, 2)
     down = FakeES([], fail=ESConnectionError("refused"))
-    DuplicateMatcher(VitrineSettings(), down).assign(items, ["shop.m.000001"])
-    assert all(i.error and i.error.transient for i in items)
-    assert all(i.error.reason == "duplicates_unavailable" for i in items)
+    with pytest.raises(ESConnectionError):
+        DuplicateMatcher(VitrineSettings(), down).assign(items, ["shop.m.000001"])
+    assert all(i.error is None and i.duplicate_group is None for i in items)
 
 
 @pytest.mark.parametrize(
