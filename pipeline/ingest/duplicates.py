@@ -33,9 +33,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from elasticsearch import Elasticsearch
+from elasticsearch import Elasticsearch, TransportError
 
 from pipeline.documents import document_id
+from pipeline.es.client import TRANSIENT_STATUS
 from pipeline.images import phash_distance
 from pipeline.ingest.processors import IngestItem
 from pipeline.settings import VitrineSettings
@@ -234,7 +235,10 @@ class DuplicateMatcher:
         responses = self.es.msearch(searches=body)["responses"]
         for response in responses:
             if "error" in response:
-                raise RuntimeError(f"duplicate matching search failed: {response['error']}")
+                failure = f"duplicate matching search failed: {response['error']}"
+                if response.get("status") in TRANSIENT_STATUS:  # e.g. shards not yet recovered
+                    raise TransportError(failure)
+                raise RuntimeError(failure)
         candidates = [
             [Candidate.from_hit(hit) for hit in response["hits"]["hits"]]
             for response in responses[:-1]

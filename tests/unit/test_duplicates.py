@@ -242,3 +242,24 @@ def test_offers_route_comes_before_the_product_view(path, endpoint):
 
     first = next(r for r in routes(app.routes) if r.matches(scope)[0] == Match.FULL)
     assert first.endpoint.__name__ == endpoint
+
+
+@pytest.mark.parametrize(("status", "transient"), [(503, True), (400, False)])
+def test_a_failed_match_search_is_transient_only_for_retryable_statuses(
+    tmp_path, status, transient
+):
+    """Right after Elasticsearch restarts, shards may not be available yet (503): retry the
+    batch; a bad request is a bug, not something to retry."""
+    from pipeline.es.client import is_transient_es_error
+    from pipeline.ingest.duplicates import DuplicateMatcher
+
+    class Unready(FakeES):
+        def msearch(self, searches):
+            error = {"error": {"type": "no_shard_available_action_exception"}, "status": status}
+            return {"responses": [error, error, error]}
+
+    with pytest.raises(Exception) as failure:
+        DuplicateMatcher(VitrineSettings(), Unready([])).assign(
+            _items(tmp_path, 2), ["shop.m.000001"]
+        )
+    assert is_transient_es_error(failure.value) is transient
