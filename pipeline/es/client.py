@@ -29,15 +29,11 @@ def make_client(settings: VitrineSettings) -> Elasticsearch:
     )
 
 
-#: Elasticsearch answers worth retrying: overloaded, or shards not (yet) available.
-TRANSIENT_STATUS = (429, 502, 503, 504)
-
-
 def is_transient_es_error(exc: BaseException) -> bool:
     """Elasticsearch unreachable, timed out or overloaded: worth retrying later."""
     if isinstance(exc, TransportError):  # connection refused, timeout
         return True
-    return isinstance(exc, ApiError) and exc.meta.status in TRANSIENT_STATUS
+    return isinstance(exc, ApiError) and exc.meta.status in (429, 502, 503, 504)
 
 
 @dataclass(frozen=True)

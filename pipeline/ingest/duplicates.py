@@ -36,7 +36,6 @@ import numpy as np
 from elasticsearch import Elasticsearch, TransportError
 
 from pipeline.documents import document_id
-from pipeline.es.client import TRANSIENT_STATUS
 from pipeline.images import phash_distance
 from pipeline.ingest.processors import IngestItem
 from pipeline.settings import VitrineSettings
@@ -236,7 +235,8 @@ class DuplicateMatcher:
         for response in responses:
             if "error" in response:
                 failure = f"duplicate matching search failed: {response['error']}"
-                if response.get("status") in TRANSIENT_STATUS:  # e.g. shards not yet recovered
+                status = response.get("status", 500)
+                if status == 429 or status >= 500:  # shards not recovered, a node just left
                     raise TransportError(failure)
                 raise RuntimeError(failure)
         candidates = [

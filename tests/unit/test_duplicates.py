@@ -244,12 +244,12 @@ def test_offers_route_comes_before_the_product_view(path, endpoint):
     assert first.endpoint.__name__ == endpoint
 
 
-@pytest.mark.parametrize(("status", "transient"), [(503, True), (400, False)])
+@pytest.mark.parametrize(("status", "transient"), [(503, True), (500, True), (400, False)])
 def test_a_failed_match_search_is_transient_only_for_retryable_statuses(
     tmp_path, status, transient
 ):
-    """Right after Elasticsearch restarts, shards may not be available yet (503): retry the
-    batch; a bad request is a bug, not something to retry."""
+    """Right after Elasticsearch restarts, shards may not be available yet (503), and a node
+    that just left a cluster fails searches (500): retry the batch; a bad request is a bug."""
     from pipeline.es.client import is_transient_es_error
     from pipeline.ingest.duplicates import DuplicateMatcher
 
