@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
         ["model", "path", "batch", "img/s", "x naive", "forward only img/s", "mean cos", "min cos"],
     )
     report.note(
-        f"torch {torch.__version__} ({args.threads} threads), onnxruntime {ox.ort.__version__}; "
+        f"torch {torch.__version__} ({args.threads} threads), onnxruntime {ox.ORT_VERSION}; "
         f"best of {args.repeats}; cosines vs batched torch fp32 on the same images"
     )
     runs = variants(args.cache / "onnx", args.threads, args.quick)
