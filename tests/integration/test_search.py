@@ -3,6 +3,7 @@ the stored templates against the Python path; errors for vectors that do not fit
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -396,11 +397,26 @@ class OtherModel(Encoder):
         return self.embed_images(texts)
 
 
-def test_a_process_with_another_model_cannot_search_by_image(es, settings, cat):
+def test_a_process_with_another_model_follows_the_index_model(es, settings, cat):
+    """The index records its encoder settings: a process configured for another model (the API
+    after a re-embed's swap) embeds queries with the index's model instead."""
     searcher = Searcher(settings, es, OtherModel())
-    with pytest.raises(QueryError) as info:
+    result = searcher.search(SearchQuery(image=cat.image("bag"), filters=cat.filters()))
+    assert cat.names(result.hits)[0] == "bag"
+
+
+def test_a_process_with_another_model_cannot_search_an_index_without_encoder_settings(
+    es, settings, cat, monkeypatch
+):
+    searcher = Searcher(settings, es, OtherModel())
+    info = searcher.index_info()
+    unrecorded = dataclasses.replace(
+        info, meta={k: v for k, v in info.meta.items() if k != "encoder"}
+    )
+    monkeypatch.setattr(searcher, "index_info", lambda: unrecorded)
+    with pytest.raises(QueryError) as raised:
         searcher.search(SearchQuery(image=cat.image("bag")))
-    assert info.value.reason == "encoder_model_mismatch"
+    assert raised.value.reason == "encoder_model_mismatch"
 
 
 def test_keyword_search_loads_no_model(es, settings, cat):
