@@ -103,7 +103,12 @@ def test_worker_metrics_after_real_jobs(metrics_worker, tmp_path: Path):
     assert grew("vitrine_images_embedded_total") == 5
     assert grew("vitrine_embed_batch_seconds_count", kind="image") == 2
     assert grew("vitrine_es_bulk_seconds_count") == 2
-    # both pool processes loaded the model (merged from their own files)
+    # both pool processes loaded the model (merged from their own files); a process that has
+    # not taken a job yet may still be loading it
+    deadline = time.monotonic() + 120
+    while value(after, "vitrine_model_load_seconds_count") < 2 and time.monotonic() < deadline:
+        time.sleep(1)
+        after = samples(httpx.get(url, timeout=10).text)
     assert value(after, "vitrine_model_load_seconds_count") == 2
     assert ("vitrine_queue_depth", frozenset({("queue", current.queue)})) in after
 
