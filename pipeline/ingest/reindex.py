@@ -22,6 +22,7 @@ the write alias, ``_meta.previous_index``): after a crash or Ctrl-C, running aga
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -266,18 +267,20 @@ def run(
     if old == new.index:
         raise ReindexFailed(f"{new.index} already serves alias {alias}")
     progress = Progress("re-embed")
+    one_pass = functools.partial(
+        _pass,
+        es,
+        app,
+        old,
+        new.index,
+        batch_size=batch_size,
+        timeout_s=timeout_s,
+        progress=progress,
+        on_progress=on_progress,
+    )
     for _ in range(max_passes):
         began = datetime.now(UTC).isoformat()
-        diff = _pass(
-            es,
-            app,
-            old,
-            new.index,
-            batch_size=batch_size,
-            timeout_s=timeout_s,
-            progress=progress,
-            on_progress=on_progress,
-        )
+        diff = one_pass()
         if diff.empty and _same_counts(es, old, new.index):  # else writes came meanwhile
             break
     else:
@@ -289,17 +292,7 @@ def run(
     aliases.swap(es, alias, serving=new.index, retiring=old)
     progress.phase = "catch-up"
     time.sleep(1.0)  # writes resolved just before the swap land in the old index meanwhile
-    catch_up = _pass(
-        es,
-        app,
-        old,
-        new.index,
-        batch_size=batch_size,
-        timeout_s=timeout_s,
-        progress=progress,
-        on_progress=on_progress,
-        since=began,
-    )
+    catch_up = one_pass(since=began)
     count = int(es.count(index=new.index)["count"])
     return Outcome(old, new.index, count, progress.passes, len(catch_up.stale))
 
