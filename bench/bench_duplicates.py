@@ -3,12 +3,13 @@
 Why: ``duplicate_group`` drives price comparison (offers) and catalogue clean-up; a wrong merge
 shows another product as "the same item", a miss hides an offer. The set: distinct originals
 (crops of scikit-image photos, sample-catalogue drawings with random prints, random textures),
-each with five copies (resized, recompressed, slightly cropped, colour-shifted, re-backgrounded)
-and one distinct look-alike (a neighbouring crop, the same drawing with another print, the same
-texture generator with another seed). The images are ingested in shuffled batches through
-``pipeline.ingest.duplicates.assign_groups`` (the ingest code), with exact brute-force nearest
-neighbours standing in for Elasticsearch's kNN. Precision and recall are over pairs of images:
-a pair is predicted when both land in one group, true when both come from one original.
+each with a copy (by default one; the kinds in turn: resized, recompressed, slightly cropped,
+colour-shifted, re-backgrounded) and, for half of them, a distinct look-alike (a neighbouring
+crop, the same drawing with another print, the same texture generator with another seed). The
+images are ingested in shuffled batches through ``pipeline.ingest.duplicates.assign_groups``
+(the ingest code), with exact brute-force nearest neighbours standing in for Elasticsearch's kNN.
+Precision and recall are over pairs of images: a pair is predicted when both land in one group,
+true when both come from one original.
 Encoder: EfficientNet-Lite0 with its real ImageNet weights (offline-image extra), the default
 thresholds' reference; random-weight CLIP would say little about real similarity.
 """
@@ -21,13 +22,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import imagehash
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
 from bench import harness
 from pipeline.dev.samples import CATEGORIES, COLOURS, product_image
-from pipeline.ingest.duplicates import MatchRule, NewImage, assign_groups
+from pipeline.images import Fingerprint
+from pipeline.ingest.duplicates import Candidate, MatchRule, NewImage, assign_groups
 from pipeline.settings import VitrineSettings
 
 SIZE = 320
@@ -248,35 +249,48 @@ def build_set(
 
 
 def ingest_groups(
-    vectors: np.ndarray, hashes: list[str], rule: MatchRule, *, k: int, batch: int, seed: int
+    vectors: np.ndarray,
+    prints: list[Fingerprint],
+    rule: MatchRule,
+    *,
+    fingerprints: bool,
+    k: int,
+    batch: int,
+    seed: int,
 ) -> list[str]:
-    """Groups as ingest assigns them: shuffled batches, the top-k indexed neighbours each."""
+    """Groups as ingest assigns them: shuffled batches, the top-k indexed neighbours each.
+    ``fingerprints`` False: compare as documents from before fingerprints (whole-image phash)."""
+    hashes = [f"{p.hashes[0]:016x}" for p in prints]
+    shown: list[Fingerprint | None] = list(prints) if fingerprints else [None] * len(prints)
     order = list(range(len(vectors)))
     random.Random(seed).shuffle(order)
     groups: dict[str, str] = {}
     indexed: list[int] = []
     for start in range(0, len(order), batch):
         chunk = order[start : start + batch]
-        images = [NewImage(str(i), vectors[i], hashes[i]) for i in chunk]
+        images = [NewImage(str(i), vectors[i], hashes[i], shown[i]) for i in chunk]
         candidates = []
         for i in chunk:
             if indexed:
                 cosines = vectors[indexed] @ vectors[i]
                 top = np.argsort(-cosines)[:k]
                 candidates.append(
-                    [_candidate(indexed[j], float(cosines[j]), hashes, groups) for j in top]
+                    [
+                        Candidate(
+                            str(indexed[j]),
+                            groups[str(indexed[j])],
+                            hashes[indexed[j]],
+                            float(cosines[j]),
+                            shown[indexed[j]],
+                        )
+                        for j in top
+                    ]
                 )
             else:
                 candidates.append([])
         groups.update(assign_groups(images, candidates, {}, rule).groups)
         indexed += chunk
     return [groups[str(i)] for i in range(len(vectors))]
-
-
-def _candidate(index: int, cosine: float, hashes: list[str], groups: dict[str, str]):
-    from pipeline.ingest.duplicates import Candidate
-
-    return Candidate(str(index), groups[str(index)], hashes[index], cosine)
 
 
 def pair_scores(items: list[int], groups: list[str]) -> tuple[float, float]:
@@ -334,17 +348,20 @@ def main(argv: list[str] | None = None) -> None:
     default = MatchRule.from_settings(settings)
     started = time.perf_counter()
     samples = build_set(args.originals, copies=args.copies)
-    hashes = [str(imagehash.phash(s.image)) for s in samples]
+    prints = [Fingerprint.of(s.image) for s in samples]
     vectors = embed(samples)
     took = time.perf_counter() - started
     items = [s.item for s in samples]
-    rules: dict[str, MatchRule] = {
-        "default (cosine and phash, or sure cosine)": default,
-        f"phash only (<= {default.max_phash_distance} bits)": MatchRule(
-            -1.0, default.max_phash_distance, 2.0
+    bits, colour = default.max_phash_distance, default.min_colour_correlation
+    rules: dict[str, tuple[MatchRule, bool]] = {  # rule, compare fingerprints
+        "default (cosine and fingerprint, or sure cosine)": (default, True),
+        "fingerprint only (no cosine)": (MatchRule(-1.0, bits, 2.0, colour), True),
+        "before fingerprints (cosine >= 0.7 and whole phash <= 8, or cosine >= 0.99)": (
+            MatchRule(0.7, 8, 0.99, colour),
+            False,
         ),
-        f"cosine only (>= {default.sure_cosine})": MatchRule(2.0, 0, default.sure_cosine),
-        f"cosine only (>= {default.min_cosine})": MatchRule(2.0, 0, default.min_cosine),
+        f"whole-image phash only (<= {bits} bits)": (MatchRule(-1.0, bits, 2.0, colour), False),
+        "cosine only (>= 0.99)": (MatchRule(2.0, 0, 0.99, colour), False),
     }
     report = harness.Report(
         name="bench_duplicates",
@@ -353,15 +370,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     per_kind: dict[str, dict[str, float]] = {}
     k = settings.duplicate_candidates
-    for name, rule in rules.items():
-        groups = ingest_groups(vectors, hashes, rule, k=k, batch=args.batch, seed=11)
+    for name, (rule, fingerprints) in rules.items():
+        groups = ingest_groups(
+            vectors, prints, rule, fingerprints=fingerprints, k=k, batch=args.batch, seed=11
+        )
         precision, recall = pair_scores(items, groups)
         report.add(name, round(precision, 4), round(recall, 4))
         per_kind[name] = kind_recall(samples, groups)
     default_kinds = per_kind[next(iter(rules))]
     report.note(
-        f"defaults: min_cosine {default.min_cosine}, max_phash_distance "
-        f"{default.max_phash_distance}, sure_cosine {default.sure_cosine}; k={k} neighbours, "
+        f"defaults: min_cosine {default.min_cosine}, max_phash_distance {bits} (best-aligned "
+        f"window), min_colour_correlation {colour}, sure_cosine {default.sure_cosine}; k={k} "
+        "neighbours, "
         f"ingest batches of {args.batch}; encoder EfficientNet-Lite0 (ImageNet weights)"
     )
     report.note(

@@ -158,6 +158,8 @@ class ImageFields(BaseModel):
     auto_tag_scores: list[TagScore] = Field(default_factory=list)
     image_text: str | None = None
     phash: str | None = None
+    #: What near-duplicate matching compares (``pipeline.images.Fingerprint``, base64).
+    fingerprint: str | None = None
     #: Near-duplicate group (pipeline.ingest.duplicates): the document id of the group's first
     #: member; documents of the same item, at one merchant or several, share it.
     duplicate_group: str | None = None
@@ -210,6 +212,7 @@ def build_document(
     auto_tag_scores: Mapping[str, float] | None = None,
     image_text: str | None = None,
     phash: str | None = None,
+    fingerprint: str | None = None,
     visual_cluster: str | None = None,
     visual_cluster_name: str | None = None,
     duplicate_group: str | None = None,
@@ -230,6 +233,7 @@ def build_document(
         auto_tag_scores=[TagScore(tag=t, score=v) for t, v in (auto_tag_scores or {}).items()],
         image_text=image_text,
         phash=phash,
+        fingerprint=fingerprint,
         visual_cluster=visual_cluster,
         visual_cluster_name=visual_cluster_name,
         duplicate_group=duplicate_group,

@@ -7,8 +7,8 @@ environment from its start (``vitrine worker`` sees to it) and the main process 
 per-process files at each scrape. Without it (the API under uvicorn) metrics live in the
 process's default registry.
 
-Hooks elsewhere are one call each: the encoder and the embed_image processor time their
-batches (``embedding``), the encoder its loading, the bulk
+Hooks elsewhere are one call each: the encoder and the embed_image step (or the batcher that
+serves it) time their forward passes (``embedding``), the encoder its loading, the bulk
 writer its requests, Celery task signals count jobs (``workers.tasks``), and the search route
 times each search by shape. Queue depths are read from Redis at scrape time.
 """
@@ -40,6 +40,11 @@ FAILED_PRODUCTS = Counter(
 IMAGES_EMBEDDED = Counter(
     "vitrine_images_embedded", "Images embedded; rate() of it is images per second."
 )
+EMBED_BATCH_IMAGES = Histogram(
+    "vitrine_embed_batch_images",
+    "Images per image forward pass (in a threads-pool worker, from several jobs at once).",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
 EMBED_BATCH_SECONDS = Histogram(
     "vitrine_embed_batch_seconds", "Time of one encoder forward pass over a batch.", ["kind"],
     buckets=SECONDS,
@@ -65,6 +70,7 @@ def embedding(kind: str, count: int) -> Iterator[None]:
         yield
     if kind == "image":
         IMAGES_EMBEDDED.inc(count)
+        EMBED_BATCH_IMAGES.observe(count)
 
 
 def observe_job(task: str, results: Sequence[dict[str, Any]]) -> None:

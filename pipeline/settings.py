@@ -187,7 +187,22 @@ class VitrineSettings(BaseSettings):
         "generated random-initialised checkpoint (mechanics only; model_id says so).",
     )
     device: str = "cpu"
-    batch_size: int = 16
+    batch_size: int = Field(16, ge=1, description="Images per forward pass at most.")
+    worker_pool: Literal["prefork", "threads", "solo"] = Field(
+        "threads",
+        description="How `vitrine worker` runs jobs. threads: one process, one model, "
+        "`--concurrency` jobs at once whose images share forward passes (jobs of one product "
+        "still embed in full batches, and decoding overlaps the forward pass); Celery's time "
+        "limits are not enforced in this pool (image fetches keep their own deadline). "
+        "prefork: `--concurrency` processes, each with its own model, one job at a time; a "
+        "crashed process loses only its job. solo: one job at a time in the worker process.",
+    )
+    embed_batch_wait_ms: float = Field(
+        20,
+        ge=0,
+        description="threads pool: how long the first image of a forward pass may wait for "
+        "images of other jobs, from its arrival (under load the next pass is already full).",
+    )
     torch_threads: int | None = Field(
         None,
         ge=1,
@@ -305,9 +320,10 @@ class VitrineSettings(BaseSettings):
 
     # Near-duplicates (pipeline/ingest/duplicates.py): two images show the same item when their
     # vectors' cosine is at least duplicate_sure_cosine, or at least duplicate_min_cosine with
-    # perceptual hashes (phash processor) at most duplicate_max_phash_distance bits apart.
-    # Cosines depend on the encoder: the defaults are measured with efficientnet_lite0
-    # (bench/bench_duplicates.py).
+    # fingerprints (phash processor) whose hashes are at most duplicate_max_phash_distance bits
+    # apart at the best-aligned window and whose colour thumbnails correlate at least
+    # duplicate_min_colour_correlation there. Cosines depend on the encoder: the defaults are
+    # measured with efficientnet_lite0 (bench/bench_duplicates.py).
     duplicate_matching: bool = Field(
         True, description="Match each ingested image against the catalogue (duplicate_group)."
     )
@@ -315,10 +331,23 @@ class VitrineSettings(BaseSettings):
         0.70, ge=-1, le=1, description="Cosine from which hashes close enough make a duplicate."
     )
     duplicate_max_phash_distance: int = Field(
-        8, ge=0, le=64, description="Most differing bits of two duplicates' 64-bit phash."
+        4,
+        ge=0,
+        le=64,
+        description="Most differing bits of two duplicates' 64-bit phash (best-aligned window).",
+    )
+    duplicate_min_colour_correlation: float = Field(
+        0.93,
+        ge=-1,
+        le=1,
+        description="Least correlation of two duplicates' 8x8 colour thumbnails (same window).",
     )
     duplicate_sure_cosine: float = Field(
-        0.99, ge=-1, le=1, description="Cosine from which two images are duplicates on its own."
+        0.999,
+        ge=-1,
+        le=1,
+        description="Cosine from which two images are duplicates on their vectors alone (near 1: "
+        "different items on one ground can be 0.99 apart).",
     )
     duplicate_candidates: int = Field(
         10, ge=1, le=100, description="Nearest documents compared with each new image."

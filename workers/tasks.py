@@ -26,6 +26,7 @@ from typing import Any, cast
 from celery import Task, current_app, shared_task
 from celery.signals import (
     after_setup_logger,
+    celeryd_after_setup,
     task_failure,
     task_retry,
     task_success,
@@ -64,6 +65,8 @@ _ingestor_lock = threading.Lock()
 _stop_reconciler = threading.Event()
 _stop_advertising = threading.Event()
 _node = "celery"  # this worker's node name, set in the main process before the pool forks
+#: The pool runs jobs in threads of the main process: one model, shared forward passes.
+_threaded = False
 
 
 def _app(app: Any) -> VitrineCelery:
@@ -79,14 +82,20 @@ def ingestor() -> Ingestor:
     global _ingestor
     with _ingestor_lock:
         if _ingestor is None:
-            _ingestor = Ingestor(_settings(current_app))
+            _ingestor = Ingestor(_settings(current_app), batch_across_jobs=_threaded)
         return _ingestor
 
 
 @worker_process_init.connect
 def _load_model_after_fork(**_: Any) -> None:
-    """Load the model in each pool process after fork, before the first task arrives. Celery
-    kills a process not started within ``worker_proc_alive_timeout_s``: say when it is close."""
+    """Load the model in each pool process after fork (prefork, solo), before the first task
+    arrives. Celery kills a process not started within ``worker_proc_alive_timeout_s``: say
+    when it is close. A threads pool loads it in the worker process instead."""
+    _prepare_process()
+
+
+def _prepare_process() -> None:
+    """Load the model, check the write index holds it, and advertise it."""
     started = time.monotonic()
     ingestor().load_model()
     took, limit = time.monotonic() - started, _settings(current_app).worker_proc_alive_timeout_s
@@ -108,7 +117,8 @@ def _refuse_unless_index_matches() -> None:
         ingestor().ensure_index()
     except (indexing.IndexModelMismatch, indexing.IndexNotReady) as exc:
         log.error("refusing to consume queue %s: %s", _settings(current_app).queue, exc)
-        os.kill(os.getppid(), signal.SIGQUIT)
+        if not _threaded:  # a pool process: stop its worker too
+            os.kill(os.getppid(), signal.SIGQUIT)
         os._exit(1)
     except Exception as exc:
         if not is_transient_es_error(exc):
@@ -127,8 +137,21 @@ def _log_profile(**_: Any) -> None:
 def _node_name_and_exporter(sender: Any = None, **_: Any) -> None:
     """In the main process, before the pool forks: the node name (for the model advert) and
     the metrics exporter, which serves what every pool process records."""
-    global _node
+    global _node, _threaded
     _node = getattr(sender, "hostname", None) or _node
+    _threaded = "thread" in str(getattr(sender, "pool_cls", ""))
+    _start_exporter(sender)
+
+
+@celeryd_after_setup.connect
+def _load_model_in_threads_pool(**_: Any) -> None:
+    """A threads pool has no pool processes: its worker loads the model once logging is set
+    up and before it consumes a job."""
+    if _threaded:
+        _prepare_process()
+
+
+def _start_exporter(sender: Any) -> None:
     settings = _settings(sender.app) if sender is not None else None
     if settings is not None and settings.worker_metrics_port is not None:
         if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
@@ -187,6 +210,9 @@ def _start_reconciler(sender: Any = None, **_: Any) -> None:
 @worker_shutdown.connect
 def _stop_reconciling(**_: Any) -> None:
     _stop_reconciler.set()
+    if _threaded:  # no pool process to send worker_process_shutdown
+        _log_profile()
+        _withdraw_advert()
 
 
 _TASK_LABELS = {INDEX_TASK: "index", DELETE_TASK: "delete"}

@@ -25,7 +25,7 @@ from pipeline.cli import (
     services,
     taxonomy,
 )
-from pipeline.cli.common import exec_with_metrics_dir, settings, setup_logging
+from pipeline.cli.common import exec_with_metrics_dir, fail, settings, setup_logging
 
 app = typer.Typer(
     help="Vitrine: visual product search for Elasticsearch shops. "
@@ -65,26 +65,41 @@ def init_index() -> None:
 @app.command()
 def worker(
     concurrency: Annotated[
-        int, typer.Option(help="Worker processes (each loads the model once).")
-    ] = 1,
-    pool: Annotated[str, typer.Option(help="Celery pool: prefork or solo.")] = "prefork",
+        int | None,
+        typer.Option(
+            help="Jobs at once: threads of the one process (threads pool; default: the batch "
+            "size) or pool processes, each loading the model (prefork; default 1)."
+        ),
+    ] = None,
+    pool: Annotated[
+        str | None,
+        typer.Option(help="threads, prefork or solo (default: VITRINE_WORKER_POOL, threads)."),
+    ] = None,
     loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO",
     hostname: Annotated[str | None, typer.Option(help="Worker node name.")] = None,
 ) -> None:
     """Run a Celery worker that embeds and indexes products from the queue (Prometheus
-    metrics on VITRINE_WORKER_METRICS_PORT when set)."""
+    metrics on VITRINE_WORKER_METRICS_PORT when set). In the threads pool, the images of the
+    jobs it runs at once share forward passes."""
     from celery.signals import worker_shutting_down
 
     from pipeline.encoders import prepare as prepare_encoder
     from pipeline.ingest.ingestor import check_plugins
     from pipeline.jobs import create_celery
 
-    current = settings().for_worker_processes(concurrency, len(os.sched_getaffinity(0)))
+    base = settings()
+    pool = pool or base.worker_pool
+    if pool not in ("threads", "prefork", "solo"):
+        fail(f"--pool must be threads, prefork or solo, not {pool!r}")
+    jobs = concurrency or (base.batch_size if pool == "threads" else 1)
+    processes = jobs if pool == "prefork" else 1
+    current = base.for_worker_processes(processes, len(os.sched_getaffinity(0)))
+    current = current.model_copy(update={"worker_pool": pool})
     exec_with_metrics_dir(current)
     check_plugins(current)
     prepare_encoder(current)
     celery_app = create_celery(current, worker=True)
-    argv = ["worker", f"--concurrency={concurrency}", f"--pool={pool}", f"--loglevel={loglevel}"]
+    argv = ["worker", f"--concurrency={jobs}", f"--pool={pool}", f"--loglevel={loglevel}"]
     argv += [f"--queues={celery_app.settings.queue}"]
     if hostname:
         argv.append(f"--hostname={hostname}")

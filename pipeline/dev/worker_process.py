@@ -1,7 +1,7 @@
 """Start a real ``vitrine worker`` process for given settings and wait until it answers.
 
 Used by the demo and by the integration tests: both need a worker that runs exactly as in
-production (separate process, prefork pool, model loaded once per child).
+production (separate process, the configured pool: ``worker_pool`` travels in the settings).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pipeline.settings import VitrineSettings
 def worker_process(
     settings: VitrineSettings,
     *,
-    concurrency: int = 1,
+    concurrency: int | None = None,
     output: IO | None = None,
     timeout_s: float = 120,
 ) -> Iterator[Celery]:
@@ -34,7 +34,9 @@ def worker_process(
     # the settings are the whole configuration: inherited VITRINE_* (e.g. other credentials) are not
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("VITRINE_")}
     env = {**inherited, **settings.to_env()}
-    cmd = [sys.executable, "-m", "pipeline.cli", "worker", f"--concurrency={concurrency}"]
+    cmd = [sys.executable, "-m", "pipeline.cli", "worker"]
+    if concurrency is not None:  # else the pool's default
+        cmd.append(f"--concurrency={concurrency}")
     process = subprocess.Popen(
         [*cmd, f"--hostname={node}"],
         env=env,

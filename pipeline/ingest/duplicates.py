@@ -5,8 +5,11 @@ After the processor chain, the ingestor hands each batch to ``DuplicateMatcher``
 is compared with its ``duplicate_candidates`` nearest indexed documents (one
 ``msearch`` of kNN searches per batch, not per image) and with the images before it in the same
 batch. Two images match when their vectors' cosine is at least ``duplicate_sure_cosine``, or at
-least ``duplicate_min_cosine`` with perceptual hashes (``phash`` processor) at most
-``duplicate_max_phash_distance`` bits apart (``MatchRule``).
+least ``duplicate_min_cosine`` with fingerprints (``phash`` processor) that agree: perceptual
+hashes at most ``duplicate_max_phash_distance`` bits apart at the best-aligned window (a slight
+crop lines up) and colour thumbnails correlated at least ``duplicate_min_colour_correlation``
+there (a look-alike on the same white ground does not). A document from before fingerprints is
+compared on its whole-image ``phash`` alone (``MatchRule``).
 
 Group ids, and why they are stable:
 
@@ -20,30 +23,51 @@ Group ids, and why they are stable:
 - A matched document indexed before this processor existed (no group) founds the group with its
   own id: it is updated in place so that searches for the group find it.
 
-Concurrency: two workers ingesting copies of one item within a refresh interval (about a second)
-cannot see each other's documents and may found two groups; ``vitrine duplicates`` shows them as
-separate groups. This is the price of keeping ingest free of cross-worker locks.
+Concurrency: a document is searchable a refresh interval (about a second) after it is written.
+Within one worker process the matcher remembers what it grouped in the last
+``RECENT_WINDOW_S`` seconds and compares new images with those too, under a lock, so copies in
+jobs that a threads-pool worker runs at once, or one after the other, share a group. Two workers
+(or prefork processes) ingesting copies of one item within a refresh interval cannot see each
+other's documents and may found two groups; ``vitrine duplicates`` shows them as separate
+groups. This is the price of keeping ingest free of cross-worker locks.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from elasticsearch import Elasticsearch, TransportError
 
 from pipeline.documents import document_id
-from pipeline.images import phash_distance
+from pipeline.images import Fingerprint, phash_distance
 from pipeline.ingest.processors import IngestItem
 from pipeline.settings import VitrineSettings
 
 log = logging.getLogger(__name__)
 
+#: How long the matcher remembers the images it grouped: a few refresh intervals (1 s), the
+#: time until Elasticsearch's kNN finds them.
+RECENT_WINDOW_S = 5.0
+
 VECTOR_FIELD = "image_vector"
-MATCH_SOURCE = ["merchant_id", "product_id", "duplicate_group", "phash"]
+MATCH_SOURCE = ["merchant_id", "product_id", "duplicate_group", "phash", "fingerprint"]
+
+
+class Hashed(Protocol):
+    """An image's hashes: a new one or an indexed one."""
+
+    @property
+    def phash(self) -> str | None: ...
+
+    @property
+    def fingerprint(self) -> Fingerprint | None: ...
 
 
 @dataclass(frozen=True)
@@ -53,6 +77,7 @@ class MatchRule:
     min_cosine: float
     max_phash_distance: int
     sure_cosine: float
+    min_colour_correlation: float
 
     @classmethod
     def from_settings(cls, settings: VitrineSettings) -> MatchRule:
@@ -60,13 +85,19 @@ class MatchRule:
             min_cosine=settings.duplicate_min_cosine,
             max_phash_distance=settings.duplicate_max_phash_distance,
             sure_cosine=settings.duplicate_sure_cosine,
+            min_colour_correlation=settings.duplicate_min_colour_correlation,
         )
 
-    def matches(self, cosine: float, distance: int | None) -> bool:
+    def matches(self, cosine: float, a: Hashed, b: Hashed) -> bool:
         if cosine >= self.sure_cosine:
             return True
-        close = distance is not None and distance <= self.max_phash_distance
-        return cosine >= self.min_cosine and close
+        if cosine < self.min_cosine:
+            return False
+        if a.fingerprint is None or b.fingerprint is None:
+            distance = phash_distance(a.phash, b.phash)
+            return distance is not None and distance <= self.max_phash_distance
+        bits, colour = a.fingerprint.compare(b.fingerprint)
+        return bits <= self.max_phash_distance and colour >= self.min_colour_correlation
 
 
 @dataclass(frozen=True)
@@ -77,13 +108,18 @@ class Candidate:
     group: str | None
     phash: str | None
     cosine: float
+    fingerprint: Fingerprint | None = None
 
     @classmethod
     def from_hit(cls, hit: dict[str, Any]) -> Candidate:
         source = hit.get("_source", {})
         # kNN on a cosine field scores (1 + cos) / 2
         return cls(
-            hit["_id"], source.get("duplicate_group"), source.get("phash"), 2 * hit["_score"] - 1
+            hit["_id"],
+            source.get("duplicate_group"),
+            source.get("phash"),
+            2 * hit["_score"] - 1,
+            Fingerprint.decode(source.get("fingerprint")),
         )
 
 
@@ -94,6 +130,7 @@ class NewImage:
     doc_id: str
     vector: np.ndarray
     phash: str | None
+    fingerprint: Fingerprint | None = None
 
 
 @dataclass
@@ -166,7 +203,7 @@ def assign_groups(
         for candidate in candidates[i]:
             if candidate.doc_id == image.doc_id:
                 continue
-            if rule.matches(candidate.cosine, phash_distance(image.phash, candidate.phash)):
+            if rule.matches(candidate.cosine, image, candidate):
                 group = candidate.group or grouping.backfill.get(candidate.doc_id)
                 if group is None:
                     group = grouping.backfill.setdefault(candidate.doc_id, candidate.doc_id)
@@ -174,9 +211,7 @@ def assign_groups(
         for j in range(i):  # earlier images of this batch are not indexed yet
             earlier = images[j]
             cosine = float(unit[i] @ unit[j])
-            if earlier.doc_id != image.doc_id and rule.matches(
-                cosine, phash_distance(image.phash, earlier.phash)
-            ):
+            if earlier.doc_id != image.doc_id and rule.matches(cosine, image, earlier):
                 found.add(grouping.groups[earlier.doc_id])
         grouping.groups[image.doc_id] = min(found) if found else image.doc_id
     return grouping
@@ -196,6 +231,8 @@ class DuplicateMatcher:
         self.settings = settings
         self.rule = MatchRule.from_settings(settings)
         self.es = es
+        self._recent: deque[tuple[float, NewImage, str]] = deque()  # (time, image, its group)
+        self._lock = threading.Lock()
 
     def assign(self, items: Sequence[IngestItem], indices: Sequence[str]) -> None:
         """Group the ``ok`` items against ``indices`` (those holding their model's vectors).
@@ -209,15 +246,50 @@ class DuplicateMatcher:
                 document_id(i.product.merchant_id, i.product.product_id, i.image.sha256),  # type: ignore[union-attr]
                 i.vector,  # type: ignore[arg-type]
                 i.phash,
+                Fingerprint.decode(i.fingerprint),
             )
             for i in ready
         ]
         candidates, previous = self._search(images, indices)
-        grouping = assign_groups(images, candidates, previous, self.rule)
+        with self._lock:  # jobs in threads: each sees what the others grouped before it
+            recent = self._recent_candidates(images)
+            grouping = assign_groups(
+                images,
+                [found + near for found, near in zip(candidates, recent, strict=True)],
+                previous,
+                self.rule,
+            )
+            now = time.monotonic()
+            self._recent.extend((now, image, grouping.groups[image.doc_id]) for image in images)
         if grouping.backfill:
             self._backfill(grouping.backfill, indices)
         for item, image in zip(ready, images, strict=True):
             item.duplicate_group = grouping.groups[image.doc_id]
+
+    def _recent_candidates(self, images: Sequence[NewImage]) -> list[list[Candidate]]:
+        """The images grouped in the last ``RECENT_WINDOW_S`` seconds nearest each new image
+        (not searchable yet), as candidates; older ones are forgotten."""
+        cutoff = time.monotonic() - RECENT_WINDOW_S
+        while self._recent and self._recent[0][0] < cutoff:
+            self._recent.popleft()
+        if not self._recent:
+            return [[] for _ in images]
+        known = [image for _, image, _ in self._recent]
+        groups = [group for _, _, group in self._recent]
+        cosines = (
+            np.stack([_unit(i.vector) for i in images])
+            @ np.stack([_unit(k.vector) for k in known]).T
+        )
+        k = self.settings.duplicate_candidates
+        return [
+            [
+                Candidate(
+                    known[j].doc_id, groups[j], known[j].phash, float(row[j]), known[j].fingerprint
+                )
+                for j in np.argsort(-row)[:k]
+            ]
+            for row in cosines
+        ]
 
     def _search(
         self, images: Sequence[NewImage], indices: Sequence[str]

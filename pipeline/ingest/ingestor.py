@@ -13,6 +13,7 @@ from elasticsearch import Elasticsearch
 
 from pipeline.documents import Product, build_document, document_id
 from pipeline.encoders import Encoder, LazyEncoder, load_factory
+from pipeline.encoders.batching import ImageBatcher
 from pipeline.es import aliases, indexing
 from pipeline.es.client import is_transient_es_error, make_client
 from pipeline.ingest.duplicates import DuplicateMatcher
@@ -81,11 +82,24 @@ class Ingestor:
         *,
         es: Elasticsearch | None = None,
         encoder: Encoder | None = None,
+        batch_across_jobs: bool = False,
     ):
+        """``batch_across_jobs``: jobs run in threads of this process (a threads pool) and
+        share forward passes (``pipeline.encoders.batching``)."""
         self.settings = settings
         self.es = es or make_client(settings)
         self.encoder = LazyEncoder(settings, encoder)
-        self.chain = ProcessorChain(settings.processors, ProcessorContext(settings, self.encoder))
+        self.batcher = (
+            ImageBatcher(
+                self.encoder,
+                batch_size=settings.batch_size,
+                max_wait_s=settings.embed_batch_wait_ms / 1000,
+            )
+            if batch_across_jobs
+            else None
+        )
+        context = ProcessorContext(settings, self.encoder, batcher=self.batcher)
+        self.chain = ProcessorChain(settings.processors, context)
         self.duplicates = (
             DuplicateMatcher(settings, self.es) if settings.duplicate_matching else None
         )
@@ -201,6 +215,7 @@ class Ingestor:
                         auto_tag_scores=item.auto_tag_scores,
                         image_text=item.image_text,
                         phash=item.phash,
+                        fingerprint=item.fingerprint,
                         visual_cluster=item.visual_cluster,
                         visual_cluster_name=item.visual_cluster_name,
                         duplicate_group=item.duplicate_group,

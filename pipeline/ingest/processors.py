@@ -21,6 +21,7 @@ import numpy as np
 from pipeline import metrics, plugins
 from pipeline.documents import Product
 from pipeline.encoders import IMAGE, Encoder, EncoderOutputInvalid, valid_rows
+from pipeline.encoders.batching import ImageBatcher
 from pipeline.es import mappings
 from pipeline.fetch import FetchPolicy
 from pipeline.images import DecodeSize, ImageError, ImageLimits, LoadedImage, load_image
@@ -69,6 +70,7 @@ class IngestItem:
     image_text: str | None = None
     text_boxes: list[TextBox] = field(default_factory=list)
     phash: str | None = None
+    fingerprint: str | None = None
     visual_cluster: str | None = None
     visual_cluster_name: str | None = None
     duplicate_group: str | None = None
@@ -90,10 +92,19 @@ class ProcessorContext:
     encoder_factory: Callable[[], Encoder]
     #: How far ``decode_image`` may scale JPEGs down: what the chain needs (None: full size).
     decode_size: DecodeSize | None = None
+    #: Shares forward passes between jobs running in threads (``pipeline.encoders.batching``).
+    batcher: ImageBatcher | None = None
 
     @property
     def encoder(self) -> Encoder:
         return self.encoder_factory()
+
+    def embed_images(self, images: Sequence[Any]) -> object:
+        """The encoder's ``embed_images``, through the batcher when there is one."""
+        if self.batcher is not None:
+            return self.batcher.embed_images(images)
+        with metrics.embedding(IMAGE, len(images)):
+            return self.encoder.embed_images(images)
 
 
 class Processor(ABC):
@@ -206,8 +217,7 @@ class EmbedImage(Processor):
         if not ready:
             return
         encoder = self.context.encoder
-        with metrics.embedding(IMAGE, len(ready)):
-            output = encoder.embed_images([image.image for _, image in ready])
+        output = self.context.embed_images([image.image for _, image in ready])
         try:
             vectors, bad = valid_rows(output, len(ready), encoder.dim)
         except EncoderOutputInvalid as exc:  # unusable as a whole: every item of the batch

@@ -73,7 +73,11 @@ def metrics_worker(es, worker_settings: VitrineSettings, tmp_path_factory) -> It
     """A worker with two pool processes on a queue of its own, exporting metrics."""
     port = free_port()
     current = worker_settings.model_copy(
-        update={"queue": f"{worker_settings.queue}-metrics", "worker_metrics_port": port}
+        update={
+            "queue": f"{worker_settings.queue}-metrics",
+            "worker_metrics_port": port,
+            "worker_pool": "prefork",
+        }
     )
     log = tmp_path_factory.mktemp("metrics-worker") / "worker.log"
     with log.open("w") as out, worker_process(current, concurrency=2, output=out) as app:

@@ -47,8 +47,14 @@ def plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _settings(settings: VitrineSettings, name: str, **overrides: object) -> VitrineSettings:
-    """The session's settings on a queue of this test's own (its workers get killed)."""
-    data = {**settings.model_dump(), "queue": f"{settings.queue}-{name}", **overrides}
+    """The session's settings on a queue of this test's own (its workers get killed), in a
+    prefork pool (pool processes are killed)."""
+    data = {
+        **settings.model_dump(),
+        "queue": f"{settings.queue}-{name}",
+        "worker_pool": "prefork",
+        **overrides,
+    }
     return VitrineSettings.model_validate(data)
 
 

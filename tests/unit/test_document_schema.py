@@ -26,6 +26,7 @@ from pipeline.merchants.uploads import product_view
 # must be added here, with the Python type whose values Elasticsearch accepts for it.
 ES_TYPES: dict[str, type] = {
     "keyword": str,
+    "binary": str,  # base64
     "text": str,
     "short": int,
     "integer": int,

@@ -1,11 +1,14 @@
 """Near-duplicate matching (pipeline.ingest.duplicates) and the offers query, without
 Elasticsearch: the rule, group assignment, the msearch bodies and the offers template."""
 
+import time
+
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw
 
 from pipeline.es import mappings
-from pipeline.images import phash_distance
+from pipeline.images import Fingerprint, phash_distance
 from pipeline.ingest.duplicates import (
     Candidate,
     MatchRule,
@@ -17,7 +20,9 @@ from pipeline.search.duplicate_groups import group_members, groups_aggregation
 from pipeline.search.offers import OffersQuery
 from pipeline.settings import VitrineSettings
 
-RULE = MatchRule(min_cosine=0.8, max_phash_distance=10, sure_cosine=0.95)
+RULE = MatchRule(
+    min_cosine=0.8, max_phash_distance=10, sure_cosine=0.95, min_colour_correlation=0.9
+)
 X = np.array([1.0, 0.0, 0.0])
 Y = np.array([0.0, 1.0, 0.0])
 
@@ -26,6 +31,11 @@ def test_phash_distance_counts_differing_bits():
     assert phash_distance("ffff000000000000", "ffff000000000000") == 0
     assert phash_distance("ffff000000000000", "fffe000000000001") == 2
     assert phash_distance(None, "ff") is None and phash_distance("ff", "") is None
+
+
+def _phash(bits: int) -> str:
+    """A 64-bit hex hash ``bits`` bits away from zero."""
+    return f"{(1 << bits) - 1:016x}"
 
 
 @pytest.mark.parametrize(
@@ -39,8 +49,59 @@ def test_phash_distance_counts_differing_bits():
         (0.79, 0, False),  # identical hashes but unlike vectors: not the same item
     ],
 )
-def test_rule(cosine, distance, match):
-    assert RULE.matches(cosine, distance) is match
+def test_rule_on_whole_image_hashes_of_documents_without_fingerprint(cosine, distance, match):
+    new = NewImage("a", X, _phash(0))
+    old = Candidate("b", None, None if distance is None else _phash(distance), cosine)
+    assert RULE.matches(cosine, new, old) is match
+
+
+def _product(print_colours: tuple, size: int = 320) -> Image.Image:
+    """A product on a white ground: a square with two stripes of print."""
+    image = Image.new("RGB", (size, size), (245, 245, 245))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((60, 60, 260, 160), fill=print_colours[0])
+    draw.rectangle((60, 160, 260, 260), fill=print_colours[1])
+    draw.ellipse((120, 40, 300, 120), fill=(30, 30, 30))
+    return image
+
+
+RED, GREEN = (200, 50, 50), (50, 130, 60)  # about the same grey
+
+
+def test_fingerprints_line_up_a_slight_crop_that_the_whole_image_hash_misses():
+    image = _product((RED, GREEN))
+    crop = image.crop((0, 22, 300, 320))  # 6-7% off the top and the right
+    original, copy = Fingerprint.of(image), Fingerprint.of(crop)
+    whole = (original.hashes[0] ^ copy.hashes[0]).bit_count()
+    bits, colour = original.compare(copy)
+    assert bits < whole and bits <= 6 and colour > 0.95
+    assert copy.compare(original) == (bits, pytest.approx(colour))
+
+
+def test_fingerprints_tell_a_look_alike_in_other_colours_apart():
+    original, lookalike = (
+        Fingerprint.of(_product((RED, GREEN))),
+        Fingerprint.of(_product((GREEN, RED))),
+    )
+    bits, colour = original.compare(lookalike)
+    assert bits <= 6  # the grey hash sees the same picture...
+    assert colour < RULE.min_colour_correlation  # ...the colours do not
+    new = NewImage("a", X, f"{original.hashes[0]:016x}", original)
+    old = Candidate("b", None, f"{lookalike.hashes[0]:016x}", 0.9, lookalike)
+    assert not RULE.matches(0.9, new, old)
+    assert RULE.matches(
+        0.9,
+        new,
+        Candidate("c", None, None, 0.9, Fingerprint.of(_product((RED, GREEN)).resize((200, 200)))),
+    )
+
+
+def test_fingerprint_round_trips_and_rejects_what_is_not_one():
+    fingerprint = Fingerprint.of(_product((RED, GREEN)))
+    assert Fingerprint.decode(fingerprint.encode()) == fingerprint
+    assert Fingerprint.decode(None) is None
+    assert Fingerprint.decode("not base64!") is None
+    assert Fingerprint.decode("AAAA") is None  # base64, wrong length
 
 
 def test_rule_from_settings_defaults():
@@ -172,7 +233,7 @@ class FakeES:
         self.bulks.append(operations)
 
 
-def _items(tmp_path, n):
+def _items(tmp_path, n, start=0):
     from PIL import Image
 
     from pipeline.documents import Product
@@ -180,7 +241,7 @@ def _items(tmp_path, n):
     from pipeline.ingest.processors import IngestItem
 
     items = []
-    for i in range(n):
+    for i in range(start, start + n):
         path = tmp_path / f"{i}.png"
         Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(path)
         product = Product(product_id=f"p{i}", merchant_id="m", title="t", images=[str(path)])
@@ -263,3 +324,26 @@ def test_a_failed_match_search_is_transient_only_for_retryable_statuses(
             _items(tmp_path, 2), ["shop.m.000001"]
         )
     assert is_transient_es_error(failure.value) is transient
+
+
+def test_copies_in_successive_batches_share_a_group_before_elasticsearch_finds_them(
+    tmp_path, monkeypatch
+):
+    """A document is searchable a refresh interval after it is written: a copy ingested by the
+    same process in the meantime (another job of a threads-pool worker) still joins its group,
+    through the matcher's memory of what it grouped; past RECENT_WINDOW_S it relies on search."""
+    from pipeline.ingest import duplicates
+
+    settings = VitrineSettings(duplicate_min_cosine=0.5, duplicate_sure_cosine=0.9999)
+    matcher = duplicates.DuplicateMatcher(settings, FakeES([[]]))  # the index finds nothing
+    fingerprint = Fingerprint.of(_product((RED, GREEN)))
+    first, copy, later = (_items(tmp_path, 1, start) for start in range(3))
+    for batch in (first, copy, later):
+        batch[0].fingerprint = fingerprint.encode()
+    matcher.assign(first, ["shop.m.000001"])
+    matcher.assign(copy, ["shop.m.000001"])
+    assert copy[0].duplicate_group == first[0].duplicate_group
+    clock = time.monotonic() + duplicates.RECENT_WINDOW_S + 1
+    monkeypatch.setattr(duplicates.time, "monotonic", lambda: clock)
+    matcher.assign(later, ["shop.m.000001"])
+    assert later[0].duplicate_group not in (None, first[0].duplicate_group)
