@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for size in sizes:
             seconds = data.load(es, index, vectors[loaded:size], tags[loaded:size], offset=loaded)
+            seconds += data.settle(es, index)  # load s: bulk load and merge to one segment
             loaded = size
-            es.indices.flush(index=index)
             truth = data.exact_top(vectors[:size], queries, None, K)
             qs = list(queries)
 

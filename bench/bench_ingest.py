@@ -23,7 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -324,9 +324,8 @@ def main(argv: list[str] | None = None) -> None:
                 prepare_encoder(current)
                 encoder = create_encoder(current)
                 ceilings[runtime] = embedding_only(encoder, paths[:48], base.batch_size)
-                if runtime == "torch":
-                    draft = draft_check(cast(OpenClipEncoder, encoder), paths[:32])
                 del encoder
+            draft = draft_check(OpenClipEncoder.from_settings(base), paths[:32])
             print("embedding only: " + ", ".join(f"{r} {c:.1f}/s" for r, c in ceilings.items()))
             runs: list[dict[str, Any]] = []
             for n, worker in enumerate(workers):

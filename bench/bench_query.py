@@ -71,6 +71,7 @@ def run_set(
         index = data.create_index(es, settings)
         seconds = data.load(es, index, vectors, tags)
         print(f"{name}: loaded {args.n} vectors in {seconds:.0f}s", flush=True)
+    print(f"{name}: merged to one segment in {data.settle(es, index):.0f}s", flush=True)
     searcher = Searcher(settings, es)
     for label, share in data.SELECTIVITY.items():
         tag = data.selectivity_tag(share)

@@ -183,6 +183,17 @@ def load(
     return time.perf_counter() - start
 
 
+def settle(es: Elasticsearch, index: str) -> float:
+    """Merge the index to one segment and wait: queries are measured on a settled index, as a
+    catalogue is between bulk loads, not against a merge still running after the load (which
+    takes CPU from the queries and leaves a graph per segment to search). Seconds taken."""
+    start = time.perf_counter()
+    es.options(request_timeout=3600).indices.forcemerge(
+        index=index, max_num_segments=1, wait_for_completion=True
+    )
+    return time.perf_counter() - start
+
+
 def vector_files(es: Elasticsearch, index: str, index_type: str) -> dict[str, int]:
     """Bytes on disk, from the disk-usage API: ``knn`` all vector files, split into ``vec`` raw
     floats (4·d per vector), ``veq`` int8 copies (d + 4, int8_hnsw only) and ``vex`` the HNSW

@@ -312,7 +312,15 @@ FINGERPRINT_WINDOWS = ((0.96, (0.0, 0.02, 0.04)), (0.92, (0.0, 0.02, 0.04, 0.06,
 _REGIONS = 1 + sum(len(offsets) ** 2 for _, offsets in FINGERPRINT_WINDOWS)
 #: Side of the colour thumbnail of the whole image and of each window.
 FINGERPRINT_THUMB = 8
+#: Short side of the copy that the fingerprint's regions are taken from.
+FINGERPRINT_WORK_SIDE = 96
 _THUMB_BYTES = FINGERPRINT_THUMB * FINGERPRINT_THUMB * 3
+
+
+#: The perceptual hash, as ImageHash's ``phash`` computes it: the 8x8 lowest frequencies of the
+#: DCT-II of a 32x32 grey copy, each bit set where the coefficient exceeds their median.
+_DCT_SIZE = 32
+_DCT_LOW = np.cos(np.pi * np.arange(8)[:, None] * (2 * np.arange(_DCT_SIZE)[None, :] + 1) / 64)
 
 
 @dataclass(frozen=True)
@@ -328,20 +336,30 @@ class Fingerprint:
 
     @classmethod
     def of(cls, image: Image.Image) -> Fingerprint:
-        import imagehash
-
+        """The fingerprint of ``image``, taken from one small copy (short side
+        ``FINGERPRINT_WORK_SIDE``): each region is resized from it without a crop copy, and the
+        35 hashes' DCTs are one matrix product (about 2 ms per image)."""
         w, h = image.size
-        regions = [image]
+        scale = min(1.0, FINGERPRINT_WORK_SIDE / min(w, h))
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        rgb = image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+        grey = rgb.convert("L")
+        w, h = size
+        boxes = [(0.0, 0.0, float(w), float(h))]
         for side, offsets in FINGERPRINT_WINDOWS:
-            cw, ch = round(side * w), round(side * h)
-            for x in offsets:
-                for y in offsets:
-                    left, top = round(x * w), round(y * h)
-                    regions.append(image.crop((left, top, left + cw, top + ch)))
+            boxes += [
+                (x * w, y * h, (x + side) * w, (y + side) * h) for x in offsets for y in offsets
+            ]
+        hash_input = (_DCT_SIZE, _DCT_SIZE)
+        pixels = np.stack(
+            [np.asarray(grey.resize(hash_input, Image.Resampling.LANCZOS, box=b)) for b in boxes]
+        ).astype(np.float64)
+        low = (_DCT_LOW @ pixels @ _DCT_LOW.T).reshape(len(boxes), 64)
+        bits = np.packbits(low > np.median(low, axis=1, keepdims=True), axis=1)
         thumb = (FINGERPRINT_THUMB, FINGERPRINT_THUMB)
         return cls(
-            tuple(int(str(imagehash.phash(r)), 16) for r in regions),
-            tuple(r.convert("RGB").resize(thumb, Image.Resampling.BOX).tobytes() for r in regions),
+            tuple(int.from_bytes(row.tobytes(), "big") for row in bits),
+            tuple(rgb.resize(thumb, Image.Resampling.BOX, box=b).tobytes() for b in boxes),
         )
 
     def encode(self) -> str:

@@ -123,8 +123,10 @@ class Processor(ABC):
     - ``__init__`` runs once per worker process, after fork: load models there (or lazily),
       never at import time. Read settings from ``self.context.settings``; use the encoder only
       through ``self.context.encoder`` (loaded once per process).
-    - A processor SHOULD be deterministic and thread-safe, and SHOULD NOT do network IO other
-      than fetching the item's own image.
+    - A processor MUST be thread-safe: in the default threads-pool worker several jobs run the
+      chain at once on the same processor objects (guard lazily built state with a lock). It
+      SHOULD be deterministic and SHOULD NOT do network IO other than fetching the item's own
+      image.
     - ``decode_size`` MAY say how few pixels of ``item.image.image`` it needs (JPEGs are then
       decoded scaled down, when every processor of the chain allows it); the default, None,
       asks for the full image. ``item.image.width``/``height`` are always the original's.

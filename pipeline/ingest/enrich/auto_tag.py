@@ -10,6 +10,7 @@ allows it for mechanics tests).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 
 from pipeline.images import DecodeSize
@@ -39,11 +40,18 @@ class AutoTag(Processor):
         self.taxonomy = load_taxonomy(context.settings.taxonomy_path)
         self._vectors: LabelVectors | None = None
         self._skipped = False
+        self._lock = threading.Lock()  # jobs in threads: one computes, the others wait
 
     def label_vectors(self) -> LabelVectors | None:
         """The label vectors, computed on first use; None (logged once) when tagging is off."""
         if self._vectors is not None or self._skipped:
             return self._vectors
+        with self._lock:
+            if self._vectors is None and not self._skipped:
+                self._load_label_vectors()
+        return self._vectors
+
+    def _load_label_vectors(self) -> None:
         settings, encoder = self.context.settings, self.context.encoder
         reason = None
         if not encoder.supports_text:
@@ -55,7 +63,6 @@ class AutoTag(Processor):
         if reason:
             self._skipped = True
             log.warning("auto_tag skipped for encoder %s: %s", encoder.model_id, reason)
-        return self._vectors
 
     def process_batch(self, items: Sequence[IngestItem]) -> None:
         ready = [item for item in items if item.ok and item.vector is not None]
