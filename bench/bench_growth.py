@@ -39,7 +39,6 @@ def main(argv: list[str] | None = None) -> None:
     vectors, queries = data.make_set(args.set, sizes[-1], args.queries)
     tags = data.tags_for(sizes[-1])
     index = data.create_index(es, settings)
-    searcher = Searcher(settings, es)
     report = harness.Report(
         "bench_growth",
         f"Query latency and vector memory vs index size ({args.set}, {data.DIMS}-d, k={K})",
@@ -52,10 +51,11 @@ def main(argv: list[str] | None = None) -> None:
             seconds = data.load(es, index, vectors[loaded:size], tags[loaded:size], offset=loaded)
             seconds += data.settle(es, index)  # load s: bulk load and merge to one segment
             loaded = size
+            searcher = Searcher(settings, es)  # a fresh planner count cache for this size
             truth = data.exact_top(vectors[:size], queries, None, K)
             qs = list(queries)
 
-            def vitrine(q: np.ndarray) -> tuple[set[int], str]:
+            def vitrine(q: np.ndarray, searcher: Searcher = searcher) -> tuple[set[int], str]:
                 query = SearchQuery(
                     vector=q.tolist(), vector_model_id=data.MODEL_ID, k=K, explain=True
                 )
