@@ -189,13 +189,14 @@ class VitrineSettings(BaseSettings):
     device: str = "cpu"
     batch_size: int = Field(16, ge=1, description="Images per forward pass at most.")
     worker_pool: Literal["prefork", "threads", "solo"] = Field(
-        "threads",
-        description="How `vitrine worker` runs jobs. threads: one process, one model, "
-        "`--concurrency` jobs at once whose images share forward passes (jobs of one product "
-        "still embed in full batches, and decoding overlaps the forward pass); Celery's time "
-        "limits are not enforced in this pool (image fetches keep their own deadline). "
-        "prefork: `--concurrency` processes, each with its own model, one job at a time; a "
-        "crashed process loses only its job. solo: one job at a time in the worker process.",
+        "prefork",
+        description="How `vitrine worker` runs jobs. prefork: `--concurrency` processes, each "
+        "with its own model, one job at a time; a crashed process loses only its job. threads: "
+        "one process, one model, `--concurrency` jobs at once whose images share forward passes "
+        "(jobs of one product still embed in full batches, and decoding overlaps the forward "
+        "pass); Celery's time limits are not enforced in this pool, and a Redis restart while "
+        "it held several unacknowledged jobs once stopped it (kombu, see README). solo: one "
+        "job at a time in the worker process.",
     )
     embed_batch_wait_ms: float = Field(
         20,

@@ -73,7 +73,7 @@ def worker(
     ] = None,
     pool: Annotated[
         str | None,
-        typer.Option(help="threads, prefork or solo (default: VITRINE_WORKER_POOL, threads)."),
+        typer.Option(help="prefork, threads or solo (default: VITRINE_WORKER_POOL, prefork)."),
     ] = None,
     loglevel: Annotated[str, typer.Option(help="Log level.")] = "INFO",
     hostname: Annotated[str | None, typer.Option(help="Worker node name.")] = None,

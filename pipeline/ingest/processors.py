@@ -123,7 +123,7 @@ class Processor(ABC):
     - ``__init__`` runs once per worker process, after fork: load models there (or lazily),
       never at import time. Read settings from ``self.context.settings``; use the encoder only
       through ``self.context.encoder`` (loaded once per process).
-    - A processor MUST be thread-safe: in the default threads-pool worker several jobs run the
+    - A processor MUST be thread-safe: in a threads-pool worker (``--pool threads``) jobs run the
       chain at once on the same processor objects (guard lazily built state with a lock). It
       SHOULD be deterministic and SHOULD NOT do network IO other than fetching the item's own
       image.

@@ -288,4 +288,4 @@ def test_the_model_is_loaded_once_per_worker_process(worker, worker_log, tmp_pat
     _run(worker, [make_product(tmp_path, 800 + i, prefix=prefix) for i in range(3)], batch_size=1)
     log = worker_log.read_text()
     assert log.count("indexed product merchant-a/" + prefix) == 3
-    assert log.count("loaded encoder open_clip:vitrine-tiny-vit") == 1  # one process, one model
+    assert log.count("loaded encoder open_clip:vitrine-tiny-vit") == 1  # one pool process

@@ -294,7 +294,7 @@ def test_vitrine_services_build_the_project_image(compose_services: dict[str, An
         assert build["context"] == "."
         assert build.get("dockerfile", "Dockerfile") == "Dockerfile"
     assert compose_services["setup"]["command"] == ["vitrine", "init-index"]
-    assert compose_services["worker"]["command"] == ["vitrine", "worker", "--pool", "threads"]
+    assert compose_services["worker"]["command"] == ["vitrine", "worker", "--concurrency", "1"]
     assert compose_services["api"]["command"][:2] == ["vitrine", "serve"]
     assert (
         "--host" in compose_services["api"]["command"]
