@@ -210,7 +210,12 @@ def _start_reconciler(sender: Any = None, **_: Any) -> None:
 @worker_shutdown.connect
 def _stop_reconciling(**_: Any) -> None:
     _stop_reconciler.set()
-    if _threaded:  # no pool process to send worker_process_shutdown
+
+
+@worker_shutdown.connect
+def _shut_down_threads_pool(**_: Any) -> None:
+    """What ``worker_process_shutdown`` does for a pool process: a threads pool has none."""
+    if _threaded:
         _log_profile()
         _withdraw_advert()
 

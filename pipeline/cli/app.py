@@ -94,7 +94,6 @@ def worker(
     jobs = concurrency or (base.batch_size if pool == "threads" else 1)
     processes = jobs if pool == "prefork" else 1
     current = base.for_worker_processes(processes, len(os.sched_getaffinity(0)))
-    current = current.model_copy(update={"worker_pool": pool})
     exec_with_metrics_dir(current)
     check_plugins(current)
     prepare_encoder(current)
