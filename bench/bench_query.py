@@ -239,9 +239,10 @@ def main(argv: list[str] | None = None) -> None:
     report.data["series"] = series = {}
     report.note(
         "Vitrine = Searcher.search (planner: exact when the filter keeps <= "
-        "search_exact_max_docs, else int8 HNSW kNN k=30/num_candidates=100 re-scored with the "
-        "float cosine, searched again when the first pass is flat: exactly up to "
-        "search_flat_exact_max_docs, else 1000 re-scored / 2000 candidates)."
+        "search_exact_max_docs, k documents as every product has one image; else int8 HNSW kNN "
+        "k=30/num_candidates=100 re-scored with the float cosine, searched again when the first "
+        "pass is flat: exactly up to search_flat_exact_max_docs, else 1000 re-scored / 2000 "
+        "candidates; once most first passes under a filter were flat, it starts there)."
         " exact = script_score cosine over the same filter. Recall vs numpy float ground truth."
     )
 

@@ -95,6 +95,7 @@ class RuntimeOptions:
     cache_dir: Path
     threads: int | None
     min_agreement: float
+    spin: bool = True
     recipe: Int8Recipe | None = None
 
     @classmethod
@@ -109,6 +110,7 @@ class RuntimeOptions:
             cache_dir=settings.models_dir / "onnx",
             threads=settings.torch_threads,
             min_agreement=settings.encoder_min_agreement,
+            spin=settings.encoder_spin_wait is not False,
             recipe=DEFAULT_INT8 if variant == ONNX_INT8 else None,
         )
 
@@ -120,12 +122,18 @@ class RuntimeOptions:
 class OnnxTower:
     """An ONNX Runtime session that maps ``(n, 3, h, w)`` pixels to ``(n, dim)`` features."""
 
-    def __init__(self, path: Path, *, threads: int | None = None, optimise: bool = True):
+    def __init__(
+        self, path: Path, *, threads: int | None = None, optimise: bool = True, spin: bool = True
+    ):
+        """``spin``: the forward pass's threads busy-wait between operators (see the setting
+        ``encoder_spin_wait``)."""
         import onnxruntime as ort  # here: importing it writes a session file into $TMPDIR
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or 0  # 0: one per physical core
         options.inter_op_num_threads = 1
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = (
             ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             if optimise
@@ -277,7 +285,7 @@ def load(
         measured.mean,
         measured.min,
     )
-    return OnnxTower(path, threads=options.threads), measured
+    return OnnxTower(path, threads=options.threads, spin=options.spin), measured
 
 
 def cache_key(identity: str, pixels_shape: Sequence[int]) -> str:

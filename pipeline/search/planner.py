@@ -5,10 +5,21 @@ every kept document) costs in proportion to the documents kept and has recall 1.
 that keeps few documents is searched exactly, and a broad one by kNN with over-fetch and exact
 re-scoring. On data without structure (every distance alike) int8 HNSW with a small pool finds
 few of the true neighbours; such a list shows itself by flat re-scored scores, and is searched
-again with a wider pool (``widen``).
+again with a wider pool (``widen``). Flatness belongs to the data a filter keeps more than to
+one query, so where most recent first passes under a filter were flat, the next search of it
+starts wide (``FlatHistory``, ``start_wide``) instead of paying for a pass it would repeat.
 
-The decisions (``choose``, ``widen``, ``contrast``) are pure functions of the estimate and the
-scores, unit-tested; ``FilterCounts`` is the one piece of IO: a cached ``_count`` per filter.
+A product may have several images, one document each, so a vector list fetches ``k`` times
+``search_overfetch`` documents for ``k`` distinct products to remain. Where the filter keeps one
+image per product (no document with ``image_index`` > 0), an exact list fetches just ``k``
+documents, and runs again with the over-fetch (``refill``) in the rare case its hits repeat a
+product (a further image indexed since the cached estimate). A kNN list keeps its over-fetch:
+those documents are also the pool re-scored with the float cosine, and the scores whose
+contrast ``widen`` judges.
+
+The decisions (``choose``, ``refill``, ``widen``, ``start_wide``, ``contrast``) are pure
+functions of the estimate, the history and the hits, unit-tested; ``FilterCounts`` is the one
+piece of IO: one cached ``_search`` (size 0) per filter.
 """
 
 from __future__ import annotations
@@ -16,6 +27,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
@@ -26,6 +38,15 @@ from pipeline.search.query import MAX_NUM_CANDIDATES, ExactQuery, Filters, KnnQu
 from pipeline.settings import VitrineSettings
 
 Method = Literal["exact", "knn"]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a filter keeps: image documents, and how many of them are a product's further
+    images (``image_index`` > 0; none: one document per product)."""
+
+    docs: int
+    further_images: int = 0
 
 
 @dataclass(frozen=True)
@@ -44,26 +65,42 @@ class QueryPlan:
         return asdict(self)
 
 
-def choose(estimated_docs: int, window: Window, settings: VitrineSettings) -> QueryPlan:
-    """Exact when the filter keeps at most ``search_exact_max_docs`` documents, else kNN."""
+def choose(estimate: Estimate, window: Window, settings: VitrineSettings) -> QueryPlan:
+    """Exact when the filter keeps at most ``search_exact_max_docs`` documents (``k`` of them
+    fetched when it keeps one image per product), else kNN with the window's over-fetch."""
     limit = settings.search_exact_max_docs
-    if estimated_docs <= limit:
+    docs = estimate.docs
+    if docs <= limit:
+        k_docs = window.k_docs if estimate.further_images else min(window.k, window.k_docs)
+        fetch = "" if estimate.further_images else "; one image per product: no over-fetch"
         return QueryPlan(
             "exact",
-            f"the filter keeps ~{estimated_docs} documents <= search_exact_max_docs ({limit})",
-            estimated_docs,
-            window.k_docs,
-            estimated_docs,
+            f"the filter keeps ~{docs} documents <= search_exact_max_docs ({limit}){fetch}",
+            docs,
+            k_docs,
+            docs,
             None,
         )
     return QueryPlan(
         "knn",
-        f"the filter keeps ~{estimated_docs} documents > search_exact_max_docs ({limit})",
-        estimated_docs,
+        f"the filter keeps ~{docs} documents > search_exact_max_docs ({limit})",
+        docs,
         window.k_docs,
         window.k_docs,
         window.num_candidates,
     )
+
+
+def refill(plan: QueryPlan, window: Window, products: list[Any]) -> QueryPlan | None:
+    """The plan with the window's over-fetch when a list fetched without it (``products``: the
+    product of each hit, in order) repeats a product and so holds fewer products than asked;
+    None when the list is complete."""
+    if plan.k_docs >= window.k_docs or len(products) < plan.k_docs:
+        return None  # fetched with the over-fetch, or every document the filter keeps
+    if len(set(products)) == len(products):
+        return None
+    why = f"{plan.reason}; hits repeated a product: fetched again with the over-fetch"
+    return replace(plan, reason=why, k_docs=window.k_docs)
 
 
 def contrast(scores: list[float]) -> float:
@@ -78,25 +115,49 @@ def contrast(scores: list[float]) -> float:
     return 1.0 if last <= 0 else 1.0 - first / last
 
 
-def widen(plan: QueryPlan, scores: list[float], settings: VitrineSettings) -> QueryPlan | None:
-    """The plan for a second pass when a kNN list came back flat, or None to keep it: exact
-    search when the filter keeps at most ``search_flat_exact_max_docs`` documents (or no more
-    than the pool), else the wider of ``search_flat_pool`` and the current pool retrieved and
-    re-scored exactly, from twice as many HNSW candidates."""
+def is_flat(plan: QueryPlan, scores: list[float], settings: VitrineSettings) -> bool | None:
+    """Whether a first-pass kNN list came back flat (contrast below ``search_flat_contrast``);
+    None when the list says nothing of it (an exact or second pass, or fewer hits than asked)."""
     if plan.method != "knn" or plan.widened or len(scores) < plan.k_docs:
         return None
-    spread = contrast(scores)
-    if spread >= settings.search_flat_contrast:
+    return contrast(scores) < settings.search_flat_contrast
+
+
+def widen(plan: QueryPlan, scores: list[float], settings: VitrineSettings) -> QueryPlan | None:
+    """The plan for a second pass when a kNN list came back flat, or None to keep it."""
+    if not is_flat(plan, scores, settings):
+        return None
+    why = f"flat scores (contrast {contrast(scores):.3f} < search_flat_contrast "
+    return wider(plan, why + f"{settings.search_flat_contrast})", settings)
+
+
+def wider(plan: QueryPlan, why: str, settings: VitrineSettings) -> QueryPlan | None:
+    """The wide plan of flat lists: exact search when the filter keeps at most
+    ``search_flat_exact_max_docs`` documents (or no more than the pool), else the wider of
+    ``search_flat_pool`` and the current pool retrieved and re-scored exactly, from twice as
+    many HNSW candidates; None when there is nothing wider."""
+    if plan.method != "knn" or plan.widened:
         return None
     pool = min(MAX_NUM_CANDIDATES, max(settings.search_flat_pool, plan.pool))
-    why = f"flat scores (contrast {spread:.3f} < search_flat_contrast "
-    why += f"{settings.search_flat_contrast})"
     if plan.estimated_docs <= max(pool, settings.search_flat_exact_max_docs):
         return replace(plan, method="exact", reason=why, pool=plan.estimated_docs, widened=True)
     candidates = min(MAX_NUM_CANDIDATES, max(2 * pool, plan.num_candidates or 0))
     if pool <= plan.pool and candidates <= (plan.num_candidates or 0):
         return None  # nothing wider to try
     return replace(plan, reason=why, pool=pool, num_candidates=candidates, widened=True)
+
+
+def start_wide(
+    plan: QueryPlan, histories: list[tuple[int, int]], settings: VitrineSettings
+) -> QueryPlan:
+    """The wide plan straight away when most recent first passes of every vector list of the
+    search came back flat (``histories``: flat and seen per list, from ``FlatHistory``): their
+    first pass would only be run again. Else ``plan``."""
+    if not histories or not all(FlatHistory.mostly_flat(*h) for h in histories):
+        return plan
+    flat, seen = min(histories)
+    why = f"{flat} of the last {seen} first passes under this filter came back flat"
+    return wider(plan, why, settings) or plan
 
 
 def apply(lists: list[ListPlan], plan: QueryPlan) -> list[ListPlan]:
@@ -118,35 +179,86 @@ def _query(knn: KnnQuery, plan: QueryPlan) -> KnnQuery | ExactQuery:
     return replace(knn, k=plan.pool, num_candidates=plan.num_candidates, size=size)
 
 
-def count_body(filters: Filters, model_id: str) -> dict[str, Any]:
-    """The ``_count`` request of the documents a filter keeps (the planner's estimate)."""
-    return {"query": {"bool": {"filter": filter_clauses(filters, model_id=model_id)}}}
+def estimate_body(filters: Filters, model_id: str) -> dict[str, Any]:
+    """The request of the planner's estimate: the documents a filter keeps (exact count) and,
+    of those, the further images of a product."""
+    return {
+        "query": {"bool": {"filter": filter_clauses(filters, model_id=model_id)}},
+        "size": 0,
+        "track_total_hits": True,
+        "aggs": {"further_images": {"filter": {"range": {"image_index": {"gt": 0}}}}},
+    }
+
+
+def filter_key(index: str, filters: Filters, model_id: str) -> str:
+    """What the planner's per-filter memories (counts, flatness) are keyed by."""
+    return index + json.dumps(estimate_body(filters, model_id), sort_keys=True)
+
+
+class FlatHistory:
+    """Whether the last first-pass kNN lists under each filter (and list: image, text...) came
+    back flat, kept ``ttl_s`` seconds (thread-safe; per process; at most ``max_entries``
+    keys). Flatness is a property of the data a filter keeps far more than of one query: where
+    most first passes were flat, the next search starts wide (``start_wide``). Observations
+    expire, so a catalogue that changes is judged again."""
+
+    WINDOW = 16  # first passes remembered per key
+    MIN_SEEN = 3
+
+    def __init__(self, *, ttl_s: float, max_entries: int = 1024):
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._seen: dict[str, deque[tuple[float, bool]]] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def mostly_flat(cls, flat: int, seen: int) -> bool:
+        return seen >= cls.MIN_SEEN and 2 * flat > seen
+
+    def observe(self, key: str, flat: bool) -> None:
+        with self._lock:
+            seen = self._seen.pop(key, None) or deque(maxlen=self.WINDOW)
+            seen.append((time.monotonic(), flat))
+            self._seen[key] = seen
+            while len(self._seen) > self.max_entries:
+                self._seen.pop(next(iter(self._seen)))
+
+    def history(self, key: str) -> tuple[int, int]:
+        """Flat first passes and first passes seen under ``key``, within the TTL."""
+        since = time.monotonic() - self.ttl_s
+        with self._lock:
+            recent = [flat for at, flat in self._seen.get(key, ()) if at >= since]
+        return sum(recent), len(recent)
 
 
 class FilterCounts:
-    """Documents kept per filter, from ``_count``, cached ``ttl_s`` seconds (thread-safe; at
-    most ``max_entries`` filters, the oldest dropped first). Stale by at most the TTL: the
-    estimate only chooses a plan, it never changes what a plan may return."""
+    """The estimate per filter, cached ``ttl_s`` seconds (thread-safe; at most ``max_entries``
+    filters, the oldest dropped first). Stale by at most the TTL: the estimate only chooses a
+    plan, it never changes what a plan may return (``refill``)."""
 
     def __init__(self, es: Elasticsearch, *, ttl_s: float, max_entries: int = 1024):
         self.es = es
         self.ttl_s = ttl_s
         self.max_entries = max_entries
-        self._cache: dict[str, tuple[float, int]] = {}
+        self._cache: dict[str, tuple[float, Estimate]] = {}
         self._lock = threading.Lock()
 
-    def estimate(self, index: str, filters: Filters, model_id: str) -> int:
-        body = count_body(filters, model_id)
-        key = index + json.dumps(body, sort_keys=True)
+    def estimate(self, index: str, filters: Filters, model_id: str) -> Estimate:
+        body = estimate_body(filters, model_id)
+        key = filter_key(index, filters, model_id)
         now = time.monotonic()
         with self._lock:
             hit = self._cache.get(key)
         if hit and now - hit[0] < self.ttl_s:
             return hit[1]
-        count = int(self.es.count(index=index, **body)["count"])
+        response = self.es.search(index=index, **body)
+        estimate = Estimate(
+            int(response["hits"]["total"]["value"]),
+            int(response["aggregations"]["further_images"]["doc_count"]),
+        )
         with self._lock:
             self._cache.pop(key, None)
-            self._cache[key] = (now, count)
+            self._cache[key] = (now, estimate)
             while len(self._cache) > self.max_entries:
                 self._cache.pop(next(iter(self._cache)))
-        return count
+        return estimate

@@ -28,6 +28,7 @@ from pipeline.search.fusion import (
     facet_counts,
     facets_from_aggregations,
     fuse,
+    product_key,
     single,
 )
 from pipeline.search.plan import (
@@ -113,6 +114,7 @@ class Searcher:
         self._ttl = index_info_ttl_s
         self._info: tuple[float, IndexInfo] | None = None
         self.counts = planner.FilterCounts(es, ttl_s=settings.search_count_ttl_s)
+        self.flat = planner.FlatHistory(ttl_s=settings.search_count_ttl_s)
 
     # ------------------------------------------------------------------ index and vectors
 
@@ -304,10 +306,16 @@ class Searcher:
         plans = plan_lists(
             query, window, model_id=info.model_id, visual_vector=visual, text_vector=text_vector
         )
-        estimate = self.counts.estimate(self.settings.index_alias, query.filters, info.model_id)
-        lists, chosen = self._run_planned(
-            plans, planner.choose(estimate, window, self.settings), run
+        alias = self.settings.index_alias
+        estimate = self.counts.estimate(alias, query.filters, info.model_id)
+        memory = planner.filter_key(alias, query.filters, info.model_id)
+        keys = [f"{memory}|{plan.name}" if plan.name != "keyword" else None for plan in plans]
+        chosen = planner.start_wide(
+            planner.choose(estimate, window, self.settings),
+            [self.flat.history(key) for key in keys if key],
+            self.settings,
         )
+        lists, chosen = self._run_planned(plans, keys, chosen, window, run)
         rrf_k = query.rrf_k or self.settings.rrf_k
         ranked = fuse(lists, query.fusion, rrf_k=rrf_k)[: window.k]
         method = query.fusion if len(lists) > 1 else None
@@ -330,24 +338,51 @@ class Searcher:
         )
 
     def _run_planned(
-        self, plans: list[ListPlan], chosen: planner.QueryPlan, run: _Run
+        self,
+        plans: list[ListPlan],
+        keys: list[str | None],
+        chosen: planner.QueryPlan,
+        window: Window,
+        run: _Run,
     ) -> tuple[list[RankedList], planner.QueryPlan]:
-        """Run the lists as planned; kNN lists that came back flat run again, wider."""
+        """Run the lists as planned. Vector lists run again with the over-fetch when one of
+        them, fetched without it, repeats a product; then those that came back flat, wider.
+        ``keys``: each vector list's key in the flatness history (None: a keyword list)."""
         lists = self._run_lists(planner.apply(plans, chosen), run)
+        vector = {i: key for i, key in enumerate(keys) if key}
+        for i in vector:
+            refilled = planner.refill(chosen, window, [product_key(h) for h in lists[i].hits])
+            if refilled is not None:
+                chosen = refilled
+                self._rerun(plans, lists, list(vector), chosen, run)
+                break
         wider: dict[int, planner.QueryPlan] = {}
-        for i, (plan, ranked) in enumerate(zip(plans, lists, strict=True)):
-            if plan.name != "keyword":
-                scores = [float(hit["_score"]) for hit in ranked.hits]
-                widened = planner.widen(chosen, scores, self.settings)
-                if widened is not None:
-                    wider[i] = widened
+        for i, key in vector.items():
+            scores = [float(hit["_score"]) for hit in lists[i].hits]
+            flat = planner.is_flat(chosen, scores, self.settings)
+            if flat is not None:
+                self.flat.observe(key, flat)
+            widened = planner.widen(chosen, scores, self.settings)
+            if widened is not None:
+                wider[i] = widened
         if not wider:
             return lists, chosen
         chosen = next(iter(wider.values()))
-        again = self._run_lists(planner.apply([plans[i] for i in wider], chosen), run)
-        for i, ranked in zip(wider, again, strict=True):
-            lists[i] = ranked
+        self._rerun(plans, lists, list(wider), chosen, run)
         return lists, chosen
+
+    def _rerun(
+        self,
+        plans: list[ListPlan],
+        lists: list[RankedList],
+        indices: list[int],
+        chosen: planner.QueryPlan,
+        run: _Run,
+    ) -> None:
+        """Run the lists at ``indices`` again as ``chosen`` says, in place in ``lists``."""
+        again = self._run_lists(planner.apply([plans[i] for i in indices], chosen), run)
+        for i, ranked in zip(indices, again, strict=True):
+            lists[i] = ranked
 
     def _run_lists(self, plans: list[ListPlan], run: _Run) -> list[RankedList]:
         searches: list[dict[str, Any]] = []

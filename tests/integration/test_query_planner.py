@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 
 from pipeline.ingest.ingestor import Ingestor
+from pipeline.search import planner
 from pipeline.search.plan import SearchQuery
+from pipeline.search.planner import Estimate
 from pipeline.search.query import Filters, ProductRef
 from pipeline.search.searcher import Searcher
 from tests.integration.helpers import unique_prefix
@@ -66,9 +68,39 @@ def test_the_estimate_is_the_count_of_documents_the_filter_keeps(es, settings, e
         index=settings.index_alias,
         query={"bool": {"filter": [{"term": {"tags": cat.prefix}}, {"term": {"in_stock": True}}]}},
     )["count"]
-    assert s.counts.estimate(settings.index_alias, filters, model_id) == expected > 0
+    assert s.counts.estimate(settings.index_alias, filters, model_id).docs == expected > 0
     no_match = Filters(tags_all=[cat.prefix, "no-such-tag"])
-    assert s.counts.estimate(settings.index_alias, no_match, model_id) == 0
+    assert s.counts.estimate(settings.index_alias, no_match, model_id) == Estimate(0, 0)
+
+
+def test_over_fetch_only_where_products_have_several_images(es, settings, encoder, cat):
+    s = searcher(es, settings, encoder)
+    sneaker = SearchQuery(image=cat.image("sneaker"), filters=cat.filters(), k=3, explain=True)
+    several = s.search(sneaker)  # the sneaker has two images
+    assert several.plan and several.plan["k_docs"] == 3 * settings.search_overfetch
+    one = s.search(sneaker.model_copy(update={"filters": cat.filters(category="accessories")}))
+    assert one.plan and one.plan["k_docs"] == 3 and "no over-fetch" in one.plan["reason"]
+    assert len(one.hits) == 2  # scarf and hat
+
+
+def test_a_stale_estimate_never_costs_a_product(es, settings, encoder, cat):
+    """An estimate that missed the sneaker's second image: asked for as many products as the
+    catalogue has documents, the list repeats the sneaker, and runs again with the over-fetch."""
+    docs = es.count(index=settings.index_alias, query={"term": {"tags": cat.prefix}})["count"]
+
+    class Stale:
+        def estimate(self, index: str, filters: Filters, model_id: str) -> Estimate:
+            return Estimate(docs, further_images=0)
+
+    stale = searcher(es, settings, encoder)
+    stale.counts = Stale()  # type: ignore[assignment]
+    query = SearchQuery(image=cat.image("sneaker"), filters=cat.filters(), k=docs, explain=True)
+    result = stale.search(query)
+    assert result.plan and "repeated a product" in result.plan["reason"]
+    calls = [r["template_id"].rsplit("-", 1)[-1] for r in result.requests or []]
+    assert calls == ["exact", "exact"]
+    assert products(result) == products(searcher(es, settings, encoder).search(query))
+    assert len(products(result)) == len(set(products(result))) == docs - 1
 
 
 def test_flat_knn_lists_are_searched_again_wider(es, settings, encoder, cat):
@@ -88,3 +120,20 @@ def test_flat_knn_lists_are_searched_again_wider(es, settings, encoder, cat):
         searcher(es, settings, encoder).search(query.model_copy(update={"explain": False})).plan
         is None
     )
+
+
+def test_a_filter_whose_first_passes_come_back_flat_starts_wide(es, settings, encoder, cat):
+    always_flat = searcher(es, settings, encoder, search_exact_max_docs=0, search_flat_contrast=1)
+    query = SearchQuery(image=cat.image("sneaker"), filters=cat.filters(), k=2, explain=True)
+    first = [always_flat.search(query) for _ in range(planner.FlatHistory.MIN_SEEN)]
+    for result in first:
+        calls = [r["template_id"].rsplit("-", 1)[-1] for r in result.requests or []]
+        assert calls == ["knn", "exact"]
+    result = always_flat.search(query)
+    calls = [r["template_id"].rsplit("-", 1)[-1] for r in result.requests or []]
+    assert calls == ["exact"]  # no first pass to repeat
+    assert result.plan and result.plan["widened"] and "came back flat" in result.plan["reason"]
+    assert products(result) == products(first[0])
+    other = query.model_copy(update={"filters": cat.filters(in_stock=True)})
+    calls = [r["template_id"].rsplit("-", 1)[-1] for r in always_flat.search(other).requests or []]
+    assert calls == ["knn", "exact"]  # another filter has its own history

@@ -150,6 +150,13 @@ def test_worker_threads_fill_the_cores_without_oversubscribing():
     assert VitrineSettings(torch_threads=3).for_worker_processes(2, 2).torch_threads == 3
 
 
+def test_worker_forward_passes_leave_the_cores_to_decoding_between_operators():
+    assert VitrineSettings().encoder_spin_wait is None  # outside a worker: ONNX Runtime spins
+    assert VitrineSettings().for_worker_processes(1, 2).encoder_spin_wait is False
+    explicit = VitrineSettings(encoder_spin_wait=True)
+    assert explicit.for_worker_processes(1, 2).encoder_spin_wait is True
+
+
 def test_delete_actions_name_the_concrete_index():
     actions = list(mappings.delete_actions([("shop-x-1", "id1")]))
     assert actions == [{"_op_type": "delete", "_index": "shop-x-1", "_id": "id1"}]

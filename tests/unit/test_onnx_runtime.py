@@ -115,6 +115,21 @@ def test_onnx_runs_on_the_cpu_only(tiny_checkpoint, home):
         ox.RuntimeOptions.from_settings(settings)
 
 
+def test_a_worker_session_sleeps_between_operators_and_gives_the_same_vectors(
+    tiny_checkpoint, home
+):
+    settings = settings_for(tiny_checkpoint, home, encoder_runtime="onnx")
+    in_worker = settings.for_worker_processes(1, 2)
+    spinning, sleeping = create_encoder(settings), create_encoder(in_worker)
+    key = "session.intra_op.allow_spinning"  # absent: ONNX Runtime's default, spinning
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        spinning.runtime.session.get_session_options().get_session_config_entry(key)
+    assert sleeping.runtime.session.get_session_options().get_session_config_entry(key) == "0"
+    np.testing.assert_allclose(
+        spinning.encode_images(images()), sleeping.encode_images(images()), atol=1e-6
+    )
+
+
 def test_prepare_builds_in_a_child_and_passes_a_refusal_on(tiny_checkpoint, home):
     """What ``vitrine worker`` does before forking its pool."""
     settings = settings_for(tiny_checkpoint, home, encoder_runtime="onnx-int8")

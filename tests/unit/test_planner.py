@@ -16,18 +16,23 @@ SETTINGS = VitrineSettings(
 WINDOW = Window(k=10, k_docs=30, num_candidates=100, from_=0, size=10)
 
 
+def est(docs: int, further_images: int = 1) -> planner.Estimate:
+    """An estimate of a filter that keeps products with several images (the over-fetch)."""
+    return planner.Estimate(docs, further_images)
+
+
 def test_few_documents_are_searched_exactly():
-    plan = planner.choose(2_000, WINDOW, SETTINGS)
+    plan = planner.choose(est(2_000), WINDOW, SETTINGS)
     assert (plan.method, plan.pool, plan.num_candidates, plan.k_docs) == ("exact", 2_000, None, 30)
     assert "2000 documents <= search_exact_max_docs (20000)" in plan.reason
-    assert planner.choose(20_000, WINDOW, SETTINGS).method == "exact"
+    assert planner.choose(est(20_000), WINDOW, SETTINGS).method == "exact"
 
 
 def test_many_documents_use_knn_with_the_window():
-    plan = planner.choose(20_001, WINDOW, SETTINGS)
+    plan = planner.choose(est(20_001), WINDOW, SETTINGS)
     assert (plan.method, plan.pool, plan.num_candidates, plan.widened) == ("knn", 30, 100, False)
     never = SETTINGS.model_copy(update={"search_exact_max_docs": 0})
-    assert planner.choose(1, WINDOW, never).method == "knn"
+    assert planner.choose(est(1), WINDOW, never).method == "knn"
 
 
 def test_contrast_is_how_much_nearer_the_best_hit_is_than_the_last():
@@ -38,7 +43,7 @@ def test_contrast_is_how_much_nearer_the_best_hit_is_than_the_last():
 
 
 def test_flat_knn_scores_widen_the_pool_once():
-    knn = planner.choose(100_000, WINDOW, SETTINGS)
+    knn = planner.choose(est(100_000), WINDOW, SETTINGS)
     flat = [0.6 - i * 0.0005 for i in range(30)]
     wide = planner.widen(knn, flat, SETTINGS)
     assert wide is not None
@@ -52,19 +57,19 @@ def test_flat_knn_scores_widen_the_pool_once():
 def test_flat_scores_search_exactly_when_the_filter_keeps_few_enough_documents():
     never = SETTINGS.model_copy(update={"search_exact_max_docs": 0})
     for kept in (900, 50_000):
-        wide = planner.widen(planner.choose(kept, WINDOW, never), [0.6] * 30, SETTINGS)
+        wide = planner.widen(planner.choose(est(kept), WINDOW, never), [0.6] * 30, SETTINGS)
         assert wide is not None and (wide.method, wide.pool, wide.widened) == ("exact", kept, True)
-    wide = planner.widen(planner.choose(50_001, WINDOW, never), [0.6] * 30, SETTINGS)
+    wide = planner.widen(planner.choose(est(50_001), WINDOW, never), [0.6] * 30, SETTINGS)
     assert wide is not None and wide.method == "knn"
     no_exact = SETTINGS.model_copy(update={"search_flat_exact_max_docs": 0})
-    wide = planner.widen(planner.choose(900, WINDOW, never), [0.6] * 30, no_exact)
+    wide = planner.widen(planner.choose(est(900), WINDOW, never), [0.6] * 30, no_exact)
     assert wide is not None and wide.method == "exact"  # the pool holds every kept document
 
 
 def test_exact_plans_and_short_lists_are_not_widened():
-    exact = planner.choose(10, WINDOW, SETTINGS)
+    exact = planner.choose(est(10), WINDOW, SETTINGS)
     assert planner.widen(exact, [0.6] * 30, SETTINGS) is None
-    knn = planner.choose(100_000, WINDOW, SETTINGS)
+    knn = planner.choose(est(100_000), WINDOW, SETTINGS)
     assert planner.widen(knn, [0.6] * 5, SETTINGS) is None  # fewer hits than asked
 
 
@@ -74,11 +79,11 @@ def test_apply_replaces_knn_lists_and_keeps_keyword_lists():
     keyword = KeywordQuery("red", Filters(), "model")
     lists = [ListPlan("image", 0.5, knn), ListPlan("keyword", 0.5, keyword)]
 
-    exact = planner.apply(lists, planner.choose(50, WINDOW, SETTINGS))
+    exact = planner.apply(lists, planner.choose(est(50), WINDOW, SETTINGS))
     assert exact[0].query == ExactQuery([1.0, 0.0], "model", Filters(category="bags"), 30, exclude)
     assert exact[1] is lists[1]
 
-    plan = planner.choose(100_000, WINDOW, SETTINGS)
+    plan = planner.choose(est(100_000), WINDOW, SETTINGS)
     assert planner.apply(lists, plan)[0].query == knn  # the window as validated
     wide = planner.widen(plan, [0.6] * 30, SETTINGS)
     assert wide is not None
@@ -87,10 +92,37 @@ def test_apply_replaces_knn_lists_and_keeps_keyword_lists():
     assert body["rescore"]["window_size"] == 1000
 
 
-def test_count_body_is_the_filter_with_the_model():
-    body = planner.count_body(Filters(tags_all=["p2"]), "model")
+def test_exact_lists_of_one_image_per_product_need_no_over_fetch():
+    plan = planner.choose(planner.Estimate(2_000, further_images=0), WINDOW, SETTINGS)
+    assert (plan.method, plan.k_docs, plan.pool) == ("exact", 10, 2_000)
+    assert "no over-fetch" in plan.reason
+    assert planner.choose(est(2_000), WINDOW, SETTINGS).k_docs == 30
+    # kNN keeps it: the over-fetched documents are the pool re-scored and judged for contrast
+    knn = planner.choose(planner.Estimate(100_000, further_images=0), WINDOW, SETTINGS)
+    assert (knn.method, knn.k_docs, knn.pool) == ("knn", 30, 30)
+
+
+def test_a_list_that_repeats_a_product_without_over_fetch_is_refilled():
+    plan = planner.choose(planner.Estimate(500, 0), WINDOW, SETTINGS)
+    distinct = [("m", str(i)) for i in range(10)]
+    assert planner.refill(plan, WINDOW, distinct) is None
+    repeated = [*distinct[:9], ("m", "0")]
+    again = planner.refill(plan, WINDOW, repeated)
+    assert again is not None and (again.method, again.k_docs, again.pool) == ("exact", 30, 500)
+    assert "repeated a product" in again.reason
+    assert planner.refill(again, WINDOW, repeated) is None  # already with the over-fetch
+    assert planner.refill(plan, WINDOW, repeated[:5] + [("m", "0")]) is None  # all there is
+    knn = planner.choose(planner.Estimate(100_000, 0), WINDOW, SETTINGS)
+    assert planner.refill(knn, WINDOW, repeated) is None
+
+
+def test_estimate_body_counts_the_filter_and_its_further_images():
+    body = planner.estimate_body(Filters(tags_all=["p2"]), "model")
     assert body == {
-        "query": {"bool": {"filter": [{"term": {"tags": "p2"}}, {"term": {"model_id": "model"}}]}}
+        "query": {"bool": {"filter": [{"term": {"tags": "p2"}}, {"term": {"model_id": "model"}}]}},
+        "size": 0,
+        "track_total_hits": True,
+        "aggs": {"further_images": {"filter": {"range": {"image_index": {"gt": 0}}}}},
     }
 
 
@@ -98,16 +130,19 @@ class FakeEs:
     def __init__(self):
         self.calls = 0
 
-    def count(self, index, query):
+    def search(self, index, **body):
         self.calls += 1
-        return {"count": 42}
+        return {
+            "hits": {"total": {"value": 42, "relation": "eq"}},
+            "aggregations": {"further_images": {"doc_count": 7}},
+        }
 
 
 def test_filter_counts_are_cached_per_filter_for_the_ttl():
     es = FakeEs()
     counts = planner.FilterCounts(es, ttl_s=60, max_entries=2)  # type: ignore[arg-type]
-    assert counts.estimate("a", Filters(), "m") == 42
-    assert counts.estimate("a", Filters(), "m") == 42
+    assert counts.estimate("a", Filters(), "m") == planner.Estimate(42, 7)
+    assert counts.estimate("a", Filters(), "m") == planner.Estimate(42, 7)
     assert es.calls == 1
     counts.estimate("a", Filters(category="x"), "m")
     counts.estimate("b", Filters(), "m")
@@ -116,3 +151,41 @@ def test_filter_counts_are_cached_per_filter_for_the_ttl():
     expired.estimate("a", Filters(), "m")
     expired.estimate("a", Filters(), "m")
     assert es.calls == 5
+
+
+def test_flatness_is_judged_on_full_first_kNN_passes_only():
+    knn = planner.choose(est(100_000), WINDOW, SETTINGS)
+    assert planner.is_flat(knn, [0.6] * 30, SETTINGS) is True
+    assert planner.is_flat(knn, [0.95] + [0.6] * 29, SETTINGS) is False
+    assert planner.is_flat(knn, [0.6] * 5, SETTINGS) is None  # fewer hits than asked
+    assert planner.is_flat(planner.choose(est(10), WINDOW, SETTINGS), [0.6] * 30, SETTINGS) is None
+    wide = planner.widen(knn, [0.6] * 30, SETTINGS)
+    assert wide is not None and planner.is_flat(wide, [0.6] * 1000, SETTINGS) is None
+
+
+def test_mostly_flat_filters_start_wide():
+    knn = planner.choose(est(100_000), WINDOW, SETTINGS)
+    start = planner.start_wide(knn, [(3, 4)], SETTINGS)
+    assert (start.method, start.widened, start.pool) == ("knn", True, 1000)
+    assert start.reason == "3 of the last 4 first passes under this filter came back flat"
+    assert planner.start_wide(knn, [(2, 4)], SETTINGS) is knn  # half is not most
+    assert planner.start_wide(knn, [(2, 2)], SETTINGS) is knn  # too few seen
+    assert planner.start_wide(knn, [(3, 3), (0, 5)], SETTINGS) is knn  # every list must be
+    assert planner.start_wide(knn, [], SETTINGS) is knn  # keyword only
+    exact = planner.choose(est(10), WINDOW, SETTINGS)
+    assert planner.start_wide(exact, [(5, 5)], SETTINGS) is exact
+
+
+def test_flat_history_keeps_the_last_passes_per_key_for_the_ttl(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(planner.time, "monotonic", lambda: now[0])
+    history = planner.FlatHistory(ttl_s=30, max_entries=2)
+    for flat in [False] * 10 + [True] * 16:
+        history.observe("a", flat)
+    assert history.history("a") == (16, 16)  # the last WINDOW passes
+    history.observe("b", False)
+    assert history.history("b") == (0, 1) and history.history("c") == (0, 0)
+    history.observe("c", True)  # a third key: the oldest goes
+    assert history.history("a") == (0, 0)
+    now[0] += 31
+    assert history.history("c") == (0, 0)  # expired
