@@ -5,9 +5,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from elasticsearch import ApiError, Elasticsearch, NotFoundError, TransportError
+from elasticsearch.serializer import NdjsonSerializer, OrjsonSerializer
 
 from pipeline.settings import VitrineSettings
+
+
+class OrjsonNdjsonSerializer(NdjsonSerializer):
+    """Bulk and msearch bodies through orjson, like single requests (``OrjsonSerializer``):
+    a 512-d vector serialises about ten times faster than with the json module."""
+
+    def json_dumps(self, data: Any) -> bytes:
+        return orjson.dumps(data, default=self.default, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    def json_loads(self, data: bytes) -> Any:
+        return orjson.loads(data)
+
+
+#: The client's serialisers: orjson for JSON and NDJSON (the compatibility mimetypes follow).
+SERIALIZERS = {
+    OrjsonSerializer.mimetype: OrjsonSerializer(),
+    OrjsonNdjsonSerializer.mimetype: OrjsonNdjsonSerializer(),
+}
 
 
 def make_client(settings: VitrineSettings) -> Elasticsearch:
@@ -25,6 +45,7 @@ def make_client(settings: VitrineSettings) -> Elasticsearch:
         retry_on_timeout=True,
         max_retries=3,
         retry_on_status=(502, 503, 504),
+        serializers=SERIALIZERS,
         **auth,
     )
 
