@@ -46,7 +46,7 @@ class Estimate:
     images (``image_index`` > 0; none: one document per product)."""
 
     docs: int
-    further_images: int = 0
+    further_images: int
 
 
 @dataclass(frozen=True)
@@ -244,14 +244,13 @@ class FilterCounts:
         self._lock = threading.Lock()
 
     def estimate(self, index: str, filters: Filters, model_id: str) -> Estimate:
-        body = estimate_body(filters, model_id)
         key = filter_key(index, filters, model_id)
         now = time.monotonic()
         with self._lock:
             hit = self._cache.get(key)
         if hit and now - hit[0] < self.ttl_s:
             return hit[1]
-        response = self.es.search(index=index, **body)
+        response = self.es.search(index=index, **estimate_body(filters, model_id))
         estimate = Estimate(
             int(response["hits"]["total"]["value"]),
             int(response["aggregations"]["further_images"]["doc_count"]),
