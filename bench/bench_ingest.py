@@ -137,19 +137,14 @@ def chain_only(
 ) -> float:
     """Products/s of the worker's processor chain in this process, without the queue and
     without writes to Elasticsearch: jobs of ``per_job`` products, ``jobs`` at once in threads
-    sharing forward passes, as a threads-pool worker with the worker's settings runs them."""
+    sharing forward passes, as a threads-pool worker with the worker's settings runs them
+    (the chain of a threads-pool ``Ingestor``, built as the worker builds it)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from pipeline.encoders.batching import ImageBatcher
-    from pipeline.ingest.processors import IngestItem, ProcessorChain, ProcessorContext
+    from pipeline.ingest.ingestor import Ingestor
+    from pipeline.ingest.processors import IngestItem
 
-    def model() -> Encoder:
-        return encoder
-
-    batcher = ImageBatcher(
-        model, batch_size=settings.batch_size, max_wait_s=settings.embed_batch_wait_ms / 1000
-    )
-    chain = ProcessorChain(settings.processors, ProcessorContext(settings, model, batcher=batcher))
+    chain = Ingestor(settings, encoder=encoder, batch_across_jobs=True).chain
     job_items = [
         [IngestItem(p, 0) for p in batch[start : start + per_job]]
         for start in range(0, len(batch), per_job)

@@ -338,7 +338,7 @@ class Fingerprint:
     def of(cls, image: Image.Image) -> Fingerprint:
         """The fingerprint of ``image``, taken from one small copy (short side
         ``FINGERPRINT_WORK_SIDE``): each region is resized from it without a crop copy, and the
-        35 hashes' DCTs are one matrix product (about 2 ms per image)."""
+        35 hashes' DCTs are one matrix product (4-5 ms of CPU per image, measured)."""
         w, h = image.size
         scale = min(1.0, FINGERPRINT_WORK_SIDE / min(w, h))
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
