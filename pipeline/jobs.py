@@ -30,6 +30,7 @@ from typing import Any
 from celery import Celery
 from redis import Redis
 
+from pipeline.broker import TRANSPORT
 from pipeline.documents import Product
 from pipeline.journal import DELETE, INDEX, PendingJournal, PendingRecord
 from pipeline.settings import VitrineSettings
@@ -106,6 +107,7 @@ def create_celery(settings: VitrineSettings, *, worker: bool = False) -> Vitrine
         task_track_started=True,
         result_extended=True,
         result_expires=7 * 24 * 3600,
+        broker_transport=TRANSPORT,
         broker_transport_options=_broker_transport_options(settings),
         worker_proc_alive_timeout=settings.worker_proc_alive_timeout_s,
         broker_connection_retry_on_startup=True,

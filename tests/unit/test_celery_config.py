@@ -56,3 +56,21 @@ def test_pool_processes_get_time_to_load_the_model():
     conf = create_celery(VitrineSettings(worker_proc_alive_timeout_s=45)).conf
     assert conf.worker_proc_alive_timeout == 45
     assert VitrineSettings().worker_proc_alive_timeout_s > 4  # Celery's default kills a CPU load
+
+
+@pytest.mark.parametrize(
+    ("url", "tls"),
+    [
+        ("redis://127.0.0.1:6379/0", False),
+        ("rediss://127.0.0.1:6380/0?ssl_cert_reqs=required", True),
+    ],
+)
+def test_the_broker_runs_vitrines_redis_transport_and_keeps_tls_options(url, tls):
+    import ssl
+
+    from pipeline.broker import Transport
+
+    connection = create_celery(VitrineSettings(redis_url=url)).connection_for_write()
+    assert connection.get_transport_cls() is Transport
+    assert (connection.port, connection.virtual_host) == ((6380, "0") if tls else (6379, "0"))
+    assert (connection.ssl or {}).get("ssl_cert_reqs") == (ssl.CERT_REQUIRED if tls else None)
