@@ -380,8 +380,10 @@ def main(argv: list[str] | None = None) -> None:
     default_kinds = per_kind[next(iter(rules))]
     report.note(
         f"defaults: min_cosine {default.min_cosine}, max_phash_distance {bits} (best-aligned "
-        f"window), min_colour_correlation {colour}, sure_cosine {default.sure_cosine}; k={k} "
-        "neighbours, "
+        f"window), min_colour_correlation {colour}, sure_cosine {default.sure_cosine}; close "
+        f"colours: cosine >= {default.close_colour_min_cosine}, bits <= "
+        f"{default.close_colour_phash_distance}, colour >= {default.close_colour_correlation}; "
+        f"an image joins a group when it matches most members compared; k={k} neighbours, "
         f"ingest batches of {args.batch}; encoder EfficientNet-Lite0 (ImageNet weights)"
     )
     report.note(

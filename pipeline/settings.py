@@ -331,8 +331,10 @@ class VitrineSettings(BaseSettings):
     # vectors' cosine is at least duplicate_sure_cosine, or at least duplicate_min_cosine with
     # fingerprints (phash processor) whose hashes are at most duplicate_max_phash_distance bits
     # apart at the best-aligned window and whose colour thumbnails correlate at least
-    # duplicate_min_colour_correlation there. Cosines depend on the encoder: the defaults are
-    # measured with efficientnet_lite0 (bench/bench_duplicates.py).
+    # duplicate_min_colour_correlation there; or, for heavier edits (strong JPEG, crops), at least
+    # duplicate_close_colour_min_cosine with hashes at most duplicate_close_colour_phash_distance
+    # apart and colours correlating at least duplicate_close_colour_correlation. Cosines depend
+    # on the encoder: the defaults are measured with efficientnet_lite0 (bench/bench_duplicates.py).
     duplicate_matching: bool = Field(
         True, description="Match each ingested image against the catalogue (duplicate_group)."
     )
@@ -357,6 +359,21 @@ class VitrineSettings(BaseSettings):
         le=1,
         description="Cosine from which two images are duplicates on their vectors alone (near 1: "
         "different items on one ground can be 0.99 apart).",
+    )
+    duplicate_close_colour_phash_distance: int = Field(
+        8,
+        ge=0,
+        le=64,
+        description="Most differing phash bits of two duplicates whose colours agree closely.",
+    )
+    duplicate_close_colour_correlation: float = Field(
+        0.995,
+        ge=-1,
+        le=1,
+        description="Colour correlation from which duplicate_close_colour_phash_distance applies.",
+    )
+    duplicate_close_colour_min_cosine: float = Field(
+        0.9, ge=-1, le=1, description="Cosine from which duplicate_close_colour_* applies."
     )
     duplicate_candidates: int = Field(
         10, ge=1, le=100, description="Nearest documents compared with each new image."

@@ -8,15 +8,23 @@ batch. Two images match when their vectors' cosine is at least ``duplicate_sure_
 least ``duplicate_min_cosine`` with fingerprints (``phash`` processor) that agree: perceptual
 hashes at most ``duplicate_max_phash_distance`` bits apart at the best-aligned window (a slight
 crop lines up) and colour thumbnails correlated at least ``duplicate_min_colour_correlation``
-there (a look-alike on the same white ground does not). A document from before fingerprints is
-compared on its whole-image ``phash`` alone (``MatchRule``).
+there (a look-alike on the same white ground does not). Heavier edits (strong JPEG, crops of
+fine texture) flip more hash bits but keep the colours: with a cosine of at least
+``duplicate_close_colour_min_cosine`` and colours correlated at least
+``duplicate_close_colour_correlation``, up to ``duplicate_close_colour_phash_distance`` bits
+match. A document from before fingerprints is compared on its whole-image ``phash`` alone
+(``MatchRule``).
 
 Group ids, and why they are stable:
 
 - An image that matches nothing founds a group whose id is its own document id. Members keep
   the id they were given; nothing renames a group when members leave, so deleting any member,
   the founder included, leaves the group of the others as it was.
-- An image that matches members of several groups joins the smallest id (deterministic, so two
+- An image joins a group only when it matches more than half of the members it was compared
+  with (its nearest documents of that group, and earlier images of its batch): a look-alike
+  that matches one edited copy but not the original stays out, where joining on one match
+  would chain different items into one group (bench: precision 0.941 -> 0.966 from this alone).
+- An image that qualifies for several groups joins the smallest id (deterministic, so two
   workers deciding on the same evidence agree); groups are never merged on ingest.
 - Re-ingesting an image (same document id) keeps the group it has; a changed image is a new
   document and is matched afresh (the product's old image document is deleted by the write).
@@ -78,6 +86,10 @@ class MatchRule:
     max_phash_distance: int
     sure_cosine: float
     min_colour_correlation: float
+    #: the close-colour tier: more hash bits may differ when colours agree this closely
+    close_colour_phash_distance: int = 0
+    close_colour_correlation: float = 2.0  # off unless set
+    close_colour_min_cosine: float = 2.0
 
     @classmethod
     def from_settings(cls, settings: VitrineSettings) -> MatchRule:
@@ -86,6 +98,9 @@ class MatchRule:
             max_phash_distance=settings.duplicate_max_phash_distance,
             sure_cosine=settings.duplicate_sure_cosine,
             min_colour_correlation=settings.duplicate_min_colour_correlation,
+            close_colour_phash_distance=settings.duplicate_close_colour_phash_distance,
+            close_colour_correlation=settings.duplicate_close_colour_correlation,
+            close_colour_min_cosine=settings.duplicate_close_colour_min_cosine,
         )
 
     def matches(self, cosine: float, a: Hashed, b: Hashed) -> bool:
@@ -97,7 +112,13 @@ class MatchRule:
             distance = phash_distance(a.phash, b.phash)
             return distance is not None and distance <= self.max_phash_distance
         bits, colour = a.fingerprint.compare(b.fingerprint)
-        return bits <= self.max_phash_distance and colour >= self.min_colour_correlation
+        if bits <= self.max_phash_distance and colour >= self.min_colour_correlation:
+            return True
+        return (
+            cosine >= self.close_colour_min_cosine
+            and bits <= self.close_colour_phash_distance
+            and colour >= self.close_colour_correlation
+        )
 
 
 @dataclass(frozen=True)
@@ -199,21 +220,24 @@ def assign_groups(
         if kept:
             grouping.groups[image.doc_id] = kept
             continue
-        found: set[str] = set()
+        votes: dict[str, list[bool]] = {}  # group -> a match verdict per member compared
+        compared = {image.doc_id}  # a recent image may also come back from Elasticsearch
         for candidate in candidates[i]:
-            if candidate.doc_id == image.doc_id:
+            if candidate.doc_id in compared:
                 continue
-            if rule.matches(candidate.cosine, image, candidate):
-                group = candidate.group or grouping.backfill.get(candidate.doc_id)
-                if group is None:
-                    group = grouping.backfill.setdefault(candidate.doc_id, candidate.doc_id)
-                found.add(group)
+            compared.add(candidate.doc_id)
+            group = candidate.group or grouping.backfill.get(candidate.doc_id)
+            match = rule.matches(candidate.cosine, image, candidate)
+            if match and group is None:
+                group = grouping.backfill.setdefault(candidate.doc_id, candidate.doc_id)
+            votes.setdefault(group or candidate.doc_id, []).append(match)
         for j in range(i):  # earlier images of this batch are not indexed yet
             earlier = images[j]
-            cosine = float(unit[i] @ unit[j])
-            if earlier.doc_id != image.doc_id and rule.matches(cosine, image, earlier):
-                found.add(grouping.groups[earlier.doc_id])
-        grouping.groups[image.doc_id] = min(found) if found else image.doc_id
+            if earlier.doc_id != image.doc_id:
+                match = rule.matches(float(unit[i] @ unit[j]), image, earlier)
+                votes.setdefault(grouping.groups[earlier.doc_id], []).append(match)
+        joined = [group for group, matches in votes.items() if 2 * sum(matches) > len(matches)]
+        grouping.groups[image.doc_id] = min(joined) if joined else image.doc_id
     return grouping
 
 

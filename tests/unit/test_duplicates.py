@@ -137,10 +137,37 @@ def test_reingest_keeps_the_group_and_ignores_itself():
 
 def test_matched_document_without_group_founds_it_and_is_backfilled():
     candidates = [[Candidate("legacy", None, "00", 0.99)], [Candidate("legacy", None, "00", 0.99)]]
-    images = [NewImage("a", X, "00"), NewImage("b", Y, "ff")]
+    images = [NewImage("a", X, "00"), NewImage("b", np.array([0.99, 0.1, 0.0]), "ff")]
     grouping = assign_groups(images, candidates, {}, RULE)
     assert grouping.groups == {"a": "legacy", "b": "legacy"}
     assert grouping.backfill == {"legacy": "legacy"}
+
+
+def test_an_image_joins_a_group_only_when_it_matches_most_of_the_members_compared():
+    """A look-alike that matches an edited copy but not the original stays out: joining on one
+    match would chain two items into one group."""
+    original, copy = Candidate("o", "g1", _phash(0), 0.6), Candidate("c", "g1", _phash(2), 0.9)
+    alone = assign_groups([NewImage("l", X, _phash(0))], [[original, copy]], {}, RULE)
+    assert alone.groups == {"l": "l"}  # 1 of 2
+    third = Candidate("d", "g1", _phash(1), 0.85)
+    joined = assign_groups([NewImage("x", X, _phash(0))], [[original, copy, third]], {}, RULE)
+    assert joined.groups == {"x": "g1"}  # 2 of 3
+    twice = assign_groups([NewImage("l", X, _phash(0))], [[copy, copy, original]], {}, RULE)
+    assert twice.groups == {"l": "l"}  # a member found twice (recent and searchable) votes once
+
+
+def test_close_colours_allow_more_differing_hash_bits():
+    rule = MatchRule.from_settings(VitrineSettings())
+    image = _product((RED, GREEN))
+    a = Fingerprint.of(image)
+    heavy = Fingerprint.of(image.rotate(3, fillcolor=(245, 245, 245)))  # 6 bits
+    bits, colour = a.compare(heavy)
+    assert rule.max_phash_distance < bits <= rule.close_colour_phash_distance
+    assert colour >= rule.close_colour_correlation
+    new = NewImage("a", X, f"{a.hashes[0]:016x}", a)
+    old = Candidate("b", None, f"{heavy.hashes[0]:016x}", rule.close_colour_min_cosine, heavy)
+    assert rule.matches(rule.close_colour_min_cosine, new, old)
+    assert not rule.matches(rule.close_colour_min_cosine - 0.01, new, old)
 
 
 def test_copies_in_one_batch_share_a_group():
