@@ -160,6 +160,8 @@ class ImageFields(BaseModel):
     phash: str | None = None
     #: What near-duplicate matching compares (``pipeline.images.Fingerprint``, base64).
     fingerprint: str | None = None
+    #: The fingerprint's whole-image hash as band keys (``Fingerprint.bands``), for look-ups.
+    phash_bands: list[str] = Field(default_factory=list)
     #: Near-duplicate group (pipeline.ingest.duplicates): the document id of the group's first
     #: member; documents of the same item, at one merchant or several, share it.
     duplicate_group: str | None = None
@@ -213,6 +215,7 @@ def build_document(
     image_text: str | None = None,
     phash: str | None = None,
     fingerprint: str | None = None,
+    phash_bands: list[str] | None = None,
     visual_cluster: str | None = None,
     visual_cluster_name: str | None = None,
     duplicate_group: str | None = None,
@@ -234,6 +237,7 @@ def build_document(
         image_text=image_text,
         phash=phash,
         fingerprint=fingerprint,
+        phash_bands=phash_bands or [],
         visual_cluster=visual_cluster,
         visual_cluster_name=visual_cluster_name,
         duplicate_group=duplicate_group,

@@ -317,6 +317,11 @@ FINGERPRINT_WORK_SIDE = 96
 _THUMB_BYTES = FINGERPRINT_THUMB * FINGERPRINT_THUMB * 3
 
 
+#: Widths of the bands a 64-bit hash is cut into for look-ups (``Fingerprint.bands``): five
+#: bands, so two hashes at most four bits apart agree on at least one whole band.
+HASH_BANDS = (13, 13, 13, 13, 12)
+
+
 #: The perceptual hash, as ImageHash's ``phash`` computes it: the 8x8 lowest frequencies of the
 #: DCT-II of a 32x32 grey copy, each bit set where the coefficient exceeds their median.
 _DCT_SIZE = 32
@@ -361,6 +366,21 @@ class Fingerprint:
             tuple(int.from_bytes(row.tobytes(), "big") for row in bits),
             tuple(rgb.resize(thumb, Image.Resampling.BOX, box=b).tobytes() for b in boxes),
         )
+
+    @property
+    def whole(self) -> int:
+        """The whole image's hash."""
+        return self.hashes[0]
+
+    def bands(self) -> list[str]:
+        """The whole image's hash as band keys (the ``phash_bands`` field): images whose hashes
+        are at most ``len(HASH_BANDS) - 1`` bits apart share a key, whatever their vectors, so a
+        term look-up finds the same picture where kNN ranks it too far away."""
+        keys, shift = [], 0
+        for band, width in enumerate(HASH_BANDS):
+            keys.append(f"{band}:{(self.whole >> shift) & ((1 << width) - 1):04x}")
+            shift += width
+        return keys
 
     def encode(self) -> str:
         """Base64 (the ``binary`` field type): hashes then thumbnails."""

@@ -333,7 +333,10 @@ class VitrineSettings(BaseSettings):
     # apart at the best-aligned window and whose colour thumbnails correlate at least
     # duplicate_min_colour_correlation there; or, for heavier edits (strong JPEG, crops), at least
     # duplicate_close_colour_min_cosine with hashes at most duplicate_close_colour_phash_distance
-    # apart and colours correlating at least duplicate_close_colour_correlation. Cosines depend
+    # apart and colours correlating at least duplicate_close_colour_correlation; or, for the same
+    # picture that an encoder upset by JPEG artefacts puts far apart, at least
+    # duplicate_same_picture_min_cosine with hashes at most duplicate_same_picture_phash_distance
+    # apart and colours correlating at least duplicate_same_picture_correlation. Cosines depend
     # on the encoder: the defaults are measured with efficientnet_lite0 (bench/bench_duplicates.py).
     duplicate_matching: bool = Field(
         True, description="Match each ingested image against the catalogue (duplicate_group)."
@@ -375,8 +378,24 @@ class VitrineSettings(BaseSettings):
     duplicate_close_colour_min_cosine: float = Field(
         0.9, ge=-1, le=1, description="Cosine from which duplicate_close_colour_* applies."
     )
+    duplicate_same_picture_phash_distance: int = Field(
+        2, ge=0, le=64, description="Most differing phash bits of the same picture."
+    )
+    duplicate_same_picture_correlation: float = Field(
+        0.999,
+        ge=-1,
+        le=1,
+        description="Colour correlation from which duplicate_same_picture_phash_distance applies.",
+    )
+    duplicate_same_picture_min_cosine: float = Field(
+        0.5, ge=-1, le=1, description="Cosine from which duplicate_same_picture_* applies."
+    )
     duplicate_candidates: int = Field(
-        10, ge=1, le=100, description="Nearest documents compared with each new image."
+        10,
+        ge=1,
+        le=100,
+        description="Nearest documents compared with each new image (by kNN, and as many "
+        "again of those sharing a band of its whole-image phash).",
     )
 
     # Merchant upload API and catalogue import

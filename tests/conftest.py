@@ -67,6 +67,7 @@ def settings(session_id: str, tiny_checkpoint: Path, tmp_path_factory) -> Vitrin
         duplicate_max_phash_distance=16,
         duplicate_sure_cosine=0.9995,
         duplicate_close_colour_min_cosine=0.99,
+        duplicate_same_picture_min_cosine=0.99,
         home=tmp_path_factory.mktemp("home"),
     )
 

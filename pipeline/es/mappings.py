@@ -14,6 +14,37 @@ from functools import cache
 from importlib.resources import files
 from typing import Any
 
+#: The ``dense_vector`` field holding each image document's vector.
+VECTOR_FIELD = "image_vector"
+
+#: The exact float cosine on kNN's (1 + cos) / 2 scale: re-scoring, exact search and duplicate
+#: matching share it. Clamped at 0: ``script_score`` refuses a negative score, which rounding
+#: gives an opposite vector (cos -1 scores -6e-8).
+COSINE_SCRIPT = (
+    f"Math.max(0.0, (cosineSimilarity(params.query_vector, '{VECTOR_FIELD}') + 1.0) / 2.0)"
+)
+
+
+def exact_rescore(vector: list[float], *, window: int) -> dict[str, Any]:
+    """Re-score the retrieved documents with the exact float cosine, on kNN's (1 + cos) / 2 scale.
+
+    int8_hnsw ranks by quantised vectors, which can swap near-identical images; the float
+    vectors are still stored, so re-scoring the k hits restores the exact order cheaply.
+    """
+    return {
+        "window_size": window,
+        "query": {
+            "rescore_query": {
+                "script_score": {
+                    "query": {"match_all": {}},
+                    "script": {"source": COSINE_SCRIPT, "params": {"query_vector": vector}},
+                }
+            },
+            "query_weight": 0.0,
+            "rescore_query_weight": 1.0,
+        },
+    }
+
 
 @cache
 def _load(name: str) -> dict[str, Any]:
@@ -207,6 +238,7 @@ def search_template_source(name: str) -> str:
         .replace("@exclude@", "\n".join(partials["exclude"]))
         .replace("@exact_rescore@", "\n".join(partials["exact_rescore"]))
         .replace("@facet_aggs@", json.dumps(partials["facet_aggs"]))
+        .replace("@cosine_script@", COSINE_SCRIPT)
     )
 
 

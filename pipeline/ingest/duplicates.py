@@ -2,18 +2,26 @@
 ``duplicate_group``.
 
 After the processor chain, the ingestor hands each batch to ``DuplicateMatcher``: each new image
-is compared with its ``duplicate_candidates`` nearest indexed documents (one
-``msearch`` of kNN searches per batch, not per image) and with the images before it in the same
-batch. Two images match when their vectors' cosine is at least ``duplicate_sure_cosine``, or at
-least ``duplicate_min_cosine`` with fingerprints (``phash`` processor) that agree: perceptual
-hashes at most ``duplicate_max_phash_distance`` bits apart at the best-aligned window (a slight
-crop lines up) and colour thumbnails correlated at least ``duplicate_min_colour_correlation``
-there (a look-alike on the same white ground does not). Heavier edits (strong JPEG, crops of
-fine texture) flip more hash bits but keep the colours: with a cosine of at least
-``duplicate_close_colour_min_cosine`` and colours correlated at least
-``duplicate_close_colour_correlation``, up to ``duplicate_close_colour_phash_distance`` bits
-match. A document from before fingerprints is compared on its whole-image ``phash`` alone
-(``MatchRule``).
+is compared with its ``duplicate_candidates`` nearest indexed documents, with as many documents
+whose whole-image hash shares a band with its own and lies within
+``duplicate_max_phash_distance`` bits (the same picture, which an encoder upset by strong JPEG
+can rank far down the kNN list), and with the images before it in the same batch; one
+``msearch`` per batch, not per image. Two images match when their vectors' cosine is at least
+``duplicate_sure_cosine``, or when their fingerprints (``phash`` processor) agree under one of
+three tiers (``MatchRule``):
+
+- from ``duplicate_min_cosine``: perceptual hashes at most ``duplicate_max_phash_distance``
+  bits apart at the best-aligned window (a slight crop lines up) and colour thumbnails
+  correlated at least ``duplicate_min_colour_correlation`` there (a look-alike on the same
+  white ground does not);
+- from ``duplicate_close_colour_min_cosine``: heavier edits (strong JPEG, crops of fine
+  texture) flip more bits but keep the colours: up to ``duplicate_close_colour_phash_distance``
+  bits with colours correlated at least ``duplicate_close_colour_correlation``;
+- from ``duplicate_same_picture_min_cosine``: the same picture, up to
+  ``duplicate_same_picture_phash_distance`` bits with colours correlated at least
+  ``duplicate_same_picture_correlation``.
+
+A document from before fingerprints is compared on its whole-image ``phash`` alone.
 
 Group ids, and why they are stable:
 
@@ -54,6 +62,7 @@ import numpy as np
 from elasticsearch import Elasticsearch, TransportError
 
 from pipeline.documents import document_id
+from pipeline.es.mappings import COSINE_SCRIPT, VECTOR_FIELD, exact_rescore
 from pipeline.images import Fingerprint, phash_distance
 from pipeline.ingest.processors import IngestItem
 from pipeline.settings import VitrineSettings
@@ -64,7 +73,6 @@ log = logging.getLogger(__name__)
 #: time until Elasticsearch's kNN finds them.
 RECENT_WINDOW_S = 5.0
 
-VECTOR_FIELD = "image_vector"
 MATCH_SOURCE = ["merchant_id", "product_id", "duplicate_group", "phash", "fingerprint"]
 
 
@@ -79,17 +87,37 @@ class Hashed(Protocol):
 
 
 @dataclass(frozen=True)
+class Tier:
+    """Fingerprints that differ in at most ``bits`` hash bits at the best-aligned window, with
+    colours correlated at least ``colour`` there, match from a cosine of ``min_cosine``."""
+
+    min_cosine: float
+    bits: int
+    colour: float
+
+    def admits(self, cosine: float, bits: int, colour: float) -> bool:
+        return cosine >= self.min_cosine and bits <= self.bits and colour >= self.colour
+
+
+#: A tier that admits nothing (the optional tiers' default).
+OFF = Tier(2.0, -1, 2.0)
+
+
+@dataclass(frozen=True)
 class MatchRule:
-    """When two images show the same item (thresholds from the settings)."""
+    """When two images show the same item (thresholds from the settings): a cosine of
+    ``sure_cosine``, or fingerprints that one tier admits. The first tier is the usual one;
+    ``close_colour`` lets heavier edits (strong JPEG, crops of fine texture) differ in more
+    bits when their colours agree closely; ``same_picture`` admits the same picture (a few bits,
+    colours alike to the third decimal) at a cosine an encoder upset by JPEG artefacts can
+    still give it. Documents without a fingerprint compare their whole-image ``phash`` alone."""
 
     min_cosine: float
     max_phash_distance: int
     sure_cosine: float
     min_colour_correlation: float
-    #: the close-colour tier: more hash bits may differ when colours agree this closely
-    close_colour_phash_distance: int = 0
-    close_colour_correlation: float = 2.0  # off unless set
-    close_colour_min_cosine: float = 2.0
+    close_colour: Tier = OFF
+    same_picture: Tier = OFF
 
     @classmethod
     def from_settings(cls, settings: VitrineSettings) -> MatchRule:
@@ -98,27 +126,35 @@ class MatchRule:
             max_phash_distance=settings.duplicate_max_phash_distance,
             sure_cosine=settings.duplicate_sure_cosine,
             min_colour_correlation=settings.duplicate_min_colour_correlation,
-            close_colour_phash_distance=settings.duplicate_close_colour_phash_distance,
-            close_colour_correlation=settings.duplicate_close_colour_correlation,
-            close_colour_min_cosine=settings.duplicate_close_colour_min_cosine,
+            close_colour=Tier(
+                settings.duplicate_close_colour_min_cosine,
+                settings.duplicate_close_colour_phash_distance,
+                settings.duplicate_close_colour_correlation,
+            ),
+            same_picture=Tier(
+                settings.duplicate_same_picture_min_cosine,
+                settings.duplicate_same_picture_phash_distance,
+                settings.duplicate_same_picture_correlation,
+            ),
         )
+
+    @property
+    def tiers(self) -> tuple[Tier, ...]:
+        usual = Tier(self.min_cosine, self.max_phash_distance, self.min_colour_correlation)
+        return usual, self.close_colour, self.same_picture
 
     def matches(self, cosine: float, a: Hashed, b: Hashed) -> bool:
         if cosine >= self.sure_cosine:
             return True
-        if cosine < self.min_cosine:
-            return False
         if a.fingerprint is None or b.fingerprint is None:
             distance = phash_distance(a.phash, b.phash)
-            return distance is not None and distance <= self.max_phash_distance
+            return (
+                cosine >= self.min_cosine
+                and distance is not None
+                and distance <= self.max_phash_distance
+            )
         bits, colour = a.fingerprint.compare(b.fingerprint)
-        if bits <= self.max_phash_distance and colour >= self.min_colour_correlation:
-            return True
-        return (
-            cosine >= self.close_colour_min_cosine
-            and bits <= self.close_colour_phash_distance
-            and colour >= self.close_colour_correlation
-        )
+        return any(tier.admits(cosine, bits, colour) for tier in self.tiers)
 
 
 @dataclass(frozen=True)
@@ -163,20 +199,15 @@ class Grouping:
     backfill: dict[str, str]
 
 
-#: The exact float cosine on kNN's (1 + cos) / 2 scale, as the searcher re-scores: int8_hnsw
-#: scores are off by about 0.005, too much for thresholds near 1.
-EXACT_SCORE = f"(cosineSimilarity(params.query_vector, '{VECTOR_FIELD}') + 1.0) / 2.0"
-
-
-def match_searches(
-    vectors: Sequence[np.ndarray], doc_ids: Sequence[str], *, k: int
-) -> list[dict[str, Any]]:
-    """``msearch`` bodies: one kNN search per new image, then one look-up of the groups the
-    batch's documents already have (re-ingest keeps them)."""
+def match_searches(images: Sequence[NewImage], *, k: int) -> list[dict[str, Any]]:
+    """``msearch`` bodies: for each new image its ``k`` nearest documents by kNN, then the ``k``
+    nearest of those sharing a band of its whole-image hash (``same_hash``: the same picture
+    that kNN ranks too far away; nothing without a fingerprint); last, one look-up of the groups
+    the batch's documents already have (re-ingest keeps them). Both lists are re-scored with the
+    exact float cosine."""
     searches: list[dict[str, Any]] = []
-    for vector in vectors:
-        floats = [float(x) for x in np.asarray(vector, dtype=np.float32)]
-        exact = {"script": {"source": EXACT_SCORE, "params": {"query_vector": floats}}}
+    for image in images:
+        floats = [float(x) for x in np.asarray(image.vector, dtype=np.float32)]
         searches.append(
             {
                 "knn": {
@@ -185,22 +216,39 @@ def match_searches(
                     "k": k,
                     "num_candidates": max(50, 2 * k),
                 },
-                "rescore": {
-                    "window_size": k,
-                    "query": {
-                        "rescore_query": {"script_score": {"query": {"match_all": {}}, **exact}},
-                        "query_weight": 0.0,
-                        "rescore_query_weight": 1.0,
-                    },
+                "rescore": exact_rescore(floats, window=k),
+                "size": k,
+                "_source": MATCH_SOURCE,
+            }
+        )
+        bands = image.fingerprint.bands() if image.fingerprint else []
+        same_hash = {"terms": {"phash_bands": bands}} if bands else {"match_none": {}}
+        exact = {"source": COSINE_SCRIPT, "params": {"query_vector": floats}}
+        searches.append(
+            {
+                "query": {
+                    "script_score": {"query": {"bool": {"filter": [same_hash]}}, "script": exact}
                 },
                 "size": k,
                 "_source": MATCH_SOURCE,
             }
         )
     searches.append(
-        {"query": {"ids": {"values": list(doc_ids)}}, "size": len(doc_ids), "_source": MATCH_SOURCE}
+        {
+            "query": {"ids": {"values": [image.doc_id for image in images]}},
+            "size": len(images),
+            "_source": MATCH_SOURCE,
+        }
     )
     return searches
+
+
+def same_hash(image: NewImage, candidate: Candidate, max_bits: int) -> bool:
+    """Whether a candidate found by a shared hash band is within ``max_bits`` of ``image``'s
+    whole-image hash: a shared 13-bit band alone is chance at catalogue scale."""
+    if image.fingerprint is None or candidate.fingerprint is None:
+        return False
+    return (image.fingerprint.whole ^ candidate.fingerprint.whole).bit_count() <= max_bits
 
 
 def assign_groups(
@@ -291,8 +339,9 @@ class DuplicateMatcher:
             item.duplicate_group = grouping.groups[image.doc_id]
 
     def _recent_candidates(self, images: Sequence[NewImage]) -> list[list[Candidate]]:
-        """The images grouped in the last ``RECENT_WINDOW_S`` seconds nearest each new image
-        (not searchable yet), as candidates; older ones are forgotten."""
+        """The images grouped in the last ``RECENT_WINDOW_S`` seconds (not searchable yet)
+        nearest each new image, and those of the same hash, as Elasticsearch would find them;
+        older ones are forgotten."""
         cutoff = time.monotonic() - RECENT_WINDOW_S
         while self._recent and self._recent[0][0] < cutoff:
             self._recent.popleft()
@@ -304,26 +353,24 @@ class DuplicateMatcher:
             np.stack([_unit(i.vector) for i in images])
             @ np.stack([_unit(k.vector) for k in known]).T
         )
-        k = self.settings.duplicate_candidates
-        return [
-            [
+        k, max_bits = self.settings.duplicate_candidates, self.settings.duplicate_max_phash_distance
+        found = []
+        for image, row in zip(images, cosines, strict=True):
+            nearest = [
                 Candidate(
                     known[j].doc_id, groups[j], known[j].phash, float(row[j]), known[j].fingerprint
                 )
-                for j in np.argsort(-row)[:k]
+                for j in np.argsort(-row)
             ]
-            for row in cosines
-        ]
+            banded = [c for c in nearest[k:] if same_hash(image, c, max_bits)]
+            found.append(nearest[:k] + banded[:k])
+        return found
 
     def _search(
         self, images: Sequence[NewImage], indices: Sequence[str]
     ) -> tuple[list[list[Candidate]], dict[str, str | None]]:
         target = ",".join(indices)
-        searches = match_searches(
-            [image.vector for image in images],
-            [image.doc_id for image in images],
-            k=self.settings.duplicate_candidates,
-        )
+        searches = match_searches(images, k=self.settings.duplicate_candidates)
         body: list[dict[str, Any]] = []
         for search in searches:
             body += [{"index": target}, search]
@@ -335,9 +382,14 @@ class DuplicateMatcher:
                 if status == 429 or status >= 500:  # shards not recovered, a node just left
                     raise TransportError(failure)
                 raise RuntimeError(failure)
-        candidates = [
+        found = [
             [Candidate.from_hit(hit) for hit in response["hits"]["hits"]]
             for response in responses[:-1]
+        ]
+        max_bits = self.settings.duplicate_max_phash_distance
+        candidates = [
+            nearest + [c for c in banded if same_hash(image, c, max_bits)]
+            for image, nearest, banded in zip(images, found[::2], found[1::2], strict=True)
         ]
         previous = {
             hit["_id"]: hit.get("_source", {}).get("duplicate_group")

@@ -216,6 +216,7 @@ class Ingestor:
                         image_text=item.image_text,
                         phash=item.phash,
                         fingerprint=item.fingerprint,
+                        phash_bands=item.phash_bands,
                         visual_cluster=item.visual_cluster,
                         visual_cluster_name=item.visual_cluster_name,
                         duplicate_group=item.duplicate_group,

@@ -71,6 +71,7 @@ class IngestItem:
     text_boxes: list[TextBox] = field(default_factory=list)
     phash: str | None = None
     fingerprint: str | None = None
+    phash_bands: list[str] = field(default_factory=list)
     visual_cluster: str | None = None
     visual_cluster_name: str | None = None
     duplicate_group: str | None = None

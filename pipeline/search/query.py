@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.documents import ID_PATTERN
 from pipeline.es import mappings
+from pipeline.es.mappings import COSINE_SCRIPT, VECTOR_FIELD, exact_rescore
 
-VECTOR_FIELD = "image_vector"
 MAX_NUM_CANDIDATES = 10_000  # Elasticsearch's limit
 MAX_RESULT_WINDOW = 10_000  # index.max_result_window (from + size)
 SOURCE = {"excludes": [VECTOR_FIELD]}
@@ -135,34 +135,6 @@ def filter_clauses(filters: Filters, *, model_id: str | None = None) -> list[dic
 def as_floats(vector: Vector) -> list[float]:
     """A query vector as JSON-ready Python floats (a list, or an encoder's output row)."""
     return [float(x) for x in vector]
-
-
-#: The exact float cosine on kNN's (1 + cos) / 2 scale: re-scoring and exact search share it.
-COSINE_SCRIPT = "(cosineSimilarity(params.query_vector, 'image_vector') + 1.0) / 2.0"
-
-
-def exact_rescore(vector: list[float], *, window: int) -> dict[str, Any]:
-    """Re-score the retrieved documents with the exact float cosine, on kNN's (1 + cos) / 2 scale.
-
-    int8_hnsw ranks by quantised vectors, which can swap near-identical images; the float
-    vectors are still stored, so re-scoring the k hits restores the exact order cheaply.
-    """
-    return {
-        "window_size": window,
-        "query": {
-            "rescore_query": {
-                "script_score": {
-                    "query": {"match_all": {}},
-                    "script": {
-                        "source": COSINE_SCRIPT,
-                        "params": {"query_vector": vector},
-                    },
-                }
-            },
-            "query_weight": 0.0,
-            "rescore_query_weight": 1.0,
-        },
-    }
 
 
 @dataclass(frozen=True)

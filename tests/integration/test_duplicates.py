@@ -7,14 +7,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from pipeline.api.app import create_app
 from pipeline.documents import Product, document_id
 from pipeline.es import indexing, mappings
-from pipeline.images import load_image
+from pipeline.images import Fingerprint, load_image
+from pipeline.ingest.duplicates import DuplicateMatcher, NewImage, match_searches
 from pipeline.ingest.ingestor import Ingestor
+from pipeline.ingest.processors import IngestItem
 from pipeline.jobs import enqueue, wait_for_jobs
 from pipeline.search.duplicate_groups import iter_groups
 from pipeline.search.offers import OffersQuery, ProductNotFound, find_offers
@@ -208,3 +211,36 @@ def test_cli_offers_and_duplicates_report(es, settings, ingestor, item, tmp_path
     assert {"group", "merchant", "product", "price", "distance"} <= set(rows[0])
     with Image.open(out_png) as sheet:
         assert sheet.width > 0 and sheet.height > 0
+
+
+def test_the_same_picture_far_down_the_knn_list_is_found_by_its_hash_band(
+    es, settings, ingestor, item
+):
+    """kNN compares the nearest documents only. A copy whose vector the encoder puts far away
+    (here the opposite vector: cosine -1) comes back from the look-up of its whole-image hash
+    bands, and joins by the same-picture tier (its cosine gate lowered to admit -1)."""
+    a, other = item["a"], item["other"]
+    ingestor.ingest([other, a], refresh=True)  # kNN for the opposite vector finds other first
+    [hit] = es.search(
+        index=settings.index_alias,
+        query=mappings.product_documents_query(a.merchant_id, a.product_id),
+    )["hits"]["hits"]
+    stored = hit["_source"]
+    assert stored["phash_bands"] == Fingerprint.decode(stored["fingerprint"]).bands()
+
+    copy = item["make"]("b", "sku-far", item["original"])
+    image = load_image(copy.images[0])
+    fingerprint = Fingerprint.of(image.image)
+    opposite = -np.asarray(stored["image_vector"], dtype=np.float32)
+    new = NewImage(_doc_id(copy), opposite, None, fingerprint)
+    [nearest] = es.search(index=settings.index_alias, **match_searches([new], k=1)[0])["hits"][
+        "hits"
+    ]
+    assert nearest["_id"] != hit["_id"]
+
+    anywhere = settings.model_copy(
+        update={"duplicate_candidates": 1, "duplicate_same_picture_min_cosine": -1.0}
+    )
+    copied = IngestItem(copy, 0, image=image, vector=opposite, fingerprint=fingerprint.encode())
+    DuplicateMatcher(anywhere, es).assign([copied], ingestor.write_indices())
+    assert copied.duplicate_group == _group(es, settings, a) == _doc_id(a)

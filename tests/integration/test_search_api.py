@@ -182,6 +182,22 @@ def test_search_by_image_url_base64_and_vector_agree(client, cat, image_server):
     assert results[0].json()["hits"][0]["product_id"] == f"{cat.prefix}-bag"
 
 
+def test_search_by_the_opposite_of_indexed_vectors(client, cat, es, settings):
+    """Exact search scores (1 + cos) / 2, which rounding makes slightly negative for some
+    vectors' opposites (cos -1 computed as -1.0000001); script_score refuses a negative score,
+    so Vitrine clamps it at 0. Every catalogue image's opposite is searched: rounding decides
+    which of them trip it."""
+    query = {"term": {"tags": cat.prefix}}
+    hits = es.search(index=settings.index_alias, query=query, size=100)["hits"]["hits"]
+    assert len(hits) >= 5
+    for hit in hits:
+        opposite = [-x for x in hit["_source"]["image_vector"]]
+        request = {"vector": opposite, "model_id": hit["_source"]["model_id"], "k": 100}
+        response = client.post("/v1/search", json={**request, "filters": isolated(cat)})
+        assert response.status_code == 200, response.text
+        assert min(h["score"] for h in response.json()["hits"]) >= 0
+
+
 def test_search_text_hybrid_with_facets_and_paging(client, cat):
     request = {"text": "crimson", "filters": isolated(cat), "facets": True, "explain": True}
     body = client.post("/v1/search", json=request).json()

@@ -1,20 +1,25 @@
 """Near-duplicate matching (pipeline.ingest.duplicates) and the offers query, without
 Elasticsearch: the rule, group assignment, the msearch bodies and the offers template."""
 
+import io
 import time
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
 from pipeline.es import mappings
-from pipeline.images import Fingerprint, phash_distance
+from pipeline.images import HASH_BANDS, Fingerprint, phash_distance
 from pipeline.ingest.duplicates import (
     Candidate,
     MatchRule,
     NewImage,
+    Tier,
     assign_groups,
     match_searches,
+    same_hash,
 )
 from pipeline.search.duplicate_groups import group_members, groups_aggregation
 from pipeline.search.offers import OffersQuery
@@ -158,16 +163,79 @@ def test_an_image_joins_a_group_only_when_it_matches_most_of_the_members_compare
 
 def test_close_colours_allow_more_differing_hash_bits():
     rule = MatchRule.from_settings(VitrineSettings())
+    tier = rule.close_colour
     image = _product((RED, GREEN))
     a = Fingerprint.of(image)
     heavy = Fingerprint.of(image.rotate(3, fillcolor=(245, 245, 245)))  # 6 bits
     bits, colour = a.compare(heavy)
-    assert rule.max_phash_distance < bits <= rule.close_colour_phash_distance
-    assert colour >= rule.close_colour_correlation
-    new = NewImage("a", X, f"{a.hashes[0]:016x}", a)
-    old = Candidate("b", None, f"{heavy.hashes[0]:016x}", rule.close_colour_min_cosine, heavy)
-    assert rule.matches(rule.close_colour_min_cosine, new, old)
-    assert not rule.matches(rule.close_colour_min_cosine - 0.01, new, old)
+    assert rule.max_phash_distance < bits <= tier.bits
+    assert rule.same_picture.colour > colour >= tier.colour
+    new = NewImage("a", X, f"{a.whole:016x}", a)
+    old = Candidate("b", None, f"{heavy.whole:016x}", tier.min_cosine, heavy)
+    assert rule.matches(tier.min_cosine, new, old)
+    assert not rule.matches(tier.min_cosine - 0.01, new, old)
+
+
+def _jpeg(image: Image.Image, quality: int) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return Image.open(buffer).convert("RGB")
+
+
+def test_the_same_picture_matches_at_a_low_cosine_and_a_look_alike_does_not():
+    rule = MatchRule.from_settings(VitrineSettings())
+    tier = rule.same_picture
+    assert tier.min_cosine < rule.min_cosine
+    image = _product((RED, GREEN))
+    original = Fingerprint.of(image)
+    recompressed = Fingerprint.of(_jpeg(image, 25))
+    bits, colour = original.compare(recompressed)
+    assert bits <= tier.bits and colour >= tier.colour
+    new = NewImage("a", X, f"{original.whole:016x}", original)
+    old = Candidate("b", None, f"{recompressed.whole:016x}", tier.min_cosine, recompressed)
+    assert rule.matches(tier.min_cosine, new, old)
+    assert not rule.matches(tier.min_cosine - 0.01, new, old)
+    # another print in colours of the same grey: hashes alike, colours not
+    lookalike = Fingerprint.of(_product((GREEN, RED)))
+    other = Candidate("c", None, f"{lookalike.whole:016x}", tier.min_cosine, lookalike)
+    assert not rule.matches(rule.min_cosine - 0.01, new, other)
+
+
+def test_a_tier_admits_only_within_all_three_bounds():
+    tier = Tier(min_cosine=0.5, bits=2, colour=0.999)
+    assert tier.admits(0.5, 2, 0.999)
+    assert not tier.admits(0.49, 2, 0.999)
+    assert not tier.admits(0.5, 3, 0.999)
+    assert not tier.admits(0.5, 2, 0.998)
+
+
+def _hashed(whole: int) -> Fingerprint:
+    """A fingerprint with only its whole-image hash (what bands and ``same_hash`` read)."""
+    return Fingerprint((whole,), (b"",))
+
+
+@given(st.integers(0, 2**64 - 1), st.sets(st.integers(0, 63), max_size=len(HASH_BANDS) - 1))
+def test_hashes_at_most_four_bits_apart_share_a_band(whole, flipped):
+    other = whole
+    for bit in flipped:
+        other ^= 1 << bit
+    assert set(_hashed(whole).bands()) & set(_hashed(other).bands())
+
+
+def test_band_keys_say_which_band_and_five_bits_can_miss():
+    keys = _hashed(0).bands()
+    assert keys == ["0:0000", "1:0000", "2:0000", "3:0000", "4:0000"]
+    one_per_band = sum(1 << start for start in (0, 13, 26, 39, 52))
+    assert not set(keys) & set(_hashed(one_per_band).bands())
+    assert sum(HASH_BANDS) == 64
+
+
+def test_a_shared_band_counts_only_within_the_hash_distance():
+    new = NewImage("a", X, None, _hashed(0))
+    near = Candidate("b", None, None, 0.3, _hashed(0b1111))
+    far = Candidate("c", None, None, 0.3, _hashed(0b11111 << 13))  # shares band 0, 5 bits away
+    assert same_hash(new, near, 4) and not same_hash(new, far, 4)
+    assert not same_hash(new, Candidate("d", None, None, 0.3), 4)  # no fingerprint
 
 
 def test_copies_in_one_batch_share_a_group():
@@ -177,13 +245,23 @@ def test_copies_in_one_batch_share_a_group():
     assert grouping.groups == {"a": "a", "b": "b", "c": "a"}
 
 
-def test_match_searches_one_knn_per_image_then_the_ids_lookup():
-    searches = match_searches([X, Y], ["a", "b"], k=5)
-    assert len(searches) == 3
+def test_match_searches_knn_and_same_hash_per_image_then_the_ids_lookup():
+    hashed = _hashed(0xABCDEF)
+    searches = match_searches([NewImage("a", X, None, hashed), NewImage("b", Y, None)], k=5)
+    assert len(searches) == 5
     assert searches[0]["knn"]["query_vector"] == [1.0, 0.0, 0.0]
     assert searches[0]["knn"]["k"] == 5 and searches[0]["knn"]["num_candidates"] >= 10
-    assert "image_vector" not in searches[0]["_source"]
-    assert searches[2]["query"] == {"ids": {"values": ["a", "b"]}}
+    same_hash_query = searches[1]["query"]["script_score"]
+    assert same_hash_query["query"]["bool"]["filter"] == [
+        {"terms": {"phash_bands": hashed.bands()}}
+    ]
+    assert same_hash_query["script"]["params"]["query_vector"] == [1.0, 0.0, 0.0]
+    assert searches[1]["size"] == 5
+    assert searches[3]["query"]["script_score"]["query"]["bool"]["filter"] == [
+        {"match_none": {}}
+    ]  # no fingerprint: nothing to look up
+    assert all("image_vector" not in search["_source"] for search in searches)
+    assert searches[4]["query"] == {"ids": {"values": ["a", "b"]}}
 
 
 def test_offers_query_matches_its_template_params():
@@ -243,17 +321,21 @@ def test_group_members_measure_distance_to_the_founder():
 
 
 class FakeES:
-    """Answers the matcher's msearch with canned hits and records bulk updates."""
+    """Answers the matcher's msearch with canned hits (per image: kNN, then same hash) and
+    records bulk updates."""
 
-    def __init__(self, knn_hits, own_hits=(), fail=None):
+    def __init__(self, knn_hits, own_hits=(), fail=None, band_hits=None):
         self.knn_hits, self.own_hits, self.fail = knn_hits, list(own_hits), fail
+        self.band_hits = band_hits or [[] for _ in knn_hits]
         self.searches, self.bulks = [], []
 
     def msearch(self, searches):
         if self.fail:
             raise self.fail
         self.searches.append(searches)
-        responses = [{"hits": {"hits": hits}} for hits in self.knn_hits]
+        responses = []
+        for knn, banded in zip(self.knn_hits, self.band_hits, strict=True):
+            responses += [{"hits": {"hits": knn}}, {"hits": {"hits": banded}}]
         return {"responses": [*responses, {"hits": {"hits": self.own_hits}}]}
 
     def bulk(self, operations):
@@ -284,12 +366,39 @@ def test_matcher_sends_one_msearch_per_batch_and_backfills(tmp_path):
     es = FakeES([[legacy], [legacy]])
     items = _items(tmp_path, 2)
     DuplicateMatcher(VitrineSettings(), es).assign(items, ["shop.m.000001"])
-    assert len(es.searches) == 1 and len(es.searches[0]) == 2 * 3  # header + body each
+    assert len(es.searches) == 1 and len(es.searches[0]) == 2 * 5  # header + body each
     assert {header["index"] for header in es.searches[0][::2]} == {"shop.m.000001"}
     assert [item.duplicate_group for item in items] == ["legacy", "legacy"]
     [operations] = es.bulks
     assert operations[0] == {"update": {"_index": "shop.m.000001", "_id": "legacy"}}
     assert operations[1] == {"doc": {"duplicate_group": "legacy"}}
+
+
+def test_matcher_keeps_same_hash_hits_within_the_hash_distance(tmp_path):
+    """A recompressed copy that kNN ranks too far away comes back from the band look-up and
+    joins by the same-picture tier; a band hit whose whole hash is further off is dropped, so
+    it does not vote (kept, it would outvote the copy: 1 match of 2)."""
+    from pipeline.ingest.duplicates import DuplicateMatcher
+
+    settings = VitrineSettings()
+    image = _product((RED, GREEN))
+    original, copy = Fingerprint.of(image), Fingerprint.of(_jpeg(image, 25))
+    far = Fingerprint.of(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+    assert (original.whole ^ far.whole).bit_count() > settings.duplicate_max_phash_distance
+    new = NewImage("n", X, None, original)
+    assert not MatchRule.from_settings(settings).matches(
+        0.6, new, Candidate("f", "g", None, 0.6, far)
+    )
+
+    def hit(doc_id, fingerprint):
+        source = {"duplicate_group": "g", "fingerprint": fingerprint.encode()}
+        return {"_id": doc_id, "_score": (1 + 0.6) / 2, "_source": source}
+
+    items = _items(tmp_path, 1)
+    items[0].fingerprint = original.encode()
+    es = FakeES([[]], band_hits=[[hit("copy", copy), hit("far", far)]])
+    DuplicateMatcher(settings, es).assign(items, ["shop.m.000001"])
+    assert items[0].duplicate_group == "g"
 
 
 def test_matcher_lets_elasticsearch_errors_reach_the_job(tmp_path):

@@ -118,7 +118,7 @@ def test_exact_rescore_replaces_the_quantised_knn_score_by_the_float_cosine():
         1.0,
     )
     script = rescore["query"]["rescore_query"]["script_score"]["script"]
-    assert script["source"] == "(cosineSimilarity(params.query_vector, 'image_vector') + 1.0) / 2.0"
+    assert script["source"] == mappings.COSINE_SCRIPT
     assert script["params"] == {"query_vector": [1.0, 0.0]}
 
 
