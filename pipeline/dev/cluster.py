@@ -153,8 +153,9 @@ def _launch(
     (config / "jvm.options.d" / "vitrine-heap.options").write_text(f"-Xms{HEAP}\n-Xmx{HEAP}\n")
     for folder in ("data", "logs", "home"):
         (node.base / folder).mkdir(parents=True, exist_ok=True)
-    if os.geteuid() == 0:
-        subprocess.run(["chown", "-R", "nobody:nogroup", str(node.base)], check=True)
+    if os.geteuid() == 0:  # the install too: its jdk/bin is 0750 in the tarball
+        for path in (node.base, install):
+            subprocess.run(["chown", "-R", "nobody:nogroup", str(path)], check=True)
         for parent in (settings.services_dir, settings.services_dir / "cluster"):
             subprocess.run(["chown", "nobody:nogroup", str(parent)], check=True)
     env = {
