@@ -192,8 +192,16 @@ class ProductDocument(IndexingFields, ImageFields, ProductFields):
     image_vector: list[float]
 
 
+#: Fields only near-duplicate matching reads: of no use in a search hit, and large (the
+#: fingerprint is 9.3 KB of base64, more than the rest of a hit's ``_source``).
+MATCHING_FIELDS = ("fingerprint", "phash_bands")
+
 #: What a search hit shows of its document, in this order.
-HIT_FIELDS = (*ProductFields.model_fields, *ImageFields.model_fields)
+HIT_FIELDS = tuple(
+    name
+    for name in (*ProductFields.model_fields, *ImageFields.model_fields)
+    if name not in MATCHING_FIELDS
+)
 
 
 def build_document(

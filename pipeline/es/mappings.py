@@ -14,8 +14,15 @@ from functools import cache
 from importlib.resources import files
 from typing import Any
 
+from pipeline.documents import MATCHING_FIELDS
+
 #: The ``dense_vector`` field holding each image document's vector.
 VECTOR_FIELD = "image_vector"
+
+#: What searches return of a hit's ``_source``: all but the vector and the matching fields;
+#: ``_WITH_VECTOR`` for callers that re-rank with the vectors (recommendations).
+HIT_SOURCE = {"excludes": [VECTOR_FIELD, *MATCHING_FIELDS]}
+HIT_SOURCE_WITH_VECTOR = {"excludes": list(MATCHING_FIELDS)}
 
 #: The exact float cosine on kNN's (1 + cos) / 2 scale: re-scoring, exact search and duplicate
 #: matching share it. Clamped at 0: ``script_score`` refuses a negative score, which rounding
@@ -239,6 +246,8 @@ def search_template_source(name: str) -> str:
         .replace("@exact_rescore@", "\n".join(partials["exact_rescore"]))
         .replace("@facet_aggs@", json.dumps(partials["facet_aggs"]))
         .replace("@cosine_script@", COSINE_SCRIPT)
+        .replace("@hit_source_with_vector@", json.dumps(HIT_SOURCE_WITH_VECTOR))
+        .replace("@hit_source@", json.dumps(HIT_SOURCE))
     )
 
 

@@ -19,11 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.documents import ID_PATTERN
 from pipeline.es import mappings
-from pipeline.es.mappings import COSINE_SCRIPT, VECTOR_FIELD, exact_rescore
+from pipeline.es.mappings import COSINE_SCRIPT, HIT_SOURCE, VECTOR_FIELD, exact_rescore
 
 MAX_NUM_CANDIDATES = 10_000  # Elasticsearch's limit
 MAX_RESULT_WINDOW = 10_000  # index.max_result_window (from + size)
-SOURCE = {"excludes": [VECTOR_FIELD]}
 KEYWORD_FIELDS = ["title^3", "description", "image_text"]
 TAG_BOOST = 2
 
@@ -200,7 +199,7 @@ class KnnQuery:
             },
             "rescore": exact_rescore(self.query_vector, window=self.k),
             "size": self.size or self.k,
-            "_source": SOURCE,
+            "_source": HIT_SOURCE,
         }
 
     def template_params(self) -> dict[str, Any]:
@@ -250,7 +249,7 @@ class ExactQuery:
         return {
             "query": {"script_score": {"query": {"bool": bool_filter}, "script": script}},
             "size": self.k,
-            "_source": SOURCE,
+            "_source": HIT_SOURCE,
         }
 
     def template_params(self) -> dict[str, Any]:
@@ -315,7 +314,7 @@ class KeywordQuery:
             "track_scores": True,
             "from": self.from_,
             "size": self.size,
-            "_source": SOURCE,
+            "_source": HIT_SOURCE,
         }
         if self.search_after:
             body["search_after"] = list(self.search_after)

@@ -33,7 +33,6 @@ from pipeline.search.fusion import Hit, dedup
 from pipeline.search.plan import QueryError
 from pipeline.search.query import (
     MAX_NUM_CANDIDATES,
-    SOURCE,
     VECTOR_FIELD,
     Filters,
     ProductRef,
@@ -157,7 +156,9 @@ class RecommendQuery:
             },
             "rescore": exact_rescore(vector, window=self.k),
             "size": self.k,
-            "_source": True if self.with_vectors else SOURCE,
+            "_source": mappings.HIT_SOURCE_WITH_VECTOR
+            if self.with_vectors
+            else mappings.HIT_SOURCE,
         }
 
     def template_params(self) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import pytest
 from elasticsearch import BadRequestError
 from typer.testing import CliRunner
 
-from pipeline.documents import document_id
+from pipeline.documents import MATCHING_FIELDS, document_id
 from pipeline.encoders import Encoder
 from pipeline.es import mappings
 from pipeline.ingest.ingestor import Ingestor
@@ -320,6 +320,7 @@ def run_like_a_frontend(es, settings, result) -> list[dict]:
             index=settings.index_alias, id=call["template_id"], params=params
         )
         hits = response["hits"]["hits"]
+        assert not any(set(MATCHING_FIELDS) & set(hit["_source"]) for hit in hits)
         if call["list"] == "product_vector":
             vector = hits[0]["_source"]["image_vector"]
             continue

@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from pipeline.api.app import create_app
+from pipeline.documents import MATCHING_FIELDS
 from pipeline.ingest.ingestor import Ingestor
 from pipeline.search.fusion import combine_vectors
 from tests.integration.helpers import ImageServer, pattern_image, unique_prefix
@@ -147,7 +148,7 @@ def test_embed_validation_errors(client):
 # --------------------------------------------------------------------------- /v1/search
 
 
-def test_search_by_uploaded_image(client, cat):
+def test_search_by_uploaded_image(client, cat, es, settings):
     data = cat.query_images["boot_near"].read_bytes()
     request = {"filters": isolated(cat), "k": 5, "explain": True}
     response = client.post(
@@ -160,6 +161,9 @@ def test_search_by_uploaded_image(client, cat):
     assert body["shape"] == "image" and body["k"] == 5 and body["from"] == 0
     assert body["hits"][0]["product_id"] == f"{cat.prefix}-boot"
     assert set(body["hits"][0]) >= HIT_FIELDS
+    # what near-duplicate matching reads stays out of hits (the fingerprint alone is 9.3 KB)
+    stored = es.get(index=settings.index_alias, id=body["hits"][0]["document_id"])["_source"]
+    assert set(MATCHING_FIELDS) <= set(stored) and not set(MATCHING_FIELDS) & set(body["hits"][0])
     assert body["hits"][0]["explanation"]["lists"]["image"]["rank"] == 1
     # a small catalogue: the query planner searches it exactly, and says why
     assert body["requests"][0]["template_id"].endswith("-exact")

@@ -105,7 +105,7 @@ def test_knn_body_filters_inside_knn_and_excludes_the_vector():
         },
         "rescore": exact_rescore([0.5, 0.25], window=30),
         "size": 30,
-        "_source": {"excludes": ["image_vector"]},
+        "_source": {"excludes": ["image_vector", "fingerprint", "phash_bands"]},
     }
     assert "query" not in body  # no post-filtering
 

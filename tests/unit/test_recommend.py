@@ -112,8 +112,9 @@ def test_recommend_body_excludes_every_viewed_product_inside_the_knn():
         {"bool": {"filter": [{"term": {"merchant_id": "n"}}, {"term": {"product_id": "c"}}]}},
         {"match_none": {}},
     ]
-    assert body["_source"] == {"excludes": ["image_vector"]}
-    assert RecommendQuery([1, 0], "model", with_vectors=True).body()["_source"] is True
+    assert body["_source"] == {"excludes": ["image_vector", "fingerprint", "phash_bands"]}
+    with_vectors = RecommendQuery([1, 0], "model", with_vectors=True).body()["_source"]
+    assert with_vectors == {"excludes": ["fingerprint", "phash_bands"]}
 
 
 def test_recommend_params_and_limits():
