@@ -158,10 +158,6 @@ class ImageFields(BaseModel):
     auto_tag_scores: list[TagScore] = Field(default_factory=list)
     image_text: str | None = None
     phash: str | None = None
-    #: What near-duplicate matching compares (``pipeline.images.Fingerprint``, base64).
-    fingerprint: str | None = None
-    #: The fingerprint's whole-image hash as band keys (``Fingerprint.bands``), for look-ups.
-    phash_bands: list[str] = Field(default_factory=list)
     #: Near-duplicate group (pipeline.ingest.duplicates): the document id of the group's first
     #: member; documents of the same item, at one merchant or several, share it.
     duplicate_group: str | None = None
@@ -169,6 +165,16 @@ class ImageFields(BaseModel):
     #: taxonomy name.
     visual_cluster: str | None = None
     visual_cluster_name: str | None = None
+
+
+class MatchingFields(BaseModel):
+    """What only near-duplicate matching reads: left out of search hits and product views (the
+    fingerprint is 9.3 KB of base64, more than the rest of a document's ``_source``)."""
+
+    #: What near-duplicate matching compares (``pipeline.images.Fingerprint``, base64).
+    fingerprint: str | None = None
+    #: The fingerprint's whole-image hash as band keys (``Fingerprint.bands``), for look-ups.
+    phash_bands: list[str] = Field(default_factory=list)
 
 
 class IndexingFields(BaseModel):
@@ -183,25 +189,19 @@ class IndexingFields(BaseModel):
         return value.isoformat()
 
 
-class ProductDocument(IndexingFields, ImageFields, ProductFields):
+class ProductDocument(IndexingFields, MatchingFields, ImageFields, ProductFields):
     """The ``_source`` of one product-image document (fields in the order product, image,
-    indexing: pydantic takes the last base's fields first)."""
+    matching, indexing: pydantic takes the last base's fields first)."""
 
     model_config = ConfigDict(extra="forbid")
 
     image_vector: list[float]
 
 
-#: Fields only near-duplicate matching reads: of no use in a search hit, and large (the
-#: fingerprint is 9.3 KB of base64, more than the rest of a hit's ``_source``).
-MATCHING_FIELDS = ("fingerprint", "phash_bands")
+MATCHING_FIELDS = tuple(MatchingFields.model_fields)
 
 #: What a search hit shows of its document, in this order.
-HIT_FIELDS = tuple(
-    name
-    for name in (*ProductFields.model_fields, *ImageFields.model_fields)
-    if name not in MATCHING_FIELDS
-)
+HIT_FIELDS = (*ProductFields.model_fields, *ImageFields.model_fields)
 
 
 def build_document(

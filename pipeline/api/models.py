@@ -179,6 +179,10 @@ class QueryPlanInfo(BaseModel):
     k_docs: int = Field(description="Image documents each vector list returns.")
     pool: int = Field(description="Documents scored with the exact float cosine.")
     num_candidates: int | None = Field(None, description="HNSW candidates (kNN only).")
+    exact_k_docs: int = Field(
+        description="Image documents an exact list returns: k where every product the filter "
+        "keeps has one image, else the over-fetch."
+    )
     widened: bool = Field(description="A second, wider pass after flat first-pass scores.")
 
 

@@ -59,6 +59,7 @@ class QueryPlan:
     k_docs: int  # hits each list returns
     pool: int  # documents scored exactly: every kept one (exact), or the kNN k re-scored
     num_candidates: int | None  # HNSW candidates (kNN only)
+    exact_k_docs: int  # hits an exact list returns: k where the filter keeps one image a product
     widened: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -70,16 +71,17 @@ def choose(estimate: Estimate, window: Window, settings: VitrineSettings) -> Que
     fetched when it keeps one image per product), else kNN with the window's over-fetch."""
     limit = settings.search_exact_max_docs
     docs = estimate.docs
+    exact_k_docs = window.k_docs if estimate.further_images else min(window.k, window.k_docs)
     if docs <= limit:
-        k_docs = window.k_docs if estimate.further_images else min(window.k, window.k_docs)
         fetch = "" if estimate.further_images else "; one image per product: no over-fetch"
         return QueryPlan(
             "exact",
             f"the filter keeps ~{docs} documents <= search_exact_max_docs ({limit}){fetch}",
             docs,
-            k_docs,
+            exact_k_docs,
             docs,
             None,
+            exact_k_docs,
         )
     return QueryPlan(
         "knn",
@@ -88,6 +90,7 @@ def choose(estimate: Estimate, window: Window, settings: VitrineSettings) -> Que
         window.k_docs,
         window.k_docs,
         window.num_candidates,
+        exact_k_docs,
     )
 
 
@@ -140,7 +143,14 @@ def wider(plan: QueryPlan, why: str, settings: VitrineSettings) -> QueryPlan | N
         return None
     pool = min(MAX_NUM_CANDIDATES, max(settings.search_flat_pool, plan.pool))
     if plan.estimated_docs <= max(pool, settings.search_flat_exact_max_docs):
-        return replace(plan, method="exact", reason=why, pool=plan.estimated_docs, widened=True)
+        return replace(
+            plan,
+            method="exact",
+            reason=why,
+            k_docs=plan.exact_k_docs,
+            pool=plan.estimated_docs,
+            widened=True,
+        )
     candidates = min(MAX_NUM_CANDIDATES, max(2 * pool, plan.num_candidates or 0))
     if pool <= plan.pool and candidates <= (plan.num_candidates or 0):
         return None  # nothing wider to try

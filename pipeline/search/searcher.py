@@ -346,16 +346,12 @@ class Searcher:
         run: _Run,
     ) -> tuple[list[RankedList], planner.QueryPlan]:
         """Run the lists as planned. Vector lists run again with the over-fetch when one of
-        them, fetched without it, repeats a product; then those that came back flat, wider.
-        ``keys``: each vector list's key in the flatness history (None: a keyword list)."""
+        them, fetched without it, repeats a product; then those that came back flat, wider
+        (and refilled likewise). ``keys``: each vector list's key in the flatness history
+        (None: a keyword list)."""
         lists = self._run_lists(planner.apply(plans, chosen), run)
         vector = {i: key for i, key in enumerate(keys) if key}
-        for i in vector:
-            refilled = planner.refill(chosen, window, [product_key(h) for h in lists[i].hits])
-            if refilled is not None:
-                chosen = refilled
-                self._rerun(plans, lists, list(vector), chosen, run)
-                break
+        chosen = self._refill(plans, lists, list(vector), chosen, window, run)
         wider: dict[int, planner.QueryPlan] = {}
         for i, key in vector.items():
             scores = [float(hit["_score"]) for hit in lists[i].hits]
@@ -369,7 +365,25 @@ class Searcher:
             return lists, chosen
         chosen = next(iter(wider.values()))
         self._rerun(plans, lists, list(wider), chosen, run)
-        return lists, chosen
+        return lists, self._refill(plans, lists, list(wider), chosen, window, run)
+
+    def _refill(
+        self,
+        plans: list[ListPlan],
+        lists: list[RankedList],
+        indices: list[int],
+        chosen: planner.QueryPlan,
+        window: Window,
+        run: _Run,
+    ) -> planner.QueryPlan:
+        """Run the lists at ``indices`` again with the over-fetch when one of them, fetched
+        without it, repeats a product (``planner.refill``); the plan they ran by."""
+        for i in indices:
+            refilled = planner.refill(chosen, window, [product_key(h) for h in lists[i].hits])
+            if refilled is not None:
+                self._rerun(plans, lists, indices, refilled, run)
+                return refilled
+        return chosen
 
     def _rerun(
         self,

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import pytest
 
+from pipeline.documents import Product
 from pipeline.ingest.ingestor import Ingestor
 from pipeline.search import planner
 from pipeline.search.plan import SearchQuery
 from pipeline.search.planner import Estimate
 from pipeline.search.query import Filters, ProductRef
 from pipeline.search.searcher import Searcher
-from tests.integration.helpers import unique_prefix
+from tests.integration.helpers import near_duplicate, pattern_image, unique_prefix
 from tests.integration.search_catalogue import Catalogue, build_catalogue, index_catalogue
 
 
@@ -137,3 +138,46 @@ def test_a_filter_whose_first_passes_come_back_flat_starts_wide(es, settings, en
     other = query.model_copy(update={"filters": cat.filters(in_stock=True)})
     calls = [r["template_id"].rsplit("-", 1)[-1] for r in always_flat.search(other).requests or []]
     assert calls == ["knn", "exact"]  # another filter has its own history
+
+
+def test_a_widened_exact_pass_fetches_k_documents_and_refills(es, settings, encoder, tmp_path):
+    """After a flat kNN pass, the exact second pass fetches k documents where the estimate says
+    one image per product; when its hits repeat a product (here a product with two copies of
+    one picture, missed by a stale estimate), it runs again with the over-fetch."""
+    prefix = unique_prefix()
+    paths = []
+    for i, image in enumerate(
+        [pattern_image(9000), near_duplicate(pattern_image(9000), size=96, quality=90)]
+        + [pattern_image(9001 + i) for i in range(5)]
+    ):
+        paths.append(tmp_path / f"{i}.png")
+        image.save(paths[-1])
+    twin = Product(
+        product_id=f"{prefix}-twin", merchant_id="m", title="t", images=[str(p) for p in paths[:2]],
+        tags=[prefix],
+    )  # fmt: skip
+    others = [
+        Product(product_id=f"{prefix}-{i}", merchant_id="m", title="t", images=[str(p)],
+                tags=[prefix])
+        for i, p in enumerate(paths[2:])
+    ]  # fmt: skip
+    Ingestor(settings, es=es, encoder=encoder).ingest([twin, *others], refresh=True)
+
+    class Stale:
+        def estimate(self, index: str, filters: Filters, model_id: str) -> Estimate:
+            return Estimate(7, further_images=0)
+
+    flat = searcher(es, settings, encoder, search_exact_max_docs=0, search_flat_contrast=1)
+    flat.counts = Stale()  # type: ignore[assignment]
+    query = SearchQuery(
+        image=near_duplicate(pattern_image(9000), size=96, quality=95),
+        filters=Filters(tags_all=[prefix]),
+        k=2,
+        explain=True,
+    )
+    result = flat.search(query)
+    calls = [r["template_id"].rsplit("-", 1)[-1] for r in result.requests or []]
+    sizes = [r["params"]["k"] for r in result.requests or []]
+    assert calls == ["knn", "exact", "exact"] and sizes[1:] == [2, 6]
+    assert result.plan and result.plan["widened"] and "repeated a product" in result.plan["reason"]
+    assert [h["product_id"] for h in result.hits][0] == twin.product_id and len(result.hits) == 2
