@@ -198,6 +198,7 @@ class ProductDocument(IndexingFields, MatchingFields, ImageFields, ProductFields
     image_vector: list[float]
 
 
+#: What search hits leave out of a document's ``_source`` besides the vector.
 MATCHING_FIELDS = tuple(MatchingFields.model_fields)
 
 #: What a search hit shows of its document, in this order.

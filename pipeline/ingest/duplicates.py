@@ -201,10 +201,10 @@ class Grouping:
 
 def match_searches(images: Sequence[NewImage], *, k: int) -> list[dict[str, Any]]:
     """``msearch`` bodies: for each new image its ``k`` nearest documents by kNN, then the ``k``
-    nearest of those sharing a band of its whole-image hash (``same_hash``: the same picture
-    that kNN ranks too far away; nothing without a fingerprint); last, one look-up of the groups
-    the batch's documents already have (re-ingest keeps them). Both lists are re-scored with the
-    exact float cosine."""
+    nearest of those sharing a band of its whole-image hash (the same picture that kNN ranks
+    too far away, kept by ``same_hash``; nothing without a fingerprint); last, one look-up of
+    the groups the batch's documents already have (re-ingest keeps them). Both lists are
+    re-scored with the exact float cosine."""
     searches: list[dict[str, Any]] = []
     for image in images:
         floats = [float(x) for x in np.asarray(image.vector, dtype=np.float32)]
@@ -222,12 +222,12 @@ def match_searches(images: Sequence[NewImage], *, k: int) -> list[dict[str, Any]
             }
         )
         bands = image.fingerprint.bands() if image.fingerprint else []
-        same_hash = {"terms": {"phash_bands": bands}} if bands else {"match_none": {}}
+        band_filter = {"terms": {"phash_bands": bands}} if bands else {"match_none": {}}
         exact = {"source": COSINE_SCRIPT, "params": {"query_vector": floats}}
         searches.append(
             {
                 "query": {
-                    "script_score": {"query": {"bool": {"filter": [same_hash]}}, "script": exact}
+                    "script_score": {"query": {"bool": {"filter": [band_filter]}}, "script": exact}
                 },
                 "size": k,
                 "_source": MATCH_SOURCE,

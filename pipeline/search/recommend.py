@@ -29,17 +29,16 @@ from elasticsearch import BadRequestError
 
 from pipeline.documents import HIT_FIELDS
 from pipeline.es import mappings
+from pipeline.es.mappings import VECTOR_FIELD, exact_rescore
 from pipeline.search.fusion import Hit, dedup
 from pipeline.search.plan import QueryError
 from pipeline.search.query import (
     MAX_NUM_CANDIDATES,
-    VECTOR_FIELD,
     Filters,
     ProductRef,
     ProductVectorQuery,
     Vector,
     as_floats,
-    exact_rescore,
     filter_clauses,
 )
 from pipeline.search.searcher import Searcher
@@ -156,9 +155,9 @@ class RecommendQuery:
             },
             "rescore": exact_rescore(vector, window=self.k),
             "size": self.k,
-            "_source": mappings.HIT_SOURCE_WITH_VECTOR
-            if self.with_vectors
-            else mappings.HIT_SOURCE,
+            "_source": (
+                mappings.HIT_SOURCE_WITH_VECTOR if self.with_vectors else mappings.HIT_SOURCE
+            ),
         }
 
     def template_params(self) -> dict[str, Any]:
