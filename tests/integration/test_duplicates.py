@@ -217,10 +217,13 @@ def test_the_same_picture_far_down_the_knn_list_is_found_by_its_hash_band(
     es, settings, ingestor, item
 ):
     """kNN compares the nearest documents only. A copy whose vector the encoder puts far away
-    (here the opposite vector: cosine -1) comes back from the look-up of its whole-image hash
-    bands, and joins by the same-picture tier (its cosine gate lowered to admit -1)."""
+    (here the opposite vector: cosine -1, the farthest there is) comes back from the look-up of
+    its whole-image hash bands, and joins by the same-picture tier (its cosine gate lowered to
+    admit -1). Which document kNN's one candidate is, is not asserted: with the random test
+    model every other image is near cosine -0.98 to the opposite vector, within int8 HNSW's
+    error of -1 (the secure suite's small index once returned the original itself)."""
     a, other = item["a"], item["other"]
-    ingestor.ingest([other, a], refresh=True)  # kNN for the opposite vector finds other first
+    ingestor.ingest([other, a], refresh=True)
     [hit] = es.search(
         index=settings.index_alias,
         query=mappings.product_documents_query(a.merchant_id, a.product_id),
@@ -233,10 +236,9 @@ def test_the_same_picture_far_down_the_knn_list_is_found_by_its_hash_band(
     fingerprint = Fingerprint.of(image.image)
     opposite = -np.asarray(stored["image_vector"], dtype=np.float32)
     new = NewImage(_doc_id(copy), opposite, None, fingerprint)
-    [nearest] = es.search(index=settings.index_alias, **match_searches([new], k=1)[0])["hits"][
-        "hits"
-    ]
-    assert nearest["_id"] != hit["_id"]
+    by_band = match_searches([new], k=1)[1]  # kNN's own list is [0]
+    [found] = es.search(index=settings.index_alias, **by_band)["hits"]["hits"]
+    assert found["_id"] == hit["_id"] and found["_score"] == pytest.approx(0.0, abs=1e-6)
 
     anywhere = settings.model_copy(
         update={"duplicate_candidates": 1, "duplicate_same_picture_min_cosine": -1.0}
