@@ -167,7 +167,7 @@ def concurrency(es: Any, args: Any, report: harness.Report) -> dict[str, Any]:
     env = {
         **os.environ,
         **{f"VITRINE_{k.upper()}": str(v) for k, v in settings.model_dump().items()
-           if k in ("es_url", "index_alias", "errors_index", "search_rate_limit",
+           if k in ("es_url", "redis_url", "index_alias", "errors_index", "search_rate_limit",
                     "search_rate_limit_per_address")},
         "VITRINE_REDIS_PREFIX": "bench-query",
     }  # fmt: skip
