@@ -18,7 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 #: Stages in the order a product passes them: the queue, the default processors (named as in
-#: the chain; ``preprocess`` and ``forward`` are timed inside ``embed_image``), Elasticsearch.
+#: the chain; ``preprocess`` and ``forward`` are timed inside ``embed_image``), near-duplicate
+#: matching (its ``msearch`` and grouping), Elasticsearch.
 #: Other stages (plugin processors) are listed after these, in the order they were first seen.
 STAGES = (
     "queue_wait",
@@ -29,6 +30,7 @@ STAGES = (
     "preprocess",
     "forward",
     "auto_tag",
+    "duplicate_match",
     "es_lookup",
     "es_bulk",
     "refresh",

@@ -19,7 +19,7 @@ from pipeline.es.client import is_transient_es_error, make_client
 from pipeline.ingest.duplicates import DuplicateMatcher
 from pipeline.ingest.processors import IngestItem, ProcessorChain, ProcessorContext, load_chain
 from pipeline.journal import ErrorSpool
-from pipeline.profile import StageProfile, active, record
+from pipeline.profile import StageProfile, active, record, stage
 from pipeline.settings import VitrineSettings
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,8 @@ class Ingestor:
         except indexing.IndexModelMismatch as exc:
             return model_mismatch(products, exc)
         if self.duplicates:
-            self.duplicates.assign(items, indices)  # one msearch for the whole batch
+            with stage("duplicate_match", len(items)):
+                self.duplicates.assign(items, indices)  # one msearch for the whole batch
         now = datetime.now(UTC)
         results: dict[tuple[str, str], ProductResult] = {}
         documents: dict[tuple[str, str], list[tuple[str, dict]]] = {}

@@ -169,6 +169,9 @@ def test_document_from_before_grouping_founds_the_group(es, settings, encoder, i
     assert _group(es, settings, a) is None
     ingestor.ingest([b], refresh=True)
     assert _group(es, settings, b) == _doc_id(a) == _group(es, settings, a)
+    # matching is a stage of its own in the ingest profile, absent when it is off
+    assert "duplicate_match" not in legacy.profile.seconds
+    assert ingestor.profile.items["duplicate_match"] == 1
 
 
 def test_the_worker_groups_copies(worker, es, settings, item):
