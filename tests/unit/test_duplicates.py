@@ -83,6 +83,12 @@ def test_fingerprints_line_up_a_slight_crop_that_the_whole_image_hash_misses():
     assert copy.compare(original) == (bits, pytest.approx(colour))
 
 
+def test_a_blank_image_has_no_colour_to_correlate():
+    blank = Fingerprint.of(Image.new("RGB", (120, 90), (255, 255, 255)))
+    assert blank.compare(blank) == (0, 0.0)  # no division by a zero spread
+    assert blank.compare(Fingerprint.of(_product((RED, GREEN))))[1] == 0.0
+
+
 def test_fingerprints_tell_a_look_alike_in_other_colours_apart():
     original, lookalike = (
         Fingerprint.of(_product((RED, GREEN))),
