@@ -40,6 +40,7 @@ from celery.utils.time import get_exponential_backoff_interval
 from prometheus_client import start_http_server
 from pydantic import ValidationError
 from redis import Redis, RedisError
+from threadpoolctl import threadpool_limits
 
 from pipeline import metrics
 from pipeline.documents import Product
@@ -95,7 +96,11 @@ def _load_model_after_fork(**_: Any) -> None:
 
 
 def _prepare_process() -> None:
-    """Load the model, check the write index holds it, and advertise it."""
+    """Load the model, check the write index holds it, and advertise it. numpy's BLAS gets
+    one thread: the pool's processes or job threads already fill the cores, and the image
+    work's small matrix products split over cores that other jobs hold only wait (a
+    fingerprint took 13-18 ms instead of 4.8 with two processes at once, measured)."""
+    threadpool_limits(1, user_api="blas")
     started = time.monotonic()
     ingestor().load_model()
     took, limit = time.monotonic() - started, _settings(current_app).worker_proc_alive_timeout_s

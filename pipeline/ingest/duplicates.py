@@ -56,6 +56,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Protocol
 
 import numpy as np
@@ -176,8 +177,15 @@ class Candidate:
             source.get("duplicate_group"),
             source.get("phash"),
             2 * hit["_score"] - 1,
-            Fingerprint.decode(source.get("fingerprint")),
+            _decoded(source.get("fingerprint")),
         )
+
+
+@lru_cache(maxsize=512)
+def _decoded(text: str | None) -> Fingerprint | None:
+    """A candidate's fingerprint, decoded once: the same neighbours come back for many new
+    images, and their comparison arrays are kept with them (``Fingerprint.compare``)."""
+    return Fingerprint.decode(text)
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,18 @@ def test_fingerprint_round_trips_and_rejects_what_is_not_one():
     assert Fingerprint.decode("AAAA") is None  # base64, wrong length
 
 
+def test_a_candidate_seen_again_reuses_its_decoded_fingerprint():
+    """The same neighbours come back for many images of a batch (and later batches): decoded
+    once, with the arrays ``compare`` builds kept on it."""
+    text = Fingerprint.of(_product((RED, GREEN))).encode()
+    first, again = (
+        Candidate.from_hit({"_id": doc, "_score": 0.9, "_source": {"fingerprint": text}})
+        for doc in ("a", "b")
+    )
+    assert first.fingerprint is again.fingerprint
+    assert first.fingerprint == Fingerprint.decode(text)
+
+
 def test_rule_from_settings_defaults():
     rule = MatchRule.from_settings(VitrineSettings())
     assert rule.min_cosine < rule.sure_cosine
