@@ -222,9 +222,11 @@ def test_the_same_picture_far_down_the_knn_list_is_found_by_its_hash_band(
     """kNN compares the nearest documents only. A copy whose vector the encoder puts far away
     (here the opposite vector: cosine -1, the farthest there is) comes back from the look-up of
     its whole-image hash bands, and joins by the same-picture tier (its cosine gate lowered to
-    admit -1). Which document kNN's one candidate is, is not asserted: with the random test
+    admit -1). Which documents kNN's candidates are, is not asserted: with the random test
     model every other image is near cosine -0.98 to the opposite vector, within int8 HNSW's
-    error of -1 (the secure suite's small index once returned the original itself)."""
+    error of -1 (the secure suite's small index once returned the original itself). Five
+    candidates, not one: in 8 of 3,000 seeds the other product's hash shares a band with the
+    original's by chance, and it outscores the original's cosine of -1 (fresh-clone CI hit one)."""
     a, other = item["a"], item["other"]
     ingestor.ingest([other, a], refresh=True)
     [hit] = es.search(
@@ -239,12 +241,13 @@ def test_the_same_picture_far_down_the_knn_list_is_found_by_its_hash_band(
     fingerprint = Fingerprint.of(image.image)
     opposite = -np.asarray(stored["image_vector"], dtype=np.float32)
     new = NewImage(_doc_id(copy), opposite, None, fingerprint)
-    by_band = match_searches([new], k=1)[1]  # kNN's own list is [0]
-    [found] = es.search(index=settings.index_alias, **by_band)["hits"]["hits"]
-    assert found["_id"] == hit["_id"] and found["_score"] == pytest.approx(0.0, abs=1e-6)
+    by_band = match_searches([new], k=5)[1]  # kNN's own list is [0]
+    found = es.search(index=settings.index_alias, **by_band)["hits"]["hits"]
+    scores = {h["_id"]: h["_score"] for h in found}
+    assert scores[hit["_id"]] == pytest.approx(0.0, abs=1e-6)
 
     anywhere = settings.model_copy(
-        update={"duplicate_candidates": 1, "duplicate_same_picture_min_cosine": -1.0}
+        update={"duplicate_candidates": 5, "duplicate_same_picture_min_cosine": -1.0}
     )
     copied = IngestItem(copy, 0, image=image, vector=opposite, fingerprint=fingerprint.encode())
     DuplicateMatcher(anywhere, es).assign([copied], ingestor.write_indices())
