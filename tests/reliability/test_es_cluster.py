@@ -83,7 +83,6 @@ class SearchLoop:
         self.es, self.alias = es, alias
         self.answered: list[tuple[float, int]] = []  # (time, hits)
         self.failures: list[BaseException] = []
-        self.retried: list[BaseException] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -96,10 +95,9 @@ class SearchLoop:
         while not self._stop.is_set():
             try:
                 self._search()
-            except Exception as first:
+            except Exception:
                 try:
                     self._search()
-                    self.retried.append(first)
                 except Exception as exc:  # failed twice: a finding of the test
                     self.failures.append(exc)
             time.sleep(0.2)
