@@ -166,7 +166,8 @@ def variants(cache: Path, threads: int, quick: bool) -> list[tuple[str, RuntimeO
     if quick:
         return chosen
     others = [
-        Int8Recipe(static=False, per_channel=False),
+        Int8Recipe(static=False, per_channel=True, convolutions=True),
+        Int8Recipe(static=False, per_channel=False, convolutions=False),
         Int8Recipe(static=True, qdq=True, per_channel=True),
     ]
     return [

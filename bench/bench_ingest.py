@@ -6,9 +6,10 @@ ViT-B-32 with random weights (same FLOPs as real ones; the vectors carry no mean
 Elasticsearch.
 
 Prints the worker's per-stage profile (where a product's time goes), the path's own
-embedding-only throughput (decoded images through the same encoder, same batch size), the same
-processor chain run in-process on the worker's settings (threads sharing forward passes, no
-queue, no writes: what queue + Elasticsearch overhead is measured against), what JPEG draft
+embedding-only throughput (decoded images through the same encoder, same batch size), each
+worker's processor chain run in-process on its settings just before it (its threads sharing
+forward passes, or as many processes as its prefork pool; no queue, no writes: what queue +
+Elasticsearch overhead is measured against), what JPEG draft
 decoding saves and how close its vectors stay, and a sweep over worker configurations
 (threads pool sharing forward passes between jobs, prefork processes; torch or ONNX Runtime
 int8) x products per job: one product per job is how small uploads arrive.
@@ -19,6 +20,7 @@ indices afterwards.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import sys
@@ -135,31 +137,82 @@ def embedding_only(encoder: Encoder, paths: list[Path], batch: int) -> float:
     return len(images) / (time.perf_counter() - started)
 
 
-def chain_only(
-    settings: VitrineSettings, encoder: Encoder, batch: list[Product], per_job: int, jobs: int
+def chain_in_process(
+    settings: VitrineSettings, worker: WorkerConfig, batch: list[Product], per_job: int
 ) -> float:
-    """Products/s of the worker's processor chain in this process, without the queue and
-    without writes to Elasticsearch: jobs of ``per_job`` products, ``jobs`` at once in threads
-    sharing forward passes, as a threads-pool worker with the worker's settings runs them
-    (the chain of a threads-pool ``Ingestor``, built as the worker builds it)."""
+    """Products/s of the worker's processor chain without the queue and without writes to
+    Elasticsearch, on the settings the worker gives each pool process: what queue +
+    Elasticsearch overhead is measured against. A threads pool's jobs run in threads of this
+    process sharing forward passes; prefork's run in as many processes as the pool has, each
+    with its own model. ``batch`` holds one warm-up job per process, then the measured jobs."""
+    cpus = len(os.sched_getaffinity(0))
+    jobs = [batch[start : start + per_job] for start in range(0, len(batch), per_job)]
+    if worker.pool == "threads":
+        current = settings.for_worker_processes(1, cpus)
+        return _chain_in_threads(current, jobs, worker.concurrency or current.batch_size)
+    processes = worker.processes
+    current = settings.for_worker_processes(processes, cpus)
+    context = multiprocessing.get_context("spawn")  # a clean process, as a pool process loads
+    barrier, results = context.Barrier(processes), context.Queue()
+    children = [
+        context.Process(
+            target=_chain_in_one_process,
+            args=(current, [jobs[n], *jobs[processes + n :: processes]], barrier, results),
+        )
+        for n in range(processes)
+    ]
+    for child in children:
+        child.start()
+    spans = [results.get(timeout=600) for _ in children]
+    for child in children:
+        child.join()
+    return sum(n for _, _, n in spans) / (max(e for _, e, _ in spans) - min(s for s, _, _ in spans))
+
+
+def _chain_in_threads(settings: VitrineSettings, jobs: list[list[Product]], threads: int) -> float:
     from concurrent.futures import ThreadPoolExecutor
 
     from pipeline.ingest.ingestor import Ingestor
+
+    chain = Ingestor(settings, encoder=create_encoder(settings), batch_across_jobs=True).chain
+    items = [_items(job) for job in jobs]
+    chain.run(items[0])  # warm-up (the chain sizes its decoding on first use)
+    started = time.monotonic()
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(threads) as pool:  # as workers
+        list(pool.map(chain.run, items[1:]))
+    elapsed = time.monotonic() - started
+    _check(items)
+    return sum(len(job) for job in items[1:]) / elapsed
+
+
+def _chain_in_one_process(
+    settings: VitrineSettings, jobs: list[list[Product]], barrier: Any, results: Any
+) -> None:
+    """One prefork pool process's share: a warm-up job, then the others once all are ready."""
+    from pipeline.ingest.ingestor import Ingestor
+
+    with threadpool_limits(1, user_api="blas"):  # as workers/tasks.py sets it
+        chain = Ingestor(settings, encoder=create_encoder(settings)).chain
+        items = [_items(job) for job in jobs]
+        chain.run(items[0])
+        barrier.wait()
+        started = time.monotonic()  # system-wide: comparable across processes
+        for job in items[1:]:
+            chain.run(job)
+        ended = time.monotonic()
+    _check(items)
+    results.put((started, ended, sum(len(job) for job in items[1:])))
+
+
+def _items(products: list[Product]) -> list[Any]:
     from pipeline.ingest.processors import IngestItem
 
-    chain = Ingestor(settings, encoder=encoder, batch_across_jobs=True).chain
-    job_items = [
-        [IngestItem(p, 0) for p in batch[start : start + per_job]]
-        for start in range(0, len(batch), per_job)
-    ]
-    chain.run(job_items[0])  # warm-up (the chain sizes its decoding on first use)
-    started = time.perf_counter()
-    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(jobs) as pool:  # as workers
-        list(pool.map(chain.run, job_items[1:]))
-    elapsed = time.perf_counter() - started
-    failed = [item.error for items in job_items for item in items if not item.ok]
+    return [IngestItem(p, 0) for p in products]
+
+
+def _check(jobs: list[list[Any]]) -> None:
+    failed = [item.error for items in jobs for item in items if not item.ok]
     assert not failed, failed[:3]
-    return sum(len(items) for items in job_items[1:]) / elapsed
 
 
 def draft_check(encoder: OpenClipEncoder, paths: list[Path]) -> dict[str, float]:
@@ -197,6 +250,11 @@ class WorkerConfig:
         pool, _, runtime = text.partition("/")
         pool, _, n = pool.partition("-")
         return cls(pool, runtime or "torch", int(n) if n else None)
+
+    @property
+    def processes(self) -> int:
+        """Pool processes, each with its own model."""
+        return 1 if self.pool == "threads" else self.concurrency or 1
 
     @property
     def label(self) -> str:
@@ -325,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
         args.workers = ["threads/torch", "prefork-1/torch"]
     workers = [WorkerConfig.parse(w) for w in args.workers]
     n_naive = args.naive_images or (min(args.images, 24) if args.quick else args.images)
-    n_chain = min(args.images, 13 * max(args.batch_sizes))  # a warm-up job, then 12 jobs
+    per_job = max(args.batch_sizes)
     run_id = uuid.uuid4().hex[:6]
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -352,31 +410,33 @@ def main(argv: list[str] | None = None) -> None:
                 f"naive: {naive['rate']:.1f} images/s (embedding alone {naive['embed_rate']:.1f})"
             )
             ceilings: dict[str, float] = {}
-            in_process: dict[str, float] = {}  # the threads pool's chain, no queue, no ES
             for runtime in sorted({w.runtime for w in workers}):
                 current = base.model_copy(update={"encoder_runtime": runtime})
                 prepare_encoder(current)
-                encoder = create_encoder(current)
-                ceilings[runtime] = embedding_only(encoder, paths[:48], base.batch_size)
-                del encoder
-                if any(w.pool == "threads" and w.runtime == runtime for w in workers):
-                    current = current.for_worker_processes(1, len(os.sched_getaffinity(0)))
-                    chain_products = products(paths[:n_chain], f"chain-{runtime}")
-                    in_process[runtime] = chain_only(
-                        current, create_encoder(current), chain_products,
-                        max(args.batch_sizes), current.batch_size,
-                    )  # fmt: skip
+                ceilings[runtime] = embedding_only(
+                    create_encoder(current), paths[:48], base.batch_size
+                )
             draft = draft_check(OpenClipEncoder.from_settings(base), paths[:32])
             print("embedding only: " + ", ".join(f"{r} {c:.1f}/s" for r, c in ceilings.items()))
-            print("chain in-process: " + ", ".join(f"{r} {c:.1f}/s" for r, c in in_process.items()))
+            in_process: dict[str, float] = {}  # each worker's chain, no queue, no ES
             runs: list[dict[str, Any]] = []
             for n, worker in enumerate(workers):
-                settings = base.model_copy(update={"index_alias": f"bench-ingest-{run_id}-w{n}"})
+                settings = base.model_copy(
+                    update={
+                        "index_alias": f"bench-ingest-{run_id}-w{n}",
+                        "encoder_runtime": worker.runtime,
+                    }
+                )
+                # just before the worker runs: this machine's speed drifts over minutes
+                n_chain = min(args.images, (worker.processes + 12) * per_job)
+                in_process[worker.label] = chain_in_process(
+                    settings, worker, products(paths[:n_chain], f"chain{n}"), per_job
+                )
                 batches = [(b, products(paths, f"w{n}b{b}")) for b in args.batch_sizes]
                 runs += through_worker(settings, worker, batches, directory / f"worker-{n}.log")
                 print(
-                    f"{worker.label}: "
-                    + ", ".join(f"{r['rate']:.1f}" for r in runs[-len(batches) :])
+                    f"{worker.label}: chain in-process {in_process[worker.label]:.1f}, through "
+                    "the worker " + ", ".join(f"{r['rate']:.1f}" for r in runs[-len(batches) :])
                 )
             again = naive_loop(  # this machine's speed drifts over minutes: measure it twice
                 base.model_copy(update={"index_alias": f"bench-ingest-{run_id}-naive-again"}),
@@ -393,7 +453,6 @@ def main(argv: list[str] | None = None) -> None:
         columns=["path", "worker", "products per job", "products/s", "x naive",
                  "vs own embedding-only", "vs own chain in-process"],
     )  # fmt: skip
-    per_job = max(args.batch_sizes)
     baseline = (naive["rate"] + again["rate"]) / 2  # "x naive" is against the mean of both
     report.add("naive loop (batch 1, es.index per doc), first", "-", 1, naive["rate"],
                naive["rate"] / baseline, "-", "-")  # fmt: skip
@@ -402,14 +461,14 @@ def main(argv: list[str] | None = None) -> None:
     for runtime, ceiling in ceilings.items():
         report.add(f"embedding only, {runtime} (in-process)", "-", base.batch_size, ceiling,
                    ceiling / baseline, 1.0, "-")  # fmt: skip
-    for runtime, rate in in_process.items():
-        report.add(f"processor chain, {runtime} (in-process: no queue, no ES)", "threads",
-                   per_job, rate, rate / baseline, rate / ceilings[runtime], 1.0)  # fmt: skip
+    for worker in workers:
+        rate = in_process[worker.label]
+        report.add("processor chain in-process (no queue, no ES)", worker.label, per_job, rate,
+                   rate / baseline, rate / ceilings[worker.runtime], 1.0)  # fmt: skip
 
     def vs_chain(run: dict[str, Any]) -> float | str:
-        same = run["worker"].startswith("threads") and run["batch_size"] == per_job
-        chain = in_process.get(run["runtime"])
-        return run["rate"] / chain if same and chain else "-"
+        chain = in_process.get(run["worker"])
+        return run["rate"] / chain if run["batch_size"] == per_job and chain else "-"
 
     for run in runs:
         report.add("queue -> worker -> ES, until searchable", run["worker"], run["batch_size"],
@@ -423,8 +482,8 @@ def main(argv: list[str] | None = None) -> None:
         f"alone {naive['embed_rate']:.1f} and {again['embed_rate']:.1f} images/s. Best path "
         f"{best['rate']:.1f} products/s ({best['worker']}, {best['batch_size']} per job) = "
         f"{best['rate'] / baseline:.2f}x naive (target >= 3x). Queue + Elasticsearch "
-        "overhead (against the same chain run in-process on the same settings, "
-        f"{n_chain - per_job} products): "
+        "overhead (against the same worker's chain run in-process just before it, up to 12 "
+        f"jobs of {per_job}): "
         + (f"{100 * (1 - overhead):.0f}%" if isinstance(overhead, float) else "not measured")
         + " (target <= 20%); with decoding and enrichment (quality flags, fingerprints) too, "
         f"{100 * (1 - best['rate'] / ceilings[best['runtime']]):.0f}% below embedding alone."

@@ -115,7 +115,7 @@ class EfficientNetLite0Encoder(Encoder):
             self.runtime, self.agreement = onnx_runtime.load(
                 self.model, self.pixels, self.export_key, runtime
             )
-            self.model_id += f":{runtime.variant}"
+            self.model_id += f":{runtime.model_tag}"
         log.info("loaded encoder %s on %s", self.model_id, device)
 
     @classmethod

@@ -8,8 +8,9 @@ Invariants:
 - A variant's vectors differ (a little) from torch fp32's, so the variant is part of the
   encoder's ``model_id``: vectors of different runtimes never share an index.
 - Each variant is exported once per machine and cached under ``<home>/models/onnx/<key>/``,
-  keyed by the checkpoint identity (its hash), input size, variant and ONNX Runtime version;
-  a file lock lets only one process build it, the others wait and load the result.
+  keyed by the checkpoint identity (its hash), input size, variant, ONNX Runtime version and
+  the graph's form (``GRAPH_FORM``); a file lock lets only one process build it, the others
+  wait and load the result.
 - When it is built, the variant's agreement with torch fp32 (mean and minimum cosine of the
   vectors of a fixed held-out image set, ``calibration.agreement_images``) is measured and kept
   beside it; every load checks it against ``encoder_min_agreement`` and refuses a variant below
@@ -35,6 +36,7 @@ from PIL import Image
 
 from pipeline.encoders import EncoderError, l2_normalise
 from pipeline.encoders.calibration import agreement_images, calibration_images
+from pipeline.encoders.vit_graph import export_form
 from pipeline.settings import VitrineSettings
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,9 @@ RUNTIMES = (TORCH, ONNX, ONNX_INT8)
 CALIBRATION_IMAGES = 32
 AGREEMENT_IMAGES = 32
 OPSET = 17
+#: Part of the cache key: raised whenever the exported graph's form changes (2: ViT towers as
+#: ``vit_graph.export_form``), so that an export of an older form is never quantised again.
+GRAPH_FORM = 2
 
 #: Turns PIL images into the tower's ``(n, 3, h, w)`` float32 input.
 Preprocess = Callable[[Sequence[Image.Image]], np.ndarray]
@@ -61,15 +66,19 @@ class Int8Recipe:
     static: bool = False  # activation ranges calibrated once (static) or measured per batch
     qdq: bool = True  # QuantizeLinear/DequantizeLinear pairs, else fused QOperator nodes
     per_channel: bool = True  # one weight scale per output channel, else per tensor
+    convolutions: bool = True  # convolutions in int8 too, else they stay fp32
 
     @property
     def name(self) -> str:
         kind = ("static-qdq" if self.qdq else "static-qop") if self.static else "dynamic"
-        return f"int8-{kind}-{'pc' if self.per_channel else 'pt'}"
+        fp32_conv = "" if self.convolutions else "-fp32conv"
+        return f"int8-{kind}-{'pc' if self.per_channel else 'pt'}{fp32_conv}"
 
 
-#: The recipe behind ``encoder_runtime=onnx-int8`` (chosen by bench/bench_embed.py).
-DEFAULT_INT8 = Int8Recipe(static=False, per_channel=True)
+#: The recipe behind ``encoder_runtime=onnx-int8`` (chosen by bench/bench_embed.py). Dynamic
+#: int8 convolutions run as ``ConvInteger``, slower here than the fp32 convolution: ViT-B-32's
+#: patch embedding alone took 22% of the int8 forward pass (42 -> 32 ms an image without it).
+DEFAULT_INT8 = Int8Recipe(static=False, per_channel=True, convolutions=False)
 
 
 @dataclass(frozen=True)
@@ -117,6 +126,11 @@ class RuntimeOptions:
     @property
     def file_stem(self) -> str:
         return self.variant if self.recipe is None else self.recipe.name
+
+    @property
+    def model_tag(self) -> str:
+        """The runtime's part of ``model_id``: the variant, with the int8 recipe that made it."""
+        return self.variant if self.recipe is None else f"{ONNX}-{self.recipe.name}"
 
 
 class OnnxTower:
@@ -191,6 +205,7 @@ def quantise(fp32: Path, out: Path, recipe: Int8Recipe, calibration: np.ndarray)
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    ops = None if recipe.convolutions else ["MatMul", "Gemm"]  # None: every op it can quantise
     prepared = out.with_name(out.stem + ".prep.onnx")
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
     try:
@@ -203,10 +218,15 @@ def quantise(fp32: Path, out: Path, recipe: Int8Recipe, calibration: np.ndarray)
                 per_channel=recipe.per_channel,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
+                op_types_to_quantize=ops,
             )
         else:
             quantize_dynamic(
-                str(prepared), str(out), per_channel=recipe.per_channel, weight_type=QuantType.QInt8
+                str(prepared),
+                str(out),
+                per_channel=recipe.per_channel,
+                weight_type=QuantType.QInt8,
+                op_types_to_quantize=ops,
             )
     finally:
         prepared.unlink(missing_ok=True)
@@ -245,7 +265,7 @@ def _build(
     if not fp32.exists():
         sample = torch.from_numpy(preprocess(calibration_images(1)))
         tmp = fp32.with_suffix(f".{os.getpid()}.tmp")
-        export(module, tmp, sample)
+        export(export_form(module), tmp, sample)
         tmp.replace(fp32)
     if options.recipe is not None:
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -289,6 +309,8 @@ def load(
 
 
 def cache_key(identity: str, pixels_shape: Sequence[int]) -> str:
-    """Folder name of a checkpoint's exports: its identity, input size and ORT version."""
+    """Folder name of a checkpoint's exports: its identity, input size, ORT version and the
+    graph's form."""
     h, w = pixels_shape[-2:]
-    return f"{identity}-{h}x{w}-ort{ORT_VERSION}".replace(os.sep, "_").replace(":", "_")
+    key = f"{identity}-{h}x{w}-ort{ORT_VERSION}-g{GRAPH_FORM}"
+    return key.replace(os.sep, "_").replace(":", "_")

@@ -205,7 +205,7 @@ class OpenClipEncoder(Encoder):
                 self.model.visual, self.pixels, self.export_key, runtime
             )
             self.model.visual = torch.nn.Identity()  # frees the torch copy of the image tower
-            self.model_id += f":{runtime.variant}"
+            self.model_id += f":{runtime.model_tag}"
         log.info("loaded encoder %s on %s", self.model_id, device)
 
     def pixels(self, images: Sequence[Image.Image]) -> np.ndarray:

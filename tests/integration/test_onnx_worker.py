@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.dev.worker_process import worker_process
+from pipeline.encoders.onnx_runtime import DEFAULT_INT8
 from pipeline.es import mappings
 from pipeline.jobs import enqueue, wait_for_jobs
 from pipeline.settings import VitrineSettings
@@ -28,7 +29,7 @@ def test_a_worker_with_the_int8_runtime_indexes_a_product(
         es.indices.refresh(index=name)
         hits = es.search(index=name, query={"term": {"product_id": product.product_id}})
         source = hits["hits"]["hits"][0]["_source"]
-        assert source["model_id"].endswith(":onnx-int8")
+        assert source["model_id"].endswith(f":onnx-{DEFAULT_INT8.name}")
         assert list(es.indices.get(index=name)) == [
             mappings.product_index_name(name, source["model_id"])
         ]

@@ -3,10 +3,13 @@ the cache, and refusal below the agreement bound (tiny random-initialised checkp
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+import torch
 from PIL import Image
 from pydantic import ValidationError
 
@@ -80,11 +83,39 @@ def test_onnx_int8_measures_its_agreement(tiny_checkpoint, home):
     encoder = create_encoder(
         settings_for(tiny_checkpoint, home, encoder_runtime="onnx-int8", encoder_min_agreement=0)
     )
-    assert encoder.model_id.endswith(":onnx-int8")
+    assert encoder.model_id.endswith(f":onnx-{ox.DEFAULT_INT8.name}")  # the recipe changes vectors
     assert encoder.agreement is not None and encoder.agreement.images == ox.AGREEMENT_IMAGES
     assert 0 < encoder.agreement.min <= encoder.agreement.mean < 1
     vectors = encoder.encode_images(images())  # checked: finite unit rows
     assert vectors.shape == (5, encoder.dim)
+
+
+def op_types(path: Path) -> set[str]:
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+def test_the_default_int8_recipe_keeps_convolutions_in_fp32(tmp_path):
+    """ONNX Runtime's dynamic ``ConvInteger`` is slower than its fp32 convolution."""
+    convnet = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten(), torch.nn.Linear(8 * 36, 4)
+    )
+    ox.export(convnet, tmp_path / "fp32.onnx", torch.randn(2, 3, 8, 8))
+    default, all_ops = tmp_path / "default.onnx", tmp_path / "all-ops.onnx"
+    ox.quantise(tmp_path / "fp32.onnx", default, ox.DEFAULT_INT8, np.empty(0))
+    ox.quantise(
+        tmp_path / "fp32.onnx", all_ops, replace(ox.DEFAULT_INT8, convolutions=True), np.empty(0)
+    )
+    assert {"Conv", "MatMulInteger"} <= op_types(default) and "ConvInteger" not in op_types(default)
+    assert "ConvInteger" in op_types(all_ops)
+
+
+def test_a_vit_tower_is_exported_as_matrix_products_all_in_int8(tiny_checkpoint, home):
+    create_encoder(
+        settings_for(tiny_checkpoint, home, encoder_runtime="onnx-int8", encoder_min_agreement=0)
+    )
+    (int8,) = Path(home, "models", "onnx").glob(f"*/{ox.DEFAULT_INT8.name}.onnx")
+    ops = op_types(int8)
+    assert "MatMulInteger" in ops and not {"Conv", "ConvInteger"} & ops
 
 
 def test_a_variant_below_the_bound_is_refused_in_one_line(tiny_checkpoint, home):
