@@ -5,8 +5,9 @@ benchmark in README.md for what each variant buys.
 
 Invariants:
 
-- A variant's vectors differ (a little) from torch fp32's, so the variant is part of the
-  encoder's ``model_id``: vectors of different runtimes never share an index.
+- A variant's vectors differ (a little) from torch fp32's, so the variant and its int8 recipe
+  are part of the encoder's ``model_id``: vectors of different runtimes or recipes never share
+  an index.
 - Each variant is exported once per machine and cached under ``<home>/models/onnx/<key>/``,
   keyed by the checkpoint identity (its hash), input size, variant, ONNX Runtime version and
   the graph's form (``GRAPH_FORM``); a file lock lets only one process build it, the others
