@@ -28,6 +28,8 @@ from pipeline.search.query import ExactQuery, Filters, KnnQuery
 from pipeline.search.searcher import Searcher, SearchQuery
 
 K = 10
+#: Queries per client in each block of a paired run with several clients (``paired``).
+BLOCK_PER_CLIENT = 4
 
 
 def timed(fn: Any, items: list[Any], concurrency: int) -> tuple[list[Any], list[float]]:
@@ -44,20 +46,40 @@ def timed(fn: Any, items: list[Any], concurrency: int) -> tuple[list[Any], list[
 
 
 def paired(a: Any, b: Any, items: list[Any], concurrency: int) -> tuple[list, list, list, list]:
-    """Run ``a`` and ``b`` on each item back to back (alternating which goes first), so both
-    meet the same load on a shared machine; results and latencies (ms) of each."""
+    """Run ``a`` and ``b`` on every item; results and latencies (ms) of each.
 
-    def one(pair: tuple[int, Any]) -> tuple[Any, float, Any, float]:
-        i, item = pair
-        out: dict[Any, tuple[Any, float]] = {}
-        for fn in (a, b) if i % 2 == 0 else (b, a):
-            start = time.perf_counter()
-            out[fn] = fn(item), (time.perf_counter() - start) * 1000
-        return (*out[a], *out[b])
+    One client: each item runs through ``a`` and ``b`` back to back (alternating which goes
+    first), so both meet the same moment of this machine's drift. Several clients: mixed in
+    flight, each one's searches would queue behind the other's in Elasticsearch's search
+    threads, pulling both latencies toward the mix's. So the items run in blocks of
+    ``BLOCK_PER_CLIENT`` x ``concurrency``, each block all through one with ``concurrency``
+    clients and then all through the other (alternating which goes first): each meets its own
+    load, and both the same minutes."""
+    if concurrency == 1:
 
-    with ThreadPoolExecutor(concurrency) as pool:
-        rows = list(pool.map(one, enumerate(items)))
-    return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows]
+        def one(pair: tuple[int, Any]) -> tuple[Any, float, Any, float]:
+            i, item = pair
+            out: dict[Any, tuple[Any, float]] = {}
+            for fn in (a, b) if i % 2 == 0 else (b, a):
+                start = time.perf_counter()
+                out[fn] = fn(item), (time.perf_counter() - start) * 1000
+            return (*out[a], *out[b])
+
+        rows = [one(pair) for pair in enumerate(items)]
+        return (
+            [r[0] for r in rows],
+            [r[1] for r in rows],
+            [r[2] for r in rows],
+            [r[3] for r in rows],
+        )
+    runs: dict[Any, tuple[list, list]] = {a: ([], []), b: ([], [])}
+    size = BLOCK_PER_CLIENT * concurrency
+    for n, start in enumerate(range(0, len(items), size)):
+        for fn in (a, b) if n % 2 == 0 else (b, a):
+            results, ms = timed(fn, items[start : start + size], concurrency)
+            runs[fn][0].extend(results)
+            runs[fn][1].extend(ms)
+    return (*runs[a], *runs[b])
 
 
 def run_set(

@@ -17,6 +17,7 @@ import io
 import os
 import stat
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
@@ -406,20 +407,28 @@ class Fingerprint:
 
     def compare(self, other: Fingerprint) -> tuple[int, float]:
         """``(differing hash bits, colour correlation)`` of the best-aligned pair: whole with
-        whole, or one's whole image with a window of the other (fewest bits, then best colour).
-        Vectorised: the matcher compares each new image with some 20 candidates."""
-        mine, theirs = self._hash_array, other._hash_array
-        # pairs (0, j) for every region j of other's, then (i, 0) for each window i of mine
+        whole, or one's whole image with a window of the other (fewest bits, then best colour)."""
+        bits, colours = self.compare_many([other])
+        return int(bits[0]), float(colours[0])
+
+    def compare_many(self, others: Sequence[Fingerprint]) -> tuple[np.ndarray, np.ndarray]:
+        """``compare`` with each of ``others`` in a few array operations: the matcher compares
+        each new image with 20-40 candidates, and one pair at a time cost 80 µs (measured)."""
+        theirs = np.stack([other._hash_array for other in others])
+        their_thumbs = np.stack([other._unit_thumbs for other in others])
+        mine = self._hash_array
+        # pairs (0, j) for every region j of theirs, then (i, 0) for each window i of mine
         bits = np.concatenate(
-            [np.bitwise_count(mine[0] ^ theirs), np.bitwise_count(mine[1:] ^ theirs[0])]
+            [np.bitwise_count(mine[0] ^ theirs), np.bitwise_count(mine[1:] ^ theirs[:, :1])],
+            axis=1,
         )
-        fewest = int(bits.min())
-        best = np.flatnonzero(bits == fewest)
-        split = len(theirs)
-        rows = np.where(best < split, 0, best - split + 1)
-        cols = np.where(best < split, best, 0)
-        correlations = np.einsum("ij,ij->i", self._unit_thumbs[rows], other._unit_thumbs[cols])
-        return fewest, float(correlations.max())
+        colours = np.concatenate(
+            [their_thumbs @ self._unit_thumbs[0], their_thumbs[:, 0] @ self._unit_thumbs[1:].T],
+            axis=1,
+        )
+        fewest = bits.min(axis=1)
+        best = np.where(bits == fewest[:, None], colours, -np.inf).max(axis=1)
+        return fewest.astype(int), best
 
     @cached_property
     def _hash_array(self) -> np.ndarray:

@@ -74,7 +74,9 @@ log = logging.getLogger(__name__)
 #: time until Elasticsearch's kNN finds them.
 RECENT_WINDOW_S = 5.0
 
-MATCH_SOURCE = ["merchant_id", "product_id", "duplicate_group", "phash", "fingerprint"]
+#: What the matcher reads of a candidate (``Candidate.from_hit``): each field fetched costs
+#: Elasticsearch CPU on every hit.
+MATCH_SOURCE = ["duplicate_group", "phash", "fingerprint"]
 
 
 class Hashed(Protocol):
@@ -145,17 +147,34 @@ class MatchRule:
         return usual, self.close_colour, self.same_picture
 
     def matches(self, cosine: float, a: Hashed, b: Hashed) -> bool:
-        if cosine >= self.sure_cosine:
-            return True
-        if a.fingerprint is None or b.fingerprint is None:
-            distance = phash_distance(a.phash, b.phash)
-            return (
-                cosine >= self.min_cosine
-                and distance is not None
-                and distance <= self.max_phash_distance
-            )
-        bits, colour = a.fingerprint.compare(b.fingerprint)
-        return any(tier.admits(cosine, bits, colour) for tier in self.tiers)
+        return self.matches_many(a, [cosine], [b])[0]
+
+    def matches_many(
+        self, image: Hashed, cosines: Sequence[float], others: Sequence[Hashed]
+    ) -> list[bool]:
+        """``matches`` of ``image`` with each of ``others`` (at ``cosines``): the fingerprint
+        comparisons a verdict needs run at once (``Fingerprint.compare_many``), and none where
+        the cosine is below every tier's."""
+        verdicts = [cosine >= self.sure_cosine for cosine in cosines]
+        lowest = min(tier.min_cosine for tier in self.tiers)
+        printed = []  # (position, fingerprint) of the pairs the tiers decide
+        for n, other in enumerate(others):
+            if verdicts[n] or cosines[n] < lowest:
+                continue
+            if image.fingerprint is None or other.fingerprint is None:
+                distance = phash_distance(image.phash, other.phash)
+                verdicts[n] = (
+                    cosines[n] >= self.min_cosine
+                    and distance is not None
+                    and distance <= self.max_phash_distance
+                )
+            else:
+                printed.append((n, other.fingerprint))
+        if printed and image.fingerprint is not None:
+            bits, colours = image.fingerprint.compare_many([f for _, f in printed])
+            for (n, _), b, c in zip(printed, bits, colours, strict=True):
+                verdicts[n] = any(tier.admits(cosines[n], int(b), float(c)) for tier in self.tiers)
+        return verdicts
 
 
 @dataclass(frozen=True)
@@ -245,7 +264,7 @@ def match_searches(images: Sequence[NewImage], *, k: int) -> list[dict[str, Any]
         {
             "query": {"ids": {"values": [image.doc_id for image in images]}},
             "size": len(images),
-            "_source": MATCH_SOURCE,
+            "_source": ["duplicate_group"],
         }
     )
     return searches
@@ -276,22 +295,25 @@ def assign_groups(
         if kept:
             grouping.groups[image.doc_id] = kept
             continue
-        votes: dict[str, list[bool]] = {}  # group -> a match verdict per member compared
-        compared = {image.doc_id}  # a recent image may also come back from Elasticsearch
+        found, seen = [], {image.doc_id}  # a recent image may also come back from Elasticsearch
         for candidate in candidates[i]:
-            if candidate.doc_id in compared:
-                continue
-            compared.add(candidate.doc_id)
+            if candidate.doc_id not in seen:
+                seen.add(candidate.doc_id)
+                found.append(candidate)
+        earlier = [j for j in range(i) if images[j].doc_id != image.doc_id]  # not indexed yet
+        verdicts = rule.matches_many(
+            image,
+            [c.cosine for c in found] + [float(unit[i] @ unit[j]) for j in earlier],
+            [*found, *(images[j] for j in earlier)],
+        )
+        votes: dict[str, list[bool]] = {}  # group -> a match verdict per member compared
+        for candidate, match in zip(found, verdicts[: len(found)], strict=True):
             group = candidate.group or grouping.backfill.get(candidate.doc_id)
-            match = rule.matches(candidate.cosine, image, candidate)
             if match and group is None:
                 group = grouping.backfill.setdefault(candidate.doc_id, candidate.doc_id)
             votes.setdefault(group or candidate.doc_id, []).append(match)
-        for j in range(i):  # earlier images of this batch are not indexed yet
-            earlier = images[j]
-            if earlier.doc_id != image.doc_id:
-                match = rule.matches(float(unit[i] @ unit[j]), image, earlier)
-                votes.setdefault(grouping.groups[earlier.doc_id], []).append(match)
+        for j, match in zip(earlier, verdicts[len(found) :], strict=True):
+            votes.setdefault(grouping.groups[images[j].doc_id], []).append(match)
         joined = [group for group, matches in votes.items() if 2 * sum(matches) > len(matches)]
         grouping.groups[image.doc_id] = min(joined) if joined else image.doc_id
     return grouping
@@ -362,16 +384,29 @@ class DuplicateMatcher:
             @ np.stack([_unit(k.vector) for k in known]).T
         )
         k, max_bits = self.settings.duplicate_candidates, self.settings.duplicate_max_phash_distance
+        printed = np.array([i.fingerprint is not None for i in known])
+        wholes = np.array([i.fingerprint.whole if i.fingerprint else 0 for i in known], np.uint64)
         found = []
         for image, row in zip(images, cosines, strict=True):
-            nearest = [
-                Candidate(
-                    known[j].doc_id, groups[j], known[j].phash, float(row[j]), known[j].fingerprint
+            order = np.argsort(-row)
+            picked = list(order[:k])
+            if image.fingerprint is not None:  # further down, those of the same hash (same_hash)
+                same = printed & (
+                    np.bitwise_count(wholes ^ np.uint64(image.fingerprint.whole)) <= max_bits
                 )
-                for j in np.argsort(-row)
-            ]
-            banded = [c for c in nearest[k:] if same_hash(image, c, max_bits)]
-            found.append(nearest[:k] + banded[:k])
+                picked += list(order[k:][same[order[k:]]][:k])
+            found.append(
+                [
+                    Candidate(
+                        known[j].doc_id,
+                        groups[j],
+                        known[j].phash,
+                        float(row[j]),
+                        known[j].fingerprint,
+                    )
+                    for j in picked
+                ]
+            )
         return found
 
     def _search(

@@ -22,3 +22,32 @@ def test_report_saves_table_json_and_plot(tmp_path):
 
 def test_every_benchmark_module_is_listed():
     assert {"embed", "ingest", "quality"} <= set(available())
+
+
+def test_paired_queries_with_several_clients_never_have_both_in_flight():
+    """Mixed in flight, each one's searches would queue behind the other's (bench_query)."""
+    import threading
+    import time
+
+    from bench.bench_query import paired
+
+    in_flight, lock, mixed = {"a": 0, "b": 0}, threading.Lock(), []
+
+    def client(name: str, other: str):
+        def search(item: int) -> tuple[str, int]:
+            with lock:
+                in_flight[name] += 1
+                mixed.append(in_flight[other] > 0)
+            time.sleep(0.002)
+            with lock:
+                in_flight[name] -= 1
+            return name, item
+
+        return search
+
+    items = list(range(50))
+    for concurrency in (1, 4):
+        a_hits, a_ms, b_hits, b_ms = paired(client("a", "b"), client("b", "a"), items, concurrency)
+        assert a_hits == [("a", i) for i in items] and b_hits == [("b", i) for i in items]
+        assert len(a_ms) == len(b_ms) == len(items) and min(a_ms + b_ms) >= 2
+    assert mixed and not any(mixed)

@@ -89,6 +89,65 @@ def test_a_blank_image_has_no_colour_to_correlate():
     assert blank.compare(Fingerprint.of(_product((RED, GREEN))))[1] == 0.0
 
 
+def _compare_by_definition(mine: Fingerprint, theirs: Fingerprint) -> tuple[int, float]:
+    """Fewest differing bits over the aligned pairs (whole with every region of the other,
+    every window with the other's whole), then the best Pearson correlation among those."""
+    pairs = [(0, j) for j in range(len(theirs.hashes))] + [
+        (i, 0) for i in range(1, len(mine.hashes))
+    ]
+    bits = {p: (mine.hashes[p[0]] ^ theirs.hashes[p[1]]).bit_count() for p in pairs}
+    fewest = min(bits.values())
+
+    def correlation(a: bytes, b: bytes) -> float:
+        x, y = (np.frombuffer(t, np.uint8).astype(np.float64) for t in (a, b))
+        if x.std() == 0 or y.std() == 0:
+            return 0.0
+        return float(np.corrcoef(x, y)[0, 1])
+
+    best = max(
+        correlation(mine.thumbs[i], theirs.thumbs[j]) for (i, j), b in bits.items() if b == fewest
+    )
+    return fewest, best
+
+
+def test_compare_many_gives_each_pair_what_the_definition_does():
+    image = _product((RED, GREEN))
+    prints = [
+        Fingerprint.of(picture)
+        for picture in (
+            image,
+            image.crop((0, 22, 300, 320)),
+            image.rotate(3, fillcolor=(245, 245, 245)),
+            _product((GREEN, RED)),
+            Image.new("RGB", (120, 90), (255, 255, 255)),
+        )
+    ]
+    for mine in prints:
+        bits, colours = mine.compare_many(prints)
+        for theirs, b, c in zip(prints, bits, colours, strict=True):
+            fewest, best = _compare_by_definition(mine, theirs)
+            assert (b, c) == (fewest, pytest.approx(best, abs=1e-5))
+        assert mine.compare(prints[1]) == (bits[1], pytest.approx(colours[1]))
+
+
+def test_the_rule_compares_fingerprints_only_where_a_tier_could_admit(monkeypatch):
+    compared: list[int] = []
+    real = Fingerprint.compare_many
+
+    def counting(self, others):
+        compared.append(len(others))
+        return real(self, others)
+
+    monkeypatch.setattr(Fingerprint, "compare_many", counting)
+    printed = Fingerprint.of(_product((RED, GREEN)))
+    new = NewImage("a", X, None, printed)
+    others = [Candidate(c, None, None, 0.0, printed) for c in "bcd"]
+    assert RULE.matches_many(new, [0.5, 0.79, 0.96], others) == [False, False, True]
+    assert compared == []  # below every tier's cosine, or sure by the cosine alone
+    assert RULE.matches_many(new, [0.5, 0.85, 0.9], others) == [False, True, True]
+    assert compared == [2]  # the two that a tier decides, in one comparison
+
+
 def test_fingerprints_tell_a_look_alike_in_other_colours_apart():
     original, lookalike = (
         Fingerprint.of(_product((RED, GREEN))),
@@ -478,6 +537,30 @@ def test_a_failed_match_search_is_transient_only_for_retryable_statuses(
             _items(tmp_path, 2), ["shop.m.000001"]
         )
     assert is_transient_es_error(failure.value) is transient
+
+
+def test_recent_images_nearest_first_then_those_of_the_same_hash(tmp_path):
+    """What the matcher remembers is searched as Elasticsearch would be: the k nearest, then up
+    to k more further down whose whole-image hash is within the distance (``same_hash``)."""
+    from pipeline.ingest import duplicates
+
+    settings = VitrineSettings(duplicate_candidates=2, duplicate_max_phash_distance=4)
+    matcher = duplicates.DuplicateMatcher(settings, FakeES([[]]))
+    angles = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]  # radians from X: nearest first
+    # the new image's hash is 0: r1 is near by its vector alone; r2 and r4 are within 4 bits;
+    # r3 is 5 bits away; r5 is within but a third (k = 2); r6 has no fingerprint
+    hashes = [0b1, 0b11111 << 40, 0b11, 0b11111, 0b1111, 0, None]
+    now = time.monotonic()
+    for n, (angle, whole) in enumerate(zip(angles, hashes, strict=True)):
+        vector = np.array([np.cos(angle), np.sin(angle), 0.0])
+        image = NewImage(f"r{n}", vector, None, None if whole is None else _hashed(whole))
+        matcher._recent.append((now, image, f"g{n}"))
+    [found] = matcher._recent_candidates([NewImage("new", X, None, _hashed(0))])
+    assert [c.doc_id for c in found] == ["r0", "r1", "r2", "r4"]
+    assert [c.group for c in found] == ["g0", "g1", "g2", "g4"]
+    assert found[0].cosine == pytest.approx(np.cos(0.1))
+    [unprinted] = matcher._recent_candidates([NewImage("new", X, None, None)])
+    assert [c.doc_id for c in unprinted] == ["r0", "r1"]
 
 
 def test_copies_in_successive_batches_share_a_group_before_elasticsearch_finds_them(
