@@ -65,6 +65,11 @@ def settings(session_id: str, tiny_checkpoint: Path, tmp_path_factory) -> Vitrin
         # told apart by the perceptual hash, with a cosine gate above distinct images' (<0.997).
         duplicate_min_cosine=0.99,
         duplicate_max_phash_distance=16,
+        # The tests' blocky patterns (6x6 blocks) line up badly with the 8x8 colour thumbnails,
+        # so a small JPEG copy can correlate below the default 0.93: over 1,200 random seeds,
+        # copies' colours correlated at least 0.866 (3 of 6,010 pairs below 0.93, two of them
+        # failing CI runs) and distinct patterns' at most 0.34.
+        duplicate_min_colour_correlation=0.75,
         duplicate_sure_cosine=0.9995,
         duplicate_close_colour_min_cosine=0.99,
         duplicate_same_picture_min_cosine=0.99,
