@@ -105,7 +105,7 @@ def group_members(group_id: str, hits: Sequence[dict[str, Any]]) -> Group:
                 price=source.get("price"),
                 currency=source.get("currency"),
                 image_url=source.get("image_url", ""),
-                distance=max(0.0, 1.0 - cosine),
+                distance=round(max(0.0, 1.0 - cosine), 9),
                 phash_distance=phash_distance(reference.get("phash"), source.get("phash")),
             )
         )
@@ -113,7 +113,7 @@ def group_members(group_id: str, hits: Sequence[dict[str, Any]]) -> Group:
 
 
 def _unit(vector: Sequence[float]) -> np.ndarray:
-    v = np.asarray(vector, dtype=np.float32)
+    v = np.asarray(vector, dtype=np.float64)  # float32 put the founder at 1.8e-7 from itself
     norm = float(np.linalg.norm(v))
     return v / norm if norm else v
 

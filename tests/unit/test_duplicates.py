@@ -397,6 +397,13 @@ def test_group_members_measure_distance_to_the_founder():
     assert group_members("g", hits[:1]).members[0].distance == 0.0
 
 
+@given(st.lists(st.floats(-1, 1, width=32), min_size=32, max_size=32).filter(any))
+def test_the_founder_is_at_distance_zero_from_itself(vector):
+    """In float32 a unit vector's cosine with itself came out 0.99999982 (a CI run saw it)."""
+    hit = {"_id": "g", "_source": {"merchant_id": "m", "product_id": "p", "image_vector": vector}}
+    assert group_members("g", [hit]).members[0].distance == 0.0
+
+
 class FakeES:
     """Answers the matcher's msearch with canned hits (per image: kNN, then same hash) and
     records bulk updates."""
