@@ -82,6 +82,22 @@ def paired(a: Any, b: Any, items: list[Any], concurrency: int) -> tuple[list, li
     return (*runs[a], *runs[b])
 
 
+def planned(searcher: Searcher, filters: Filters) -> Any:
+    """A search under ``filters`` as ``searcher`` plans it: the product ids and the plan."""
+
+    def search(q: np.ndarray) -> tuple[set[int], str]:
+        result = searcher.search(
+            SearchQuery(
+                vector=q.tolist(), vector_model_id=data.MODEL_ID, k=K, filters=filters, explain=True
+            )
+        )
+        plan = result.plan or {}
+        method = plan.get("method", "?") + ("+wide" if plan.get("widened") else "")
+        return {int(h["product_id"]) for h in result.hits}, method
+
+    return search
+
+
 def run_set(
     name: str, es: Any, args: Any, report: harness.Report, series: dict[str, Any]
 ) -> np.ndarray:
@@ -101,19 +117,7 @@ def run_set(
         truth = data.exact_top(vectors, queries, mask, K)
         filters = Filters(tags_all=[tag] if tag else [])
 
-        def vitrine(q: np.ndarray, filters: Filters = filters) -> tuple[set[int], str]:
-            result = searcher.search(
-                SearchQuery(
-                    vector=q.tolist(),
-                    vector_model_id=data.MODEL_ID,
-                    k=K,
-                    filters=filters,
-                    explain=True,
-                )
-            )
-            plan = result.plan or {}
-            method = plan.get("method", "?") + ("+wide" if plan.get("widened") else "")
-            return {int(h["product_id"]) for h in result.hits}, method
+        vitrine = planned(searcher, filters)
 
         def exact(q: np.ndarray, filters: Filters = filters) -> set[int]:
             body = ExactQuery(q, data.MODEL_ID, filters, K).body()

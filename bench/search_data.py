@@ -79,16 +79,19 @@ def make_set(name: str, n: int, queries: int, seed: int = 7) -> tuple[np.ndarray
     return x[:n], x[n:]
 
 
-def tags_for(n: int, seed: int = 11) -> list[list[str]]:
-    """Nested selectivity tags: ``p20`` on ~20 % of documents, ``p2`` on 2 %, ``p05`` on 0.5 %."""
+#: Tag -> share of documents it is on (nested: one uniform draw per document decides all).
+TAGS = {"p20": 0.2, "p2": 0.02, "p05": 0.005}
+
+
+def tags_for(n: int, seed: int = 11, shares: dict[str, float] = TAGS) -> list[list[str]]:
+    """Nested selectivity tags: by default ``p20`` on ~20 % of documents, ``p2`` on 2 %,
+    ``p05`` on 0.5 %."""
     u = np.random.default_rng(seed).random(n)
-    return [
-        [t for t, share in (("p20", 0.2), ("p2", 0.02), ("p05", 0.005)) if v < share] for v in u
-    ]
+    return [[t for t, share in shares.items() if v < share] for v in u]
 
 
 def selectivity_tag(share: float | None) -> str | None:
-    return None if share is None else {0.2: "p20", 0.02: "p2", 0.005: "p05"}[share]
+    return None if share is None else {v: t for t, v in TAGS.items()}[share]
 
 
 def create_index(

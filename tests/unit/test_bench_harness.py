@@ -51,3 +51,18 @@ def test_paired_queries_with_several_clients_never_have_both_in_flight():
         assert a_hits == [("a", i) for i in items] and b_hits == [("b", i) for i in items]
         assert len(a_ms) == len(b_ms) == len(items) and min(a_ms + b_ms) >= 2
     assert mixed and not any(mixed)
+
+
+def test_the_planner_crossover_is_where_knn_stays_at_least_as_fast():
+    """bench_planner: from which filter size kNN's p95 is at most exact's on every set."""
+    from bench.bench_planner import crossover, verdict
+
+    rows = [
+        ("clustered", 2_000, 1.8), ("clustered", 10_000, 1.1), ("clustered", 20_000, 0.9),
+        ("noise", 2_000, 1.9), ("noise", 10_000, 0.95), ("noise", 20_000, 1.0),
+    ]  # fmt: skip
+    assert crossover(rows) == 20_000  # at 10k one set still favours exact
+    assert crossover([*rows, ("noise", 30_000, 1.2)]) is None  # exact faster at the largest
+    assert crossover([r for r in rows if r[1] > 2_000 and r[0] == "noise"]) == 10_000
+    assert "from 10000 up to 19999" in verdict(rows, 15_000)
+    assert "every filter measured" in verdict([("a", 5, 0.5)], 15_000)
