@@ -443,8 +443,8 @@ class VitrineSettings(BaseSettings):
         description="Query planner: when the filter keeps at most this many image documents "
         "(estimated by a cached count), search them exactly (script_score cosine) instead of "
         "HNSW; exact costs grow with the documents kept, filtered HNSW hardly does. Measured "
-        "here (`python -m bench planner`, 100k documents): exact is faster at 10k kept, kNN "
-        "at 20k. 0: never exact.",
+        "here (`python -m bench planner`, 100k documents): at 10k kept exact is faster on "
+        "some sets, from 20k kNN on all. 0: never exact.",
     )
     search_count_ttl_s: float = Field(
         30.0,
