@@ -25,8 +25,6 @@ from pipeline.settings import VitrineSettings
 DIMS = 512
 MODEL_ID = "bench/synthetic-512"
 SETS = ("clustered", "cluster+noise", "isotropic", "near-duplicates")
-#: Filter -> share of documents it keeps; nested tags, so each filter is one term.
-SELECTIVITY = {"100%": None, "20%": 0.2, "2%": 0.02, "0.5%": 0.005}
 
 
 def bench_settings(alias: str) -> VitrineSettings:
@@ -81,6 +79,8 @@ def make_set(name: str, n: int, queries: int, seed: int = 7) -> tuple[np.ndarray
 
 #: Tag -> share of documents it is on (nested: one uniform draw per document decides all).
 TAGS = {"p20": 0.2, "p2": 0.02, "p05": 0.005}
+#: Filter -> share of documents it keeps (None: no filter); each filter is one tag of ``TAGS``.
+SELECTIVITY = {"100%": None, **{f"{100 * share:g}%": share for share in TAGS.values()}}
 
 
 def tags_for(n: int, seed: int = 11, shares: dict[str, float] = TAGS) -> list[list[str]]:
