@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -22,6 +23,7 @@ import numpy as np
 
 from bench import harness
 from bench import search_data as data
+from pipeline import metrics
 from pipeline.es import mappings
 from pipeline.search.planner import contrast
 from pipeline.search.query import ExactQuery, Filters, KnnQuery
@@ -83,19 +85,31 @@ def paired(a: Any, b: Any, items: list[Any], concurrency: int) -> tuple[list, li
 
 
 def planned(searcher: Searcher, filters: Filters) -> Any:
-    """A search under ``filters`` as ``searcher`` plans it: the product ids and the plan."""
+    """A search under ``filters`` as ``searcher`` plans it, without ``explain`` as a frontend
+    searches: the product ids (the plans show in ``plans``)."""
 
-    def search(q: np.ndarray) -> tuple[set[int], str]:
-        result = searcher.search(
-            SearchQuery(
-                vector=q.tolist(), vector_model_id=data.MODEL_ID, k=K, filters=filters, explain=True
-            )
-        )
-        plan = result.plan or {}
-        method = plan.get("method", "?") + ("+wide" if plan.get("widened") else "")
-        return {int(h["product_id"]) for h in result.hits}, method
+    def search(q: np.ndarray) -> set[int]:
+        query = SearchQuery(vector=q.tolist(), vector_model_id=data.MODEL_ID, k=K, filters=filters)
+        return {int(h["product_id"]) for h in searcher.search(query).hits}
 
     return search
+
+
+def plans() -> Counter[str]:
+    """Vector searches run in this process so far by plan (``exact``, ``knn``, ``knn+wide``,
+    ``exact+wide``), from the searcher's ``vitrine_search_plans`` metric."""
+    counts: Counter[str] = Counter()
+    for metric in metrics.SEARCH_PLANS.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                wide = "+wide" if sample.labels["widened"] == "true" else ""
+                counts[sample.labels["method"] + wide] += int(sample.value)
+    return counts
+
+
+def plans_since(before: Counter[str]) -> list[str]:
+    """The plans searches ran by since ``before`` (a ``plans()``), sorted."""
+    return sorted(plans() - before)  # a Counter's difference keeps the positive counts
 
 
 def run_set(
@@ -127,14 +141,13 @@ def run_set(
         qs = list(queries)
         exact(qs[0]), vitrine(qs[0])  # warm caches (and the planner's count)
         for concurrency in (1, 8):
+            before = plans()
             got, v_ms, exact_hits, e_ms = paired(vitrine, exact, qs, concurrency)
-            recall = float(
-                np.mean([len(g[0] & t) / len(t) for g, t in zip(got, truth, strict=True)])
-            )
+            recall = float(np.mean([len(g & t) / len(t) for g, t in zip(got, truth, strict=True)]))
             exact_recall = float(
                 np.mean([len(g & t) / len(t) for g, t in zip(exact_hits, truth, strict=True)])
             )
-            methods = sorted({g[1] for g in got})
+            methods = plans_since(before)
             v, e = data.percentiles(v_ms), data.percentiles(e_ms)
             report.add(
                 name, label, concurrency, "/".join(methods), round(recall, 3),
@@ -264,12 +277,13 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     report.data["series"] = series = {}
     report.note(
-        "Vitrine = Searcher.search (planner: exact when the filter keeps <= "
-        "search_exact_max_docs, k documents as every product has one image; else int8 HNSW kNN "
-        "k=30/num_candidates=100 re-scored with the float cosine, searched again when the first "
-        "pass is flat: exactly up to search_flat_exact_max_docs, else 1000 re-scored / 2000 "
-        "candidates; once most first passes under a filter were flat, it starts there)."
-        " exact = script_score cosine over the same filter. Recall vs numpy float ground truth."
+        "Vitrine = Searcher.search without explain, as a frontend calls it (planner: exact when "
+        "the filter keeps <= search_exact_max_docs, k documents as every product has one image; "
+        "else int8 HNSW kNN k=30/num_candidates=100 re-scored with the float cosine, searched "
+        "again when the first pass is flat: exactly up to search_flat_exact_max_docs, else 1000 "
+        "re-scored / 2000 candidates; once most first passes under a filter were flat, it starts "
+        "there). exact = script_score cosine over the same filter. Recall vs numpy float ground "
+        "truth."
     )
 
     def plot(ax: Any) -> None:

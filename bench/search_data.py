@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,26 +55,40 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def make_set(name: str, n: int, queries: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` unit vectors and ``queries`` unit query vectors (new draws, not indexed)."""
+    """``n`` unit vectors and ``queries`` unit query vectors (new draws from the same
+    distribution, not indexed). The vectors do not depend on ``queries``, so an index kept with
+    ``--keep`` is the same set whatever ``--queries`` a later ``--reuse`` run asks for."""
     rng = np.random.default_rng(seed)
-    total = n + queries
+    draw: Callable[[np.random.Generator, int], np.ndarray]
     if name == "clustered":  # a mixture in a 48-d latent space, projected to 512-d
-        centres = rng.normal(size=(200, 48))
-        latent = centres[rng.integers(0, 200, total)] + 0.35 * rng.normal(size=(total, 48))
-        x = latent @ rng.normal(size=(48, DIMS)) + 0.05 * rng.normal(size=(total, DIMS)) * 7
+        centres, projection = rng.normal(size=(200, 48)), rng.normal(size=(48, DIMS))
+
+        def draw(g: np.random.Generator, count: int) -> np.ndarray:
+            latent = centres[g.integers(0, 200, count)] + 0.35 * g.normal(size=(count, 48))
+            return latent @ projection + 0.35 * g.normal(size=(count, DIMS))
+
     elif name == "cluster+noise":  # 1000 centres, isotropic noise as large as the centres
-        centres = _unit(rng.normal(size=(1000, DIMS)))
-        x = centres[rng.integers(0, 1000, total)] + _unit(rng.normal(size=(total, DIMS)))
+        unit_centres = _unit(rng.normal(size=(1000, DIMS)))
+
+        def draw(g: np.random.Generator, count: int) -> np.ndarray:
+            return unit_centres[g.integers(0, 1000, count)] + _unit(g.normal(size=(count, DIMS)))
+
     elif name == "isotropic":  # no structure at all: the worst case
-        x = rng.normal(size=(total, DIMS))
+
+        def draw(g: np.random.Generator, count: int) -> np.ndarray:
+            return g.normal(size=(count, DIMS))
+
     elif name == "near-duplicates":  # catalogues: groups of 1-8 near-identical images
-        bases, _ = make_set("clustered", total // 4 + 1, 0, seed + 1)
-        group = rng.integers(0, len(bases), total)
-        x = bases[group] + 0.08 / np.sqrt(DIMS) * rng.normal(size=(total, DIMS)) * 4
+        bases, _ = make_set("clustered", n // 4 + 1, 0, seed + 1)
+
+        def draw(g: np.random.Generator, count: int) -> np.ndarray:
+            group = g.integers(0, len(bases), count)
+            return bases[group] + 0.32 / np.sqrt(DIMS) * g.normal(size=(count, DIMS))
+
     else:
         raise ValueError(name)
-    x = _unit(x)
-    return x[:n], x[n:]
+    indexed, asked = (np.random.default_rng([seed, stream]) for stream in (1, 2))
+    return _unit(draw(indexed, n)), _unit(draw(asked, queries))
 
 
 #: Tag -> share of documents it is on (nested: one uniform draw per document decides all).

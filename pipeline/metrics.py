@@ -9,8 +9,9 @@ process's default registry.
 
 Hooks elsewhere are one call each: the encoder and the embed_image step (or the batcher that
 serves it) time their forward passes (``embedding``), the encoder its loading, the bulk
-writer its requests, Celery task signals count jobs (``workers.tasks``), and the search route
-times each search by shape. Queue depths are read from Redis at scrape time.
+writer its requests, Celery task signals count jobs (``workers.tasks``), the search route
+times each search by shape and the searcher counts its plans. Queue depths are read from Redis
+at scrape time.
 """
 
 from __future__ import annotations
@@ -60,6 +61,13 @@ SEARCH_SECONDS = Histogram(
     "Search latency by query shape (image, text, image_text, more_like_this, keyword).",
     ["shape"],
     buckets=SECONDS,
+)
+
+SEARCH_PLANS = Counter(
+    "vitrine_search_plans",
+    "Vector searches by the query planner's plan: method (exact, knn) and whether a flat first "
+    "pass widened it; the mix to tune search_exact_max_docs by.",
+    ["method", "widened"],
 )
 
 

@@ -133,7 +133,7 @@ def filter_clauses(filters: Filters, *, model_id: str | None = None) -> list[dic
 
 def as_floats(vector: Vector) -> list[float]:
     """A query vector as JSON-ready Python floats (a list, or an encoder's output row)."""
-    return [float(x) for x in vector]
+    return np.asarray(vector, dtype=np.float64).tolist()
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ products on a small catalogue, the plan shows in explain, flat lists are searche
 from __future__ import annotations
 
 import pytest
+from prometheus_client import REGISTRY
 
 from pipeline.documents import Product
 from pipeline.ingest.ingestor import Ingestor
@@ -183,3 +184,16 @@ def test_a_widened_exact_pass_fetches_k_documents_and_refills(es, settings, enco
     assert calls == ["knn", "exact", "exact"] and sizes[1:] == [2, 6]
     assert result.plan and result.plan["widened"] and "repeated a product" in result.plan["reason"]
     assert [h["product_id"] for h in result.hits][0] == twin.product_id and len(result.hits) == 2
+
+
+def test_searches_count_their_plan_in_the_metric_without_explain(es, settings, encoder, cat):
+    def count(method: str) -> float:
+        labels = {"method": method, "widened": "false"}
+        return REGISTRY.get_sample_value("vitrine_search_plans_total", labels) or 0.0
+
+    query = queries(cat)[0]
+    before = count("exact"), count("knn")
+    result = searcher(es, settings, encoder).search(query)
+    assert result.plan is None and result.requests is None  # explain is off
+    searcher(es, settings, encoder, search_exact_max_docs=0, search_flat_contrast=0).search(query)
+    assert (count("exact"), count("knn")) == (before[0] + 1, before[1] + 1)

@@ -56,6 +56,9 @@ def test_json_and_forms_are_read(client):
         '{"\\udfff": 1}',
         "[" * 100_000 + "]" * 100_000,
         '{"a":' * (MAX_DEPTH + 1) + "1" + "}" * (MAX_DEPTH + 1),
+        "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1),
+        '{"vector": [0.5, [1e400]]}',
+        '{"tags": ["a", ["\\udc00"]]}',
         "{not json",
         b'{"a": "\xff"}',
     ],
@@ -70,6 +73,9 @@ def test_json_and_forms_are_read(client):
         "surrogate-key",
         "100000-deep",
         "too-deep",
+        "too-deep-lists",
+        "1e400-in-a-list",
+        "surrogate-in-a-list",
         "broken",
         "not-utf8",
     ],
@@ -85,6 +91,7 @@ def test_hostile_json_is_a_422_that_does_not_echo_it(client, raw):
 def test_deep_but_allowed_json_is_fine(client):
     nested = '{"a":' * (MAX_DEPTH - 1) + "1" + "}" * (MAX_DEPTH - 1)
     assert post_json(client, nested).status_code == 200
+    assert post_json(client, "[" * MAX_DEPTH + "]" * MAX_DEPTH).status_code == 200
 
 
 def test_declared_oversize_is_refused_before_reading(client):
