@@ -15,7 +15,9 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -198,11 +200,19 @@ def memory(es: Any, args: Any, vectors: np.ndarray, report: harness.Report) -> d
     return out
 
 
-def concurrency(es: Any, args: Any, report: harness.Report) -> dict[str, Any]:
-    """QPS and p95 at 1/4/16 clients: /v1/search on a real uvicorn, and the stored template."""
-    settings = data.bench_settings("bench-q-clustered")
-    _, queries = data.make_set("clustered", args.n, args.queries)
-    port = 8791
+def app_without_model() -> Any:
+    """The API without loading a model (the benchmark searches by vector): the factory its
+    uvicorn workers call."""
+    from pipeline.api.app import create_app
+    from pipeline.settings import VitrineSettings
+
+    return create_app(VitrineSettings(), load_model=False)
+
+
+@contextmanager
+def api(settings: Any, port: int, workers: int) -> Iterator[httpx.Client]:
+    """The API on a real uvicorn with ``workers`` processes on ``port`` (as ``vitrine serve``
+    runs them), and a client."""
     env = {
         **os.environ,
         **{f"VITRINE_{k.upper()}": str(v) for k, v in settings.model_dump().items()
@@ -211,48 +221,61 @@ def concurrency(es: Any, args: Any, report: harness.Report) -> dict[str, Any]:
         "VITRINE_REDIS_PREFIX": "bench-query",
     }  # fmt: skip
     code = (
-        "import uvicorn; from pipeline.api.app import create_app; "
-        "from pipeline.settings import VitrineSettings; "
-        f"uvicorn.run(create_app(VitrineSettings(), load_model=False), host='127.0.0.1', "
-        f"port={port}, log_level='warning')"
+        "from pipeline.cli.app import run_workers; run_workers('bench.bench_query:"
+        f"app_without_model', host='127.0.0.1', port={port}, workers={workers}, "
+        "log_level='warning')"
     )
     server = subprocess.Popen([sys.executable, "-c", code], env=env)
-    out: dict[str, Any] = {}
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
     try:
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
-        for _ in range(120):
+        for _ in range(240):
             try:
                 client.get("/healthz")
                 break
             except httpx.HTTPError:
                 time.sleep(0.5)
-        template_id = mappings.search_template_id(settings.index_alias, "knn")
-
-        def api(q: np.ndarray) -> None:
-            body = {"vector": q.tolist(), "model_id": data.MODEL_ID, "k": K}
-            response = client.post("/v1/search", json=body)
-            response.raise_for_status()
-
-        def template(q: np.ndarray) -> None:
-            params = KnnQuery(q, data.MODEL_ID, k=3 * K, num_candidates=100).template_params()
-            es.search_template(index=settings.index_alias, id=template_id, params=params)
-
-        qs = list(queries) * 2
-        for path, fn in (("/v1/search", api), ("template knn", template)):
-            fn(qs[0])
-            for clients in (1, 4, 16):
-                start = time.perf_counter()
-                _, ms = timed(fn, qs, clients)
-                qps = len(qs) / (time.perf_counter() - start)
-                p50, p95, p99 = data.percentiles(ms)
-                out[f"{path}|{clients}"] = {"qps": qps, "p50": p50, "p95": p95}
-                report.note(
-                    f"{path}, {clients} clients: {qps:.0f} QPS, p50 {p50:.1f} ms, "
-                    f"p95 {p95:.1f} ms, p99 {p99:.1f} ms"
-                )
+        yield client
     finally:
+        client.close()
         server.terminate()
         server.wait(30)
+
+
+def concurrency(es: Any, args: Any, report: harness.Report) -> dict[str, Any]:
+    """QPS and p95 at 1/4/16 clients: /v1/search on a real uvicorn (one process, and two
+    workers), and the stored template."""
+    settings = data.bench_settings("bench-q-clustered")
+    _, queries = data.make_set("clustered", args.n, args.queries)
+    template_id = mappings.search_template_id(settings.index_alias, "knn")
+    out: dict[str, Any] = {}
+
+    def measure(path: str, fn: Any) -> None:
+        fn(qs[0])
+        for clients in (1, 4, 16):
+            start = time.perf_counter()
+            _, ms = timed(fn, qs, clients)
+            qps = len(qs) / (time.perf_counter() - start)
+            p50, p95, p99 = data.percentiles(ms)
+            out[f"{path}|{clients}"] = {"qps": qps, "p50": p50, "p95": p95}
+            report.note(
+                f"{path}, {clients} clients: {qps:.0f} QPS, p50 {p50:.1f} ms, "
+                f"p95 {p95:.1f} ms, p99 {p99:.1f} ms"
+            )
+
+    def template(q: np.ndarray) -> None:
+        params = KnnQuery(q, data.MODEL_ID, k=3 * K, num_candidates=100).template_params()
+        es.search_template(index=settings.index_alias, id=template_id, params=params)
+
+    qs = list(queries) * 2
+    for workers in (1, 2):
+        with api(settings, 8791, workers) as client:
+
+            def search(q: np.ndarray, client: httpx.Client = client) -> None:
+                body = {"vector": q.tolist(), "model_id": data.MODEL_ID, "k": K}
+                client.post("/v1/search", json=body).raise_for_status()
+
+            measure("/v1/search" if workers == 1 else f"/v1/search, {workers} workers", search)
+    measure("template knn", template)
     return out
 
 

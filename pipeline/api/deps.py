@@ -3,6 +3,7 @@ services) and the FastAPI dependencies that hand it out. Routers import this, ne
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Annotated
@@ -55,9 +56,11 @@ class ApiState:
 
     @cached_property
     def metrics_registry(self) -> CollectorRegistry:
-        """What ``/metrics`` serves: the process's metrics and the queue's depth."""
+        """What ``/metrics`` serves: the process's metrics (those of every API process in
+        multiprocess mode, ``vitrine serve --workers``) and the queue's depth."""
         return metrics.registry(
-            metrics.QueueDepth(self.celery.backend.client, [self.settings.queue])
+            metrics.QueueDepth(self.celery.backend.client, [self.settings.queue]),
+            multiprocess_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"),
         )
 
     @cached_property

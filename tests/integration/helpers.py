@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -106,15 +106,17 @@ def near_duplicate(image: Image.Image, *, quality: int = 60, size: int = 80) -> 
 
 
 @contextmanager
-def api_server(settings: VitrineSettings, *, env: dict[str, str] | None = None) -> Iterator[str]:
+def api_server(
+    settings: VitrineSettings, *, env: dict[str, str] | None = None, args: Sequence[str] = ()
+) -> Iterator[str]:
     """A real ``vitrine serve`` process (uvicorn) on a free loopback port; yields its base URL.
-    ``env`` adds variables to its environment (e.g. a private TMPDIR)."""
+    ``env`` adds variables to its environment (e.g. a private TMPDIR), ``args`` options."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     base = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "pipeline.cli", "serve", "--port", str(port), *args],
         env={**os.environ, **settings.to_env(), **(env or {})},
     )
     try:

@@ -22,11 +22,12 @@ from redis import Redis
 
 from pipeline.api.app import create_app
 from pipeline.dev.worker_process import worker_process
+from pipeline.es import indexing
 from pipeline.images import Reason
 from pipeline.ingest.ingestor import Ingestor
 from pipeline.jobs import advertised_models, enqueue, wait_for_jobs
 from pipeline.settings import VitrineSettings
-from tests.integration.helpers import make_product, unique_prefix
+from tests.integration.helpers import api_server, make_product, unique_prefix
 
 
 def samples(text: str) -> dict[tuple[str, frozenset], float]:
@@ -40,6 +41,9 @@ def samples(text: str) -> dict[tuple[str, frozenset], float]:
 
 def value(found: dict, name: str, **labels: str) -> float:
     return found.get((name, frozenset(labels.items())), 0.0)
+
+
+LOADS = "vitrine_model_load_seconds_count"
 
 
 def free_port() -> int:
@@ -110,10 +114,10 @@ def test_worker_metrics_after_real_jobs(metrics_worker, tmp_path: Path):
     # both pool processes loaded the model (merged from their own files); a process that has
     # not taken a job yet may still be loading it
     deadline = time.monotonic() + 120
-    while value(after, "vitrine_model_load_seconds_count") < 2 and time.monotonic() < deadline:
+    while value(after, LOADS) < 2 and time.monotonic() < deadline:
         time.sleep(1)
         after = samples(httpx.get(url, timeout=10).text)
-    assert value(after, "vitrine_model_load_seconds_count") == 2
+    assert value(after, LOADS) == 2
     assert ("vitrine_queue_depth", frozenset({("queue", current.queue)})) in after
 
 
@@ -132,6 +136,25 @@ def test_api_metrics_count_searches_by_shape(worker, settings, tmp_path: Path):
         assert value(after, name, shape=shape) - value(before, name, shape=shape) == 1, shape
     assert value(after, "vitrine_queue_depth", queue=settings.queue) >= 0
     assert ("vitrine_queue_depth", frozenset({("queue", settings.queue)})) in after
+
+
+def test_api_workers_serve_one_port_and_sum_their_metrics(es, settings, encoder):
+    """``vitrine serve --workers 2``: two processes, each with its model, and /metrics, whichever
+    of them answers, counts the searches of both (the command sets up the multiprocess mode)."""
+    indexing.ensure_indices(es, settings, encoder.model_id, encoder.dim)
+    with api_server(settings, args=["--workers", "2"]) as base:
+        deadline = time.monotonic() + 120
+        while value(samples(httpx.get(f"{base}/metrics").text), LOADS) < 2:
+            assert time.monotonic() < deadline, "the second worker did not load its model"
+            time.sleep(0.5)
+        for _ in range(12):
+            body = {"text": "shoe", "text_mode": "keyword"}
+            response = httpx.post(f"{base}/v1/search", json=body, timeout=30)
+            assert response.status_code == 200, response.text
+        found = [samples(httpx.get(f"{base}/metrics").text) for _ in range(4)]
+    for scrape in found:
+        assert value(scrape, LOADS) == 2
+        assert value(scrape, "vitrine_search_seconds_count", shape="keyword") == 12
 
 
 def test_enqueue_wait_timeout_is_one_line(services, settings, tmp_path: Path):
