@@ -105,18 +105,14 @@ class PendingJournal:
         self.root = Path(root) / "pending"
 
     def record(self, records: Sequence[PendingRecord]) -> None:
-        """Store records durably (one folder sync for all), then drop older records of the
-        same products: the newest accepted revision of a product is the one that counts."""
+        """Store records durably (one folder sync for all). Older records of the same products
+        are dropped when the journal is read (``pending``), not here: looking for them here
+        listed the folder for every product, which made accepting a catalogue quadratic in
+        the backlog."""
         for record in records:
             _write_atomically(self.root / record.filename, asdict(record), sync_dir=False)
         if records:
             _fsync_dir(self.root)
-        for record in records:
-            key = product_key(record.merchant_id, record.product_id)
-            for path in self.root.glob(f"{key}.*.json"):
-                other = _read(path) if path.name != record.filename else None
-                if other is not None and other["accepted_at"] < record.accepted_at:
-                    path.unlink(missing_ok=True)
 
     def resent(self, record: PendingRecord, *, at: float) -> PendingRecord:
         """Note that a record was sent again; a record finished meanwhile stays finished."""
@@ -142,11 +138,26 @@ class PendingJournal:
             _fsync_dir(self.root)
 
     def pending(self) -> list[PendingRecord]:
-        """Every unfinished record, oldest acceptance first."""
-        records = [_read(path) for path in self.root.glob("*.json")]
-        return sorted(
-            (PendingRecord(**r) for r in records if r is not None), key=lambda r: r.accepted_at
-        )
+        """Every unfinished record, oldest acceptance first. The newest accepted revision of a
+        product is the one that counts: records of the product accepted before it are removed
+        (sending them again would bring back what the merchant replaced or deleted)."""
+        by_product: dict[tuple[str, str], list[tuple[Path, PendingRecord]]] = {}
+        for path in self.root.glob("*.json"):
+            data = _read(path)
+            if data is not None:
+                record = PendingRecord(**data)
+                by_product.setdefault((record.merchant_id, record.product_id), []).append(
+                    (path, record)
+                )
+        current = []
+        for records in by_product.values():
+            newest = max(record.accepted_at for _, record in records)
+            for path, record in records:
+                if record.accepted_at < newest:
+                    path.unlink(missing_ok=True)
+                else:
+                    current.append(record)
+        return sorted(current, key=lambda r: r.accepted_at)
 
     @contextmanager
     def exclusive(self) -> Iterator[bool]:

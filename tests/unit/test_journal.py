@@ -53,11 +53,30 @@ def test_finishing_a_product_removes_only_its_revision(tmp_path):
     assert journal.pending() == []
 
 
-def test_an_older_record_written_late_does_not_supersede_a_newer_one(tmp_path):
+def test_the_newest_acceptance_counts_whatever_order_the_records_were_written_in(tmp_path):
     journal = PendingJournal(tmp_path)
     journal.record([record(product(title="new"), job_id="new", at=2.0)])
-    journal.record([record(product(title="old"), job_id="old", at=1.0)])
-    assert sorted(r.job_id for r in journal.pending()) == ["new", "old"]
+    journal.record([record(product(title="old"), job_id="old", at=1.0)])  # written late
+    journal.record([record(product("sku-2", title="other"), job_id="other", at=0.5)])
+    assert [r.job_id for r in journal.pending()] == ["other", "new"]
+    assert len(list((tmp_path / "pending").glob("*.json"))) == 2  # the superseded one is gone
+
+
+def test_accepting_a_product_does_not_scan_the_backlog(tmp_path, monkeypatch):
+    """One folder listing per product made accepting a catalogue quadratic in the backlog."""
+    journal = PendingJournal(tmp_path)
+    journal.record([record(product(f"sku-{i}"), at=float(i)) for i in range(50)])
+
+    def no_listing(*args, **kwargs):
+        raise AssertionError("record() listed the journal folder")
+
+    monkeypatch.setattr(type(journal.root), "glob", no_listing)
+    monkeypatch.setattr("os.scandir", no_listing)
+    monkeypatch.setattr("os.listdir", no_listing)
+    journal.record([record(product("sku-0", title="changed"), job_id="job-2", at=100.0)])
+    monkeypatch.undo()
+    assert [r.job_id for r in journal.pending()][-1] == "job-2"
+    assert len(journal.pending()) == 50
 
 
 def test_a_delete_supersedes_pending_uploads_of_the_product(tmp_path):
