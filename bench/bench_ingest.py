@@ -10,7 +10,9 @@ embedding-only throughput (decoded images through the same encoder, same batch s
 worker's processor chain run in-process on its settings just before it and again just after
 (its threads sharing forward passes, or as many processes as its prefork pool; no queue, no
 writes, no near-duplicate searches: the mean of both runs is what queue + Elasticsearch
-overhead is measured against), what JPEG draft
+overhead is measured against; the worker's run at the chain's products per job comes first, so
+that the two chain runs bracket it closely, and every measured run starts once Elasticsearch has
+gone quiet, so that the merges one run leaves behind do not slow the next), what JPEG draft
 decoding saves and how close its vectors stay, and a sweep over worker configurations
 (threads pool sharing forward passes between jobs, prefork processes; torch or ONNX Runtime
 int8) x products per job: one product per job is how small uploads arrive.
@@ -28,6 +30,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -294,59 +298,75 @@ def profile_between(before: dict[str, dict], after: dict[str, dict]) -> StagePro
     return total
 
 
-def through_worker(
-    settings: VitrineSettings,
-    worker: WorkerConfig,
-    runs: list[tuple[int, list[Product]]],
-    log: Path,
-) -> list[dict[str, Any]]:
-    """Ingest each ``(products per job, products)`` run through one worker configured as
-    ``worker``, until searchable; returns rate and the worker's profile per run."""
+def wait_quiet(es: Any, *, below: float = 0.1, limit_s: float = 60.0) -> float:
+    """Wait until Elasticsearch uses less than ``below`` of a core over a second (the merges
+    and flushes a run leaves behind are done), at most ``limit_s``; seconds waited."""
+    started = time.perf_counter()
+
+    def cpu_ms() -> int:
+        nodes = es.nodes.stats(metric="process")["nodes"].values()
+        return sum(node["process"]["cpu"]["total_in_millis"] for node in nodes)
+
+    while time.perf_counter() - started < limit_s:
+        before = cpu_ms()
+        time.sleep(1.0)
+        if cpu_ms() - before < 1000 * below:
+            break
+    return time.perf_counter() - started
+
+
+@contextmanager
+def running_worker(
+    settings: VitrineSettings, worker: WorkerConfig, warm: list[Product], log: Path
+) -> Iterator[Callable[[int, list[Product]], dict[str, Any]]]:
+    """One worker configured as ``worker``, warmed up on ``warm``; yields ``ingest(products per
+    job, products)``, which enqueues them once Elasticsearch is quiet and returns the rate until
+    searchable and the worker's profile over that run."""
     from pipeline.dev.worker_process import worker_process
 
     settings = settings.model_copy(
         update={"worker_pool": worker.pool, "encoder_runtime": worker.runtime}
     )
     es = make_client(settings)
-    results = []
+
+    def ingest(batch_size: int, batch: list[Product]) -> dict[str, Any]:
+        es.indices.refresh(index=settings.index_alias)
+        wait_quiet(es)
+        before_count = es.count(index=settings.index_alias)["count"]
+        before = worker_profiles(log)
+        started = time.perf_counter()
+        job_ids = enqueue(app, batch, batch_size=batch_size)
+        enqueued = time.perf_counter() - started
+        statuses = wait_for_jobs(app, job_ids, timeout_s=1800, poll_s=0.2)
+        done = time.perf_counter()
+        es.indices.refresh(index=settings.index_alias)
+        count = es.count(index=settings.index_alias)["count"]
+        searchable = time.perf_counter()
+        assert all(s.state == "done" for s in statuses.values()), statuses
+        assert count == before_count + len(batch), (count, before_count)
+        time.sleep(0.3)  # the last batch's profile line reaches the log
+        profile = profile_between(before, worker_profiles(log))
+        return {
+            "worker": worker.label,
+            "runtime": worker.runtime,
+            "batch_size": batch_size,
+            "rate": len(batch) / (searchable - started),
+            "enqueue_s": enqueued,
+            "refresh_s": searchable - done,
+            "profile": profile.to_dict(),
+        }
+
     with (
         log.open("w") as output,
         worker_process(
             settings, concurrency=worker.concurrency, output=output, timeout_s=600
         ) as app,
     ):
-        warm = [p.model_copy(update={"product_id": f"warm-{p.product_id}"}) for p in runs[0][1]]
+        warm = [p.model_copy(update={"product_id": f"warm-{p.product_id}"}) for p in warm]
         warm = warm[: 2 * (worker.concurrency or settings.batch_size)]
         wait_for_jobs(app, enqueue(app, warm, batch_size=1), timeout_s=300)
         time.sleep(0.5)
-        for batch_size, batch in runs:
-            es.indices.refresh(index=settings.index_alias)
-            before_count = es.count(index=settings.index_alias)["count"]
-            before = worker_profiles(log)
-            started = time.perf_counter()
-            job_ids = enqueue(app, batch, batch_size=batch_size)
-            enqueued = time.perf_counter() - started
-            statuses = wait_for_jobs(app, job_ids, timeout_s=1800, poll_s=0.2)
-            done = time.perf_counter()
-            es.indices.refresh(index=settings.index_alias)
-            count = es.count(index=settings.index_alias)["count"]
-            searchable = time.perf_counter()
-            assert all(s.state == "done" for s in statuses.values()), statuses
-            assert count == before_count + len(batch), (count, before_count)
-            time.sleep(0.3)  # the last batch's profile line reaches the log
-            profile = profile_between(before, worker_profiles(log))
-            results.append(
-                {
-                    "worker": worker.label,
-                    "runtime": worker.runtime,
-                    "batch_size": batch_size,
-                    "rate": len(batch) / (searchable - started),
-                    "enqueue_s": enqueued,
-                    "refresh_s": searchable - done,
-                    "profile": profile.to_dict(),
-                }
-            )
-    return results
+        yield ingest
 
 
 def profile_rows(run: dict[str, Any]) -> list[list[Any]]:
@@ -429,23 +449,33 @@ def main(argv: list[str] | None = None) -> None:
                         "encoder_runtime": worker.runtime,
                     }
                 )
-                # just before the worker runs and again just after: this machine's speed
-                # drifts over minutes, so the worker is held against the mean of both
+                # just before the worker's run at per_job products a job and again just after
+                # it: this machine's speed drifts over minutes, so the worker is held against
+                # the mean of both
                 n_chain = min(args.images, (worker.processes + 12) * per_job)
+                wait_quiet(es)
                 before = chain_in_process(
                     settings, worker, products(paths[:n_chain], f"chain{n}"), per_job
                 )
-                batches = [(b, products(paths, f"w{n}b{b}")) for b in args.batch_sizes]
-                runs += through_worker(settings, worker, batches, directory / f"worker-{n}.log")
-                after = chain_in_process(
-                    settings, worker, products(paths[:n_chain], f"chain{n}after"), per_job
-                )
+                log = directory / f"worker-{n}.log"
+                with running_worker(settings, worker, products(paths, f"w{n}"), log) as ingest:
+                    mine = [ingest(per_job, products(paths, f"w{n}b{per_job}"))]
+                    wait_quiet(es)
+                    after = chain_in_process(
+                        settings, worker, products(paths[:n_chain], f"chain{n}after"), per_job
+                    )
+                    mine += [
+                        ingest(b, products(paths, f"w{n}b{b}"))
+                        for b in args.batch_sizes
+                        if b != per_job
+                    ]
+                runs += sorted(mine, key=lambda run: run["batch_size"])
                 chain_runs[worker.label] = [before, after]
                 in_process[worker.label] = (before + after) / 2
                 print(
                     f"{worker.label}: chain in-process {before:.1f} before and {after:.1f} after, "
                     "through the worker "
-                    + ", ".join(f"{r['rate']:.1f}" for r in runs[-len(batches) :])
+                    + ", ".join(f"{r['rate']:.1f}" for r in runs[-len(mine) :])
                 )
             again = naive_loop(  # this machine's speed drifts over minutes: measure it twice
                 base.model_copy(update={"index_alias": f"bench-ingest-{run_id}-naive-again"}),
