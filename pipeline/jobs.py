@@ -260,8 +260,29 @@ def resend(app: VitrineCelery, job_id: str, records: Sequence[PendingRecord]) ->
 def job_status(app: Celery, job_id: str) -> JobStatus:
     # Never from Celery's cache of finished results: a job sent again under its id by the
     # reconciler is queued again after it succeeded once.
-    meta = app.backend.get_task_meta(job_id, cache=False)
-    state, info = meta["status"], meta.get("result")
+    return _status(job_id, app.backend.get_task_meta(job_id, cache=False))
+
+
+#: Jobs whose states one ``MGET`` reads.
+STATUS_CHUNK = 1000
+
+
+def job_statuses(app: Celery, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+    """The states of many jobs, one ``MGET`` per ``STATUS_CHUNK`` of them: read one by one,
+    polling a large import's jobs took a round trip each and most of a core."""
+    backend = app.backend
+    statuses = {}
+    for start in range(0, len(job_ids), STATUS_CHUNK):
+        chunk = job_ids[start : start + STATUS_CHUNK]
+        values = backend.mget([backend.get_key_for_task(job_id) for job_id in chunk])
+        for job_id, value in zip(chunk, values, strict=True):
+            meta = backend.decode_result(value) if value else {"status": "PENDING"}
+            statuses[job_id] = _status(job_id, meta)
+    return statuses
+
+
+def _status(job_id: str, meta: Any) -> JobStatus:
+    state, info = meta["status"], meta.get("result")  # info: the result, or the exception
     if state == QUEUED:
         return JobStatus(job_id, "queued")
     if state == "PENDING":
@@ -295,10 +316,8 @@ def wait_for_jobs(
     statuses: dict[str, JobStatus] = {}
     pending = list(job_ids)
     while pending:
-        for job_id in list(pending):
-            statuses[job_id] = job_status(app, job_id)
-            if statuses[job_id].finished:
-                pending.remove(job_id)
+        statuses |= job_statuses(app, pending)
+        pending = [job_id for job_id in pending if not statuses[job_id].finished]
         if on_progress:
             on_progress(statuses)
         if not pending:

@@ -30,7 +30,7 @@ from elasticsearch import Elasticsearch
 
 from pipeline.es import indexing
 from pipeline.es.client import is_transient_es_error
-from pipeline.jobs import JobStatus, VitrineCelery, job_status, resend
+from pipeline.jobs import JobStatus, VitrineCelery, job_statuses, resend
 from pipeline.journal import ErrorSpool, PendingRecord
 from pipeline.settings import VitrineSettings
 
@@ -135,8 +135,9 @@ def reconcile(app: VitrineCelery, es: Elasticsearch) -> ReconcileReport:
         for record in records:
             by_job.setdefault(record.job_id, []).append(record)
         now = time.time()
+        statuses = job_statuses(app, list(by_job))
         for job_id, group in by_job.items():
-            status = job_status(app, job_id)
+            status = statuses[job_id]
             again = []
             for record in group:
                 action = decide(record, status, now=now, settings=settings)

@@ -9,11 +9,12 @@ import sys
 
 import numpy as np
 import pytest
+from celery import states
 
 from pipeline.documents import document_id
 from pipeline.es import indexing
 from pipeline.images import load_image
-from pipeline.jobs import enqueue, enqueue_delete, job_status, wait_for_jobs
+from pipeline.jobs import QUEUED, enqueue, enqueue_delete, job_status, job_statuses, wait_for_jobs
 from pipeline.search.query import Filters, KnnQuery
 from tests.integration.helpers import make_product, unique_prefix, write_image
 
@@ -245,6 +246,27 @@ def test_delete_product_removes_its_documents(worker, es, settings, tmp_path):
 
 def test_job_status_of_an_unknown_job(worker):
     assert job_status(worker, "no-such-job").state == "unknown"
+
+
+def test_job_statuses_read_many_jobs_as_job_status_reads_each(worker, monkeypatch):
+    """Every state a job can be in, read in chunks of one MGET, as ``job_status`` reads it."""
+    prefix = unique_prefix()
+    stored = {
+        f"{prefix}-queued": (None, QUEUED),
+        f"{prefix}-started": (None, states.STARTED),
+        f"{prefix}-retry": (RuntimeError("Elasticsearch down"), states.RETRY),
+        f"{prefix}-failure": (ValueError("bad payload"), states.FAILURE),
+        f"{prefix}-partial": ([{"status": "indexed"}, {"status": "failed"}], states.SUCCESS),
+    }
+    for job_id, (result, state) in stored.items():
+        worker.backend.store_result(job_id, result, state)
+    job_ids = [*stored, f"{prefix}-unknown"]
+    monkeypatch.setattr("pipeline.jobs.STATUS_CHUNK", 4)  # two MGETs
+    statuses = job_statuses(worker, job_ids)
+    assert statuses == {job_id: job_status(worker, job_id) for job_id in job_ids}
+    assert [statuses[job_id].state for job_id in job_ids] == [
+        "queued", "running", "retrying", "failed", "partially_failed", "unknown",
+    ]  # fmt: skip
 
 
 def test_index_of_another_model_is_refused(es, settings, encoder):
