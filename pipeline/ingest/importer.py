@@ -163,7 +163,7 @@ def run_import(
     on_progress: Callable[[ImportProgress], None] | None = None,
 ) -> ImportResult:
     """Enqueue the plan's products and (unless ``wait`` is False) wait for every job."""
-    from pipeline.jobs import enqueue, wait_for_jobs
+    from pipeline.jobs import enqueue, job_statuses, wait_for_jobs
 
     result = ImportResult(plan)
     progress = ImportProgress(total=len(plan.products))
@@ -194,9 +194,7 @@ def run_import(
             celery_app, result.job_ids, timeout_s=timeout_s, on_progress=update
         )
     except TimeoutError:
-        from pipeline.jobs import job_status
-
-        statuses = {j: job_status(celery_app, j) for j in result.job_ids}
+        statuses = job_statuses(celery_app, result.job_ids)
     rows = plan.catalogue.rows
     for job_id, batch in batches.items():
         status = statuses[job_id]

@@ -242,3 +242,23 @@ def test_unreadable_catalogue_exits_1(settings, tmp_path):
     result = run_ingest(settings, str(bad))
     assert result.exit_code == 1
     assert "missing column" in result.output
+
+
+def test_an_import_out_of_time_reports_its_jobs_still_running(es, settings, tmp_path):
+    """No worker consumes this queue: the import waits ``--timeout``, then says how many
+    products are still running (read in one go) and exits 2; the jobs stay queued."""
+    prefix = unique_prefix()
+    (tmp_path / "images").mkdir()
+    image = write_image(tmp_path / "images", 710).relative_to(tmp_path)
+    rows = [
+        {"product_id": f"{prefix}-{n}", "merchant_id": "shop-a", "title": f"Item {n}",
+         "price": "1", "in_stock": "true", "tags": "x", "image": str(image)}
+        for n in range(5)
+    ]  # fmt: skip
+    path = write_csv(tmp_path / "catalogue.csv", rows)
+    unconsumed = settings.model_copy(  # its own journal: no reconciler sends these anywhere
+        update={"queue": f"{prefix}-nobody", "journal_dir": tmp_path / "journal"}
+    )
+    result = run_ingest(unconsumed, str(path), "--batch-size", "2", "--timeout", "1")
+    assert result.exit_code == 2, result.output
+    assert "indexed 0, failed 0, still running 5" in result.output
