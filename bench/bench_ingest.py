@@ -298,9 +298,10 @@ def profile_between(before: dict[str, dict], after: dict[str, dict]) -> StagePro
     return total
 
 
-def wait_quiet(es: Any, *, below: float = 0.1, limit_s: float = 60.0) -> float:
+def wait_quiet(es: Any, *, below: float = 0.1, limit_s: float = 60.0) -> None:
     """Wait until Elasticsearch uses less than ``below`` of a core over a second (the merges
-    and flushes a run leaves behind are done), at most ``limit_s``; seconds waited."""
+    and flushes a run leaves behind are done), at most ``limit_s``; say so when it never was
+    (another tenant's load, or a merge longer than the limit), as the next run meets it."""
     started = time.perf_counter()
 
     def cpu_ms() -> int:
@@ -311,8 +312,8 @@ def wait_quiet(es: Any, *, below: float = 0.1, limit_s: float = 60.0) -> float:
         before = cpu_ms()
         time.sleep(1.0)
         if cpu_ms() - before < 1000 * below:
-            break
-    return time.perf_counter() - started
+            return
+    print(f"Elasticsearch still busy after {limit_s:.0f} s: measuring anyway", file=sys.stderr)
 
 
 @contextmanager

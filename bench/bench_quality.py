@@ -9,7 +9,7 @@
 3. Ingest throughput of processor chains in the same run: embed only, the default chain, and
    the default chain with ``ocr``; random-initialised weights (FLOPs, not semantics).
 
-Writes ``bench/results/bench_quality.json``.
+Writes ``bench_quality.json`` in ``--results-dir`` (``bench/results/`` by default).
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ from pipeline.ingest.processors import (
 from pipeline.settings import VitrineSettings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-RESULTS = Path(__file__).resolve().parent / "results" / "bench_quality.json"
 SIDE = 640
 FLAGS = [
     quality.LOW_RESOLUTION, quality.EXTREME_ASPECT, quality.BLANK, quality.BLURRY,
@@ -381,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
         args.ocr_images, args.skip_throughput = min(args.ocr_images, 10), True
     settings = VitrineSettings()
     results: dict = {
-        "command": "python bench/bench_quality.py " + " ".join(sys.argv[1:]),
+        "command": harness.command(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
         "thresholds": {k: v for k, v in settings.model_dump().items() if k.startswith("quality_")},
     }
@@ -414,9 +413,10 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"  {name:<18} CPU ms/img by processor: {stages}")
             for name, stages in tp["wall_ms_per_image"].items():
                 print(f"  {name:<18} wall ms/img by processor: {stages}")
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"results: {RESULTS}")
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    out = args.results_dir / "bench_quality.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"results: {out}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import os
 import platform
 import shlex
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,11 @@ def machine() -> dict[str, Any]:
     }
 
 
+def command() -> str:
+    """How this run was started, as a benchmark's results record it."""
+    return "python -m bench " + shlex.join(sys.argv[1:])
+
+
 def parser(description: str | None) -> argparse.ArgumentParser:
     """An argument parser with the options every benchmark takes."""
     p = argparse.ArgumentParser(description=description)
@@ -58,7 +64,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)  # anything else worth keeping (raw series)
     machine: dict[str, Any] = field(default_factory=machine)
-    command: str = field(default_factory=lambda: "python -m bench " + shlex.join(sys.argv[1:]))
+    command: str = field(default_factory=command)
 
     def add(self, *row: Any) -> None:
         self.rows.append(list(row))
@@ -112,17 +118,26 @@ class Report:
 
 
 def run_all(modules: Sequence[str], argv: Sequence[str]) -> int:
-    """Run each benchmark's `main(argv)` in turn; a failure is reported, the rest still run."""
+    """Run each benchmark's `main(argv)` in turn; a failure is reported, the rest still run.
+    Each one's time is printed, and the total: `all --quick` is meant to stay under 10 min."""
     import importlib
 
-    failed = []
+    failed: list[str] = []
+    took: dict[str, float] = {}
+    started = time.perf_counter()
     for module in modules:
         print(f"\n=== {module} {' '.join(argv)}", flush=True)
+        begun = time.perf_counter()
         try:
             importlib.import_module(f"bench.{module}").main(list(argv))
         except Exception as exc:  # noqa: BLE001 - keep going, report at the end
             print(f"{module} failed: {exc!r}", file=sys.stderr)
             failed.append(module)
+        took[module] = time.perf_counter() - begun
+    print(
+        f"\n{len(modules)} benchmarks in {time.perf_counter() - started:.0f} s: "
+        + ", ".join(f"{m.removeprefix('bench_')} {s:.0f} s" for m, s in took.items())
+    )
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

@@ -66,3 +66,30 @@ def test_the_planner_crossover_is_where_knn_stays_at_least_as_fast():
     assert crossover([r for r in rows if r[1] > 2_000 and r[0] == "noise"]) == 10_000
     assert "from 10000 up to 19999" in verdict(rows, 15_000)
     assert "every filter measured" in verdict([("a", 5, 0.5)], 15_000)
+
+
+def test_run_all_keeps_going_past_a_failure_and_times_each(monkeypatch, capsys):
+    """`bench all`: one benchmark failing leaves the rest to run; each one's time is printed."""
+    import sys
+    import types
+
+    from bench.harness import run_all
+
+    ran = []
+
+    def module(name, fails):
+        def main(argv):
+            ran.append((name, argv))
+            if fails:
+                raise RuntimeError("no Elasticsearch")
+
+        monkeypatch.setitem(sys.modules, f"bench.{name}", types.SimpleNamespace(main=main))
+
+    module("bench_first", fails=True)
+    module("bench_second", fails=False)
+    assert run_all(["bench_first", "bench_second"], ["--quick"]) == 1
+    assert ran == [("bench_first", ["--quick"]), ("bench_second", ["--quick"])]
+    out, err = capsys.readouterr()
+    assert "bench_first failed: RuntimeError('no Elasticsearch')" in err
+    assert "failed: bench_first" in err
+    assert "2 benchmarks in 0 s: first 0 s, second 0 s" in out
