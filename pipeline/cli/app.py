@@ -8,6 +8,7 @@ that need them, so ``vitrine --help`` stays fast.
 
 from __future__ import annotations
 
+import inspect
 import os
 import tempfile
 from pathlib import Path
@@ -196,6 +197,22 @@ def demo(
 
     setup_logging()
     run_demo(settings(), catalogue)
+
+
+def _summaries_on_one_line(group: typer.Typer) -> None:
+    """Typer's rich help lists each command with its docstring's first paragraph, keeping that
+    paragraph's line breaks (a command's own page joins them): give every command, here and
+    in the sub-groups, that paragraph as one line."""
+    for info in group.registered_commands:
+        doc = info.help or (info.callback.__doc__ if info.callback else None)
+        if info.short_help is None and doc:
+            info.short_help = " ".join(inspect.cleandoc(doc).split("\n\n")[0].split())
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None:
+            _summaries_on_one_line(sub.typer_instance)
+
+
+_summaries_on_one_line(app)
 
 
 def main() -> None:
