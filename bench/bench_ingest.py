@@ -5,7 +5,9 @@ machine's speed drifts by up to 2x over minutes), on the same photo-like 640x480
 ViT-B-32 with random weights (same FLOPs as real ones; the vectors carry no meaning), the same
 Elasticsearch.
 
-Prints the worker's per-stage profile (where a product's time goes), the path's own
+Prints the worker's per-stage profile (where a product's time goes) beside the same stages in
+the chain's in-process runs (how much slower each runs beside the queue and Elasticsearch), the
+path's own
 embedding-only throughput (decoded images through the same encoder, same batch size), each
 worker's processor chain run in-process on its settings just before it and again just after
 (its threads sharing forward passes, or as many processes as its prefork pool; no queue, no
@@ -49,7 +51,7 @@ from pipeline.es import indexing
 from pipeline.es.client import make_client
 from pipeline.images import DecodeSize, load_image
 from pipeline.jobs import enqueue, wait_for_jobs
-from pipeline.profile import StageProfile
+from pipeline.profile import StageProfile, active
 from pipeline.settings import VitrineSettings
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "retina", "cat")
@@ -144,12 +146,13 @@ def embedding_only(encoder: Encoder, paths: list[Path], batch: int) -> float:
 
 def chain_in_process(
     settings: VitrineSettings, worker: WorkerConfig, batch: list[Product], per_job: int
-) -> float:
+) -> tuple[float, StageProfile]:
     """Products/s of the worker's processor chain without the queue and without writes to
     Elasticsearch, on the settings the worker gives each pool process: what queue +
-    Elasticsearch overhead is measured against. A threads pool's jobs run in threads of this
-    process sharing forward passes; prefork's run in as many processes as the pool has, each
-    with its own model. ``batch`` holds one warm-up job per process, then the measured jobs."""
+    Elasticsearch overhead is measured against; and its stage profile, to set beside the
+    worker's. A threads pool's jobs run in threads of this process sharing forward passes;
+    prefork's run in as many processes as the pool has, each with its own model. ``batch``
+    holds one warm-up job per process, then the measured jobs."""
     cpus = len(os.sched_getaffinity(0))
     jobs = [batch[start : start + per_job] for start in range(0, len(batch), per_job)]
     if worker.pool == "threads":
@@ -171,10 +174,16 @@ def chain_in_process(
     spans = [results.get(timeout=600) for _ in children]
     for child in children:
         child.join()
-    return sum(n for _, _, n in spans) / (max(e for _, e, _ in spans) - min(s for s, _, _ in spans))
+    profile = StageProfile()
+    for *_, done in spans:
+        profile.merge(StageProfile.from_dict(done))
+    elapsed = max(e for _, e, _ in spans) - min(s for s, _, _ in spans)
+    return profile.products / elapsed, profile
 
 
-def _chain_in_threads(settings: VitrineSettings, jobs: list[list[Product]], threads: int) -> float:
+def _chain_in_threads(
+    settings: VitrineSettings, jobs: list[list[Product]], threads: int
+) -> tuple[float, StageProfile]:
     from concurrent.futures import ThreadPoolExecutor
 
     from pipeline.ingest.ingestor import Ingestor
@@ -182,12 +191,18 @@ def _chain_in_threads(settings: VitrineSettings, jobs: list[list[Product]], thre
     chain = Ingestor(settings, encoder=create_encoder(settings), batch_across_jobs=True).chain
     items = [_items(job) for job in jobs]
     chain.run(items[0])  # warm-up (the chain sizes its decoding on first use)
+    profile = StageProfile(products=sum(len(job) for job in items[1:]))
+
+    def run(job: list[Any]) -> None:
+        with active(profile):
+            chain.run(job)
+
     started = time.monotonic()
     with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(threads) as pool:  # as workers
-        list(pool.map(chain.run, items[1:]))
+        list(pool.map(run, items[1:]))
     elapsed = time.monotonic() - started
     _check(items)
-    return sum(len(job) for job in items[1:]) / elapsed
+    return profile.products / elapsed, profile
 
 
 def _chain_in_one_process(
@@ -200,13 +215,15 @@ def _chain_in_one_process(
         chain = Ingestor(settings, encoder=create_encoder(settings)).chain
         items = [_items(job) for job in jobs]
         chain.run(items[0])
+        profile = StageProfile(products=sum(len(job) for job in items[1:]))
         barrier.wait()
         started = time.monotonic()  # system-wide: comparable across processes
-        for job in items[1:]:
-            chain.run(job)
+        with active(profile):
+            for job in items[1:]:
+                chain.run(job)
         ended = time.monotonic()
     _check(items)
-    results.put((started, ended, sum(len(job) for job in items[1:])))
+    results.put((started, ended, profile.to_dict()))
 
 
 def _items(products: list[Product]) -> list[Any]:
@@ -370,18 +387,27 @@ def running_worker(
         yield ingest
 
 
-def profile_rows(run: dict[str, Any]) -> list[list[Any]]:
-    """Stage, ms per product, share of the worker's busy time (queue wait is backlog, apart)."""
+def profile_rows(run: dict[str, Any], chain: StageProfile | None) -> list[list[Any]]:
+    """Stage, ms per product, share of the worker's busy time (queue wait is backlog, apart),
+    and the same stage's ms per product in the chain's in-process runs (``chain``): how much
+    slower each stage runs beside the queue and Elasticsearch."""
     profile = StageProfile.from_dict(run["profile"])
     products = max(1, profile.products)
     nested = ("preprocess", "forward")  # timed inside embed_image
     busy = sum(v for s, v in profile.seconds.items() if s != "queue_wait" and s not in nested)
+
+    def in_chain(stage: str) -> float | str:
+        if chain is None or stage not in chain.seconds:
+            return "-"
+        return 1000 * chain.seconds[stage] / max(1, chain.products)
+
     rows = []
     for stage, seconds in StageProfile.ordered(profile.seconds):
         share = "backlog" if stage == "queue_wait" else f"{100 * seconds / busy:.0f}%"
         label = f"  {stage} (in embed_image)" if stage in nested else stage
-        rows.append([label, 1000 * seconds / products, share])
-    rows.append(["refresh (bench, once at the end)", 1000 * run["refresh_s"] / products, "-"])
+        rows.append([label, 1000 * seconds / products, share, in_chain(stage)])
+    refresh = 1000 * run["refresh_s"] / products
+    rows.append(["refresh (bench, once at the end)", refresh, "-", "-"])
     return rows
 
 
@@ -442,6 +468,7 @@ def main(argv: list[str] | None = None) -> None:
             print("embedding only: " + ", ".join(f"{r} {c:.1f}/s" for r, c in ceilings.items()))
             in_process: dict[str, float] = {}  # each worker's chain, no queue, no ES: the mean
             chain_runs: dict[str, list[float]] = {}  # ... of its runs before and after it
+            chain_profiles: dict[str, StageProfile] = {}  # both runs' stages, summed
             runs: list[dict[str, Any]] = []
             for n, worker in enumerate(workers):
                 settings = base.model_copy(
@@ -455,16 +482,17 @@ def main(argv: list[str] | None = None) -> None:
                 # the mean of both
                 n_chain = min(args.images, (worker.processes + 12) * per_job)
                 wait_quiet(es)
-                before = chain_in_process(
+                before, profile = chain_in_process(
                     settings, worker, products(paths[:n_chain], f"chain{n}"), per_job
                 )
                 log = directory / f"worker-{n}.log"
                 with running_worker(settings, worker, products(paths, f"w{n}"), log) as ingest:
                     mine = [ingest(per_job, products(paths, f"w{n}b{per_job}"))]
                     wait_quiet(es)
-                    after = chain_in_process(
+                    after, profile_after = chain_in_process(
                         settings, worker, products(paths[:n_chain], f"chain{n}after"), per_job
                     )
+                    profile.merge(profile_after)
                     mine += [
                         ingest(b, products(paths, f"w{n}b{b}"))
                         for b in args.batch_sizes
@@ -472,6 +500,7 @@ def main(argv: list[str] | None = None) -> None:
                     ]
                 runs += sorted(mine, key=lambda run: run["batch_size"])
                 chain_runs[worker.label] = [before, after]
+                chain_profiles[worker.label] = profile
                 in_process[worker.label] = (before + after) / 2
                 print(
                     f"{worker.label}: chain in-process {before:.1f} before and {after:.1f} after, "
@@ -547,13 +576,17 @@ def main(argv: list[str] | None = None) -> None:
         "profile's stages are per job and overlap (embed_image includes waiting for the shared "
         "pass), so shares are of the jobs' summed time."
     )
-    stage_table = profile_rows(best)
+    stage_table = profile_rows(best, chain_profiles.get(best["worker"]))
     report.data = {"naive": naive, "naive_again": again, "embedding_only": ceilings,
                    "chain_in_process": in_process, "chain_runs": chain_runs, "draft": draft,
                    "runs": runs, "profile_best": stage_table}  # fmt: skip
-    print(f"\nworker profile, {best['worker']}, {best['batch_size']} per job (ms per product):")
-    for stage, ms, share in stage_table:
-        print(f"  {stage:40s} {ms:8.1f} ms  {share}")
+    print(
+        f"\nworker profile, {best['worker']}, {best['batch_size']} per job (ms per product; "
+        "the chain's in-process runs beside it):"
+    )
+    for stage, ms, share, alone in stage_table:
+        beside = f"{alone:8.1f} ms" if isinstance(alone, float) else f"{alone:>8}"
+        print(f"  {stage:40s} {ms:8.1f} ms  {share:>7}  {beside}")
 
     def plot(ax: Any) -> None:
         for worker in workers:
@@ -571,8 +604,14 @@ def main(argv: list[str] | None = None) -> None:
     report.save(args.results_dir, plot)
     (args.results_dir / "bench_ingest_profile.md").write_text(
         f"{best['worker']}, {best['batch_size']} products per job\n\n"
-        "| stage | ms per product | share of busy time |\n|---|---|---|\n"
-        + "".join(f"| {s} | {ms:.1f} | {share} |\n" for s, ms, share in stage_table)
+        "| stage | ms per product | share of busy time | chain in-process, ms per product |\n"
+        "|---|---|---|---|\n"
+        + "".join(
+            f"| {s} | {ms:.1f} | {share} | "
+            + (f"{alone:.1f}" if isinstance(alone, float) else alone)
+            + " |\n"
+            for s, ms, share, alone in stage_table
+        )
     )
 
 

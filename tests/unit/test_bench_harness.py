@@ -93,3 +93,27 @@ def test_run_all_keeps_going_past_a_failure_and_times_each(monkeypatch, capsys):
     assert "bench_first failed: RuntimeError('no Elasticsearch')" in err
     assert "failed: bench_first" in err
     assert "2 benchmarks in 0 s: first 0 s, second 0 s" in out
+
+
+def test_the_ingest_profile_sets_the_chain_alone_beside_the_worker():
+    """bench_ingest: each stage's ms per product in the worker and in the chain's own runs."""
+    from bench.bench_ingest import profile_rows
+    from pipeline.profile import StageProfile
+
+    worker = StageProfile(products=10)
+    for stage, seconds in [("queue_wait", 5.0), ("embed_image", 0.6), ("forward", 0.5),
+                           ("duplicate_match", 0.2), ("es_bulk", 0.2)]:  # fmt: skip
+        worker.add(stage, seconds)
+    chain = StageProfile(products=20)
+    chain.add("embed_image", 0.8)
+    chain.add("forward", 0.6)
+    rows = {
+        row[0]: row[1:]
+        for row in profile_rows({"profile": worker.to_dict(), "refresh_s": 0.01}, chain)
+    }
+    assert rows["queue_wait"] == [500.0, "backlog", "-"]
+    assert rows["embed_image"] == [60.0, "60%", 40.0]  # busy: embed, match, bulk (not forward)
+    assert rows["  forward (in embed_image)"] == [50.0, "50%", 30.0]
+    assert rows["duplicate_match"] == [20.0, "20%", "-"]  # the chain neither matches nor writes
+    assert rows["refresh (bench, once at the end)"] == [1.0, "-", "-"]
+    assert profile_rows({"profile": worker.to_dict(), "refresh_s": 0}, None)[1][3] == "-"
