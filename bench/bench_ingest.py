@@ -7,17 +7,16 @@ Elasticsearch.
 
 Prints the worker's per-stage profile (where a product's time goes) beside the same stages in
 the chain's in-process runs (how much slower each runs beside the queue and Elasticsearch), the
-path's own
-embedding-only throughput (decoded images through the same encoder, same batch size), each
-worker's processor chain run in-process on its settings just before it and again just after
+path's own embedding-only throughput (decoded images through the same encoder, same batch size),
+each worker's processor chain run in-process on its settings just before it and again just after
 (its threads sharing forward passes, or as many processes as its prefork pool; no queue, no
-writes, no near-duplicate searches: the mean of both runs is what queue + Elasticsearch
-overhead is measured against; the worker's run at the chain's products per job comes first, so
-that the two chain runs bracket it closely, and every measured run starts once Elasticsearch has
-gone quiet, so that the merges one run leaves behind do not slow the next), what JPEG draft
-decoding saves and how close its vectors stay, and a sweep over worker configurations
-(threads pool sharing forward passes between jobs, prefork processes; torch or ONNX Runtime
-int8) x products per job: one product per job is how small uploads arrive.
+writes, no near-duplicate searches: the mean of both runs is what queue + Elasticsearch overhead
+is measured against; the worker's run at the chain's products per job comes first, so that the
+two chain runs bracket it closely, and every measured run starts once Elasticsearch has gone
+quiet, so that the merges one run leaves behind do not slow the next), what JPEG draft decoding
+saves and how close its vectors stay, and a sweep over worker configurations (threads pool
+sharing forward passes between jobs, prefork processes; torch or ONNX Runtime int8) x products
+per job: one product per job is how small uploads arrive.
 
 Needs the local services (`vitrine services start`). Uses its own aliases and queue; removes its
 indices afterwards.
