@@ -21,7 +21,7 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 from celery import Task, current_app, shared_task
 from celery.signals import (
@@ -66,6 +66,7 @@ _ingestor_lock = threading.Lock()
 _stop_reconciler = threading.Event()
 _stop_advertising = threading.Event()
 _node = "celery"  # this worker's node name, set in the main process before the pool forks
+_main_pid = os.getpid()  # the worker's main process (worker_init sets it there, before forking)
 #: The pool runs jobs in threads of the main process: one model, shared forward passes.
 _threaded = False
 
@@ -102,7 +103,10 @@ def _prepare_process() -> None:
     fingerprint took 13-18 ms instead of 4.8 with two processes at once, measured)."""
     threadpool_limits(1, user_api="blas")
     started = time.monotonic()
-    ingestor().load_model()
+    try:
+        ingestor().load_model()
+    except Exception as exc:
+        _stop_worker(f"the model could not be loaded: {exc}")
     took, limit = time.monotonic() - started, _settings(current_app).worker_proc_alive_timeout_s
     log.log(
         logging.WARNING if took > limit / 2 else logging.INFO,
@@ -114,17 +118,23 @@ def _prepare_process() -> None:
     threading.Thread(target=_advertise, name="vitrine-advert", daemon=True).start()
 
 
+def _stop_worker(reason: str) -> NoReturn:
+    """Say why and stop the whole worker (cold shutdown, exit status 1) before it takes a job:
+    a worker without its model, or whose model no write index holds, would fail every job
+    while answering pings as if healthy. Its jobs stay queued for a worker that can run them."""
+    log.error("refusing to consume queue %s: %s", _settings(current_app).queue, reason)
+    if os.getpid() != _main_pid:  # a pool process: stop its worker too
+        os.kill(_main_pid, signal.SIGQUIT)
+    os._exit(1)
+
+
 def _refuse_unless_index_matches() -> None:
-    """A worker whose model no write index holds would fail every job while answering pings as
-    if healthy: say so and stop the whole worker (cold shutdown, exit status 1) before it takes
-    a job. Elasticsearch unreachable is not a reason to stop: jobs retry."""
+    """Stop the worker when no write index holds its model. Elasticsearch unreachable is not a
+    reason to stop: jobs retry."""
     try:
         ingestor().ensure_index()
     except (indexing.IndexModelMismatch, indexing.IndexNotReady) as exc:
-        log.error("refusing to consume queue %s: %s", _settings(current_app).queue, exc)
-        if not _threaded:  # a pool process: stop its worker too
-            os.kill(os.getppid(), signal.SIGQUIT)
-        os._exit(1)
+        _stop_worker(str(exc))
     except Exception as exc:
         if not is_transient_es_error(exc):
             raise
@@ -140,9 +150,10 @@ def _log_profile(**_: Any) -> None:
 
 @worker_init.connect
 def _node_name_and_exporter(sender: Any = None, **_: Any) -> None:
-    """In the main process, before the pool forks: the node name (for the model advert) and
-    the metrics exporter, which serves what every pool process records."""
-    global _node, _threaded
+    """In the main process, before the pool forks: its pid, the node name (for the model
+    advert) and the metrics exporter, which serves what every pool process records."""
+    global _node, _threaded, _main_pid
+    _main_pid = os.getpid()
     _node = getattr(sender, "hostname", None) or _node
     _threaded = "thread" in str(getattr(sender, "pool_cls", ""))
     _start_exporter(sender)

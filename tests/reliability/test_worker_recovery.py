@@ -5,6 +5,8 @@ product must still be indexed exactly once (documents per product = its images).
   loads the model for longer than Celery's default start-up timeout (4 s) and is not killed.
 - A killed worker (main process and pool process): its job waits in the queue's unacked set
   until the visibility timeout, then a new worker requeues it (``redelivery_bound_s``).
+- A worker that cannot load its model stops (exit status 1) before it takes a job, whatever
+  its pool, and the jobs stay in Redis for a worker that can run them.
 - ``/healthz`` answers 503 while no worker consumes the queue (none yet, or it was killed),
   200 while one does with the index's model (once its pool process has loaded it).
 
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,7 +33,14 @@ from redis import Redis
 from pipeline.api.app import create_app
 from pipeline.dev.worker_process import worker_process
 from pipeline.documents import Product
-from pipeline.jobs import JobStatus, enqueue, job_status, redelivery_bound_s, wait_for_jobs
+from pipeline.jobs import (
+    JobStatus,
+    create_celery,
+    enqueue,
+    job_status,
+    redelivery_bound_s,
+    wait_for_jobs,
+)
 from pipeline.settings import VitrineSettings
 from tests.integration.helpers import unique_prefix, write_image
 from tests.reliability.slow_encoder import LOAD_DELAY_S, install_plugins
@@ -180,6 +191,56 @@ def test_celery_default_start_up_timeout_kills_a_slow_loading_process(
         _, [child] = _worker_pids(app, current.queue)
         os.kill(child, signal.SIGKILL)
         _wait_for_text(worker_log, "Timed out waiting for UP message")
+
+
+def _run_until_it_stops(current: VitrineSettings) -> subprocess.CompletedProcess:
+    """``vitrine worker`` under ``current``, through a shell: a worker that signalled its
+    parent (a solo or threads worker has no pool parent) would stop the shell and its last
+    line, not the test session."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("VITRINE_")}
+    worker = [sys.executable, "-m", "pipeline.cli", "worker"]
+    return subprocess.run(
+        ["sh", "-c", '"$@"; echo "worker exited $?"', "sh", *worker],
+        env={**inherited, **current.to_env()},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _assert_stopped_leaving_the_job(
+    result: subprocess.CompletedProcess, current: VitrineSettings, job_id: str, reason: str
+) -> None:
+    assert result.stdout.splitlines()[-1] == "worker exited 1", result.stdout + result.stderr
+    assert f"refusing to consume queue {current.queue}: {reason}" in result.stderr
+    assert job_status(create_celery(current), job_id).state == "queued"
+    held = Redis.from_url(current.redis_url)  # queued, or unacked until the visibility timeout
+    assert held.llen(current.queue) + held.hlen(f"{current.queue}.unacked") == 1
+
+
+@pytest.mark.parametrize("pool", ["prefork", "threads", "solo"])
+def test_a_worker_without_its_model_stops_and_its_job_stays_queued(es, settings, tmp_path, pool):
+    missing = tmp_path / "missing.pt"
+    current = _settings(
+        settings, f"no-model-{pool}", worker_pool=pool, model_pretrained=str(missing)
+    )
+    [job_id] = enqueue(create_celery(current), _products(tmp_path, 1))
+    result = _run_until_it_stops(current)
+    reason = f"the model could not be loaded: checkpoint {missing} does not exist"
+    _assert_stopped_leaving_the_job(result, current, job_id, reason)
+
+
+def test_a_worker_whose_model_the_index_does_not_hold_stops(es, settings, encoder, tmp_path):
+    from pipeline.encoders.open_clip_encoder import create_random_checkpoint
+    from pipeline.ingest.ingestor import Ingestor
+
+    Ingestor(settings, es=es, encoder=encoder).ensure_index()
+    other = create_random_checkpoint(settings.model_arch, tmp_path / "other.pt", seed=1)
+    current = _settings(settings, "other-model", model_pretrained=str(other))
+    [job_id] = enqueue(create_celery(current), _products(tmp_path, 1))
+    result = _run_until_it_stops(current)
+    reason = f"alias {settings.index_alias} writes to"
+    _assert_stopped_leaving_the_job(result, current, job_id, reason)
 
 
 def test_dead_worker_jobs_come_back_within_the_redelivery_bound_and_healthz_follows(
