@@ -10,9 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
+from pipeline.documents import document_id
 from pipeline.es import mappings
 from pipeline.images import HASH_BANDS, Fingerprint, phash_distance
 from pipeline.ingest.duplicates import (
+    MATCH_FIELDS,
     Candidate,
     MatchRule,
     NewImage,
@@ -174,18 +176,6 @@ def test_fingerprint_round_trips_and_rejects_what_is_not_one():
     assert Fingerprint.decode("AAAA") is None  # base64, wrong length
 
 
-def test_a_candidate_seen_again_reuses_its_decoded_fingerprint():
-    """The same neighbours come back for many images of a batch (and later batches): decoded
-    once, with the arrays ``compare`` builds kept on it."""
-    text = Fingerprint.of(_product((RED, GREEN))).encode()
-    first, again = (
-        Candidate.from_hit({"_id": doc, "_score": 0.9, "_source": {"fingerprint": text}})
-        for doc in ("a", "b")
-    )
-    assert first.fingerprint is again.fingerprint
-    assert first.fingerprint == Fingerprint.decode(text)
-
-
 def test_rule_from_settings_defaults():
     rule = MatchRule.from_settings(VitrineSettings())
     assert rule.min_cosine < rule.sure_cosine
@@ -337,7 +327,10 @@ def test_match_searches_knn_and_same_hash_per_image_then_the_ids_lookup():
     assert searches[3]["query"]["script_score"]["query"]["bool"]["filter"] == [
         {"match_none": {}}
     ]  # no fingerprint: nothing to look up
-    assert all("image_vector" not in search["_source"] for search in searches)
+    # doc values only: Elasticsearch parses no _source (the vector) and sends no fingerprints
+    assert all(search["_source"] is False for search in searches)
+    assert searches[0]["docvalue_fields"] == searches[1]["docvalue_fields"] == MATCH_FIELDS
+    assert searches[4]["docvalue_fields"] == ["duplicate_group"]
     assert searches[4]["query"] == {"ids": {"values": ["a", "b"]}}
 
 
@@ -405,13 +398,25 @@ def test_the_founder_is_at_distance_zero_from_itself(vector):
 
 
 class FakeES:
-    """Answers the matcher's msearch with canned hits (per image: kNN, then same hash) and
-    records bulk updates."""
+    """Answers the matcher's msearch with canned hits (per image: kNN, then same hash) and its
+    mget with ``fingerprints`` (doc id -> Fingerprint); records bulk updates and mgets."""
 
-    def __init__(self, knn_hits, own_hits=(), fail=None, band_hits=None):
+    def __init__(self, knn_hits, own_hits=(), fail=None, band_hits=None, fingerprints=None):
         self.knn_hits, self.own_hits, self.fail = knn_hits, list(own_hits), fail
         self.band_hits = band_hits or [[] for _ in knn_hits]
-        self.searches, self.bulks = [], []
+        self.fingerprints = fingerprints or {}
+        self.searches, self.bulks, self.fetched = [], [], []
+
+    def mget(self, docs, realtime):
+        self.fetched.append([doc["_id"] for doc in docs])
+        return {
+            "docs": [
+                {"_id": doc["_id"], "found": True, "_source": {"fingerprint": fingerprint.encode()}}
+                if (fingerprint := self.fingerprints.get(doc["_id"]))
+                else {"_id": doc["_id"], "found": True, "_source": {}}
+                for doc in docs
+            ]
+        }
 
     def msearch(self, searches):
         if self.fail:
@@ -446,7 +451,7 @@ def _items(tmp_path, n, start=0):
 def test_matcher_sends_one_msearch_per_batch_and_backfills(tmp_path):
     from pipeline.ingest.duplicates import DuplicateMatcher
 
-    legacy = {"_id": "legacy", "_score": 0.999, "_source": {"phash": "00"}}
+    legacy = _hit("legacy", 0.999, phash="00")
     es = FakeES([[legacy], [legacy]])
     items = _items(tmp_path, 2)
     DuplicateMatcher(VitrineSettings(), es).assign(items, ["shop.m.000001"])
@@ -474,15 +479,47 @@ def test_matcher_keeps_same_hash_hits_within_the_hash_distance(tmp_path):
         0.6, new, Candidate("f", "g", None, 0.6, far)
     )
 
-    def hit(doc_id, fingerprint):
-        source = {"duplicate_group": "g", "fingerprint": fingerprint.encode()}
-        return {"_id": doc_id, "_score": (1 + 0.6) / 2, "_source": source}
-
     items = _items(tmp_path, 1)
     items[0].fingerprint = original.encode()
-    es = FakeES([[]], band_hits=[[hit("copy", copy), hit("far", far)]])
+    band_hits = [[_hit("copy", 0.6, group="g"), _hit("far", 0.6, group="g")]]
+    es = FakeES([[]], band_hits=band_hits, fingerprints={"copy": copy, "far": far})
     DuplicateMatcher(settings, es).assign(items, ["shop.m.000001"])
     assert items[0].duplicate_group == "g"
+
+
+def _hit(doc_id, cosine, *, group=None, phash=None):
+    """A hit as ``match_searches`` asks for it: doc values, no ``_source``."""
+    fields = {"duplicate_group": [group] if group else [], "phash": [phash] if phash else []}
+    return {"_id": doc_id, "_index": "shop.m.000001", "_score": (1 + cosine) / 2, "fields": fields}
+
+
+def test_fingerprints_are_fetched_once_and_only_where_the_hashes_decide(tmp_path):
+    """The same neighbours come back for many images: each fingerprint is fetched once per
+    process, only for candidates whose cosine lets the hashes decide (not below every tier, not
+    from the sure cosine), and never for the process's own images."""
+    from pipeline.ingest.duplicates import DuplicateMatcher
+
+    settings = VitrineSettings()
+    rule = MatchRule.from_settings(settings)
+    lowest = min(tier.min_cosine for tier in rule.tiers)
+    printed = Fingerprint.of(_product((RED, GREEN)))
+    neighbours = [
+        _hit("decided", (lowest + rule.sure_cosine) / 2),
+        _hit("too-far", lowest - 0.01),
+        _hit("sure", rule.sure_cosine),
+    ]
+    es = FakeES([neighbours], fingerprints={"decided": printed})
+    matcher = DuplicateMatcher(settings, es)
+    batches = [_items(tmp_path, 1, start) for start in range(4)]
+    for items in batches:
+        items[0].fingerprint = printed.encode()
+    for items in batches[:3]:
+        matcher.assign(items, ["shop.m.000001"])
+    assert es.fetched == [["decided"]]
+    first = batches[0][0]  # now found by kNN: its fingerprint is the process's own
+    es.knn_hits = [[_hit(document_id("m", "p0", first.image.sha256), 0.8)]]
+    matcher.assign(batches[3], ["shop.m.000001"])
+    assert es.fetched == [["decided"]]
 
 
 def test_matcher_lets_elasticsearch_errors_reach_the_job(tmp_path):
