@@ -41,8 +41,11 @@ def machine() -> dict[str, Any]:
 
 
 def command() -> str:
-    """How this run was started, as a benchmark's results record it."""
-    return "python -m bench " + shlex.join(sys.argv[1:])
+    """How this run was started, as a benchmark's results record it: ``python -m bench NAME
+    ...`` also when a benchmark's module was run as a script."""
+    script = Path(sys.argv[0]).stem
+    name = [] if script == "__main__" else [script.removeprefix("bench_")]
+    return "python -m bench " + shlex.join([*name, *sys.argv[1:]])
 
 
 def parser(description: str | None) -> argparse.ArgumentParser:

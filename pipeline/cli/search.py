@@ -89,7 +89,7 @@ def search(
     ] = None,
     category: Annotated[str | None, typer.Option(help="Category.")] = None,
     auto_tag: Annotated[
-        list[str] | None, typer.Option(help="Has this zero-shot tag, e.g. colour:red (repeat).")
+        list[str] | None, typer.Option(help="Has this zero-shot tag, e.g. colour:red (repeatable).")
     ] = None,
     auto_category: Annotated[str | None, typer.Option(help="Zero-shot category.")] = None,
     duplicate_group: Annotated[

@@ -3,7 +3,7 @@
 import json
 
 from bench.__main__ import available
-from bench.harness import Report
+from bench.harness import Report, command
 
 
 def test_report_saves_table_json_and_plot(tmp_path):
@@ -18,6 +18,13 @@ def test_report_saves_table_json_and_plot(tmp_path):
     table = (tmp_path / "demo.md").read_text()
     assert "| 8 | 21.5 | 2.15 |" in table and "- ratios from the same run" in table
     assert (tmp_path / "demo.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_recorded_command_names_the_benchmark_however_it_was_started(monkeypatch):
+    monkeypatch.setattr("sys.argv", ["/repo/bench/__main__.py", "ingest", "--images", "10"])
+    assert command() == "python -m bench ingest --images 10"
+    monkeypatch.setattr("sys.argv", ["bench/bench_ingest.py", "--images", "10"])
+    assert command() == "python -m bench ingest --images 10"
 
 
 def test_every_benchmark_module_is_listed():
