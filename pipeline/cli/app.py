@@ -134,10 +134,13 @@ def serve(
     ] = 1,
 ) -> None:
     """Run the HTTP API (OpenAPI page at /docs)."""
-    from pipeline.encoders import load_factory
+    from pipeline.encoders import create_encoder, get_encoder
 
     setup_logging()
-    load_factory(settings().encoder)  # a missing or broken plugin: one line, not a traceback
+    # Missing weights or a broken plugin: one line here, not a traceback from every API
+    # process's start-up. One process keeps the model loaded here (cached); with several, each
+    # loads its own and this copy is dropped.
+    (get_encoder if workers == 1 else create_encoder)(settings())
     if workers > 1:
         # the workers record, any of them serves /metrics: prometheus_client's multiprocess
         # mode, which each picks up when it imports the library (they are spawned, not forked)

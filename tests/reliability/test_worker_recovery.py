@@ -193,19 +193,27 @@ def test_celery_default_start_up_timeout_kills_a_slow_loading_process(
         _wait_for_text(worker_log, "Timed out waiting for UP message")
 
 
-def _run_until_it_stops(current: VitrineSettings) -> subprocess.CompletedProcess:
-    """``vitrine worker`` under ``current``, through a shell: a worker that signalled its
-    parent (a solo or threads worker has no pool parent) would stop the shell and its last
-    line, not the test session."""
+def _run_until_it_stops(current: VitrineSettings) -> tuple[str, str]:
+    """``vitrine worker`` under ``current`` until it exits: (stdout, stderr). Through a shell: a
+    worker that signalled its parent (a solo or threads worker has no pool parent) would stop
+    the shell and its last line, not the test session. A worker still running after 120 s is
+    killed with its shell (its own process group) and fails the test."""
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("VITRINE_")}
     worker = [sys.executable, "-m", "pipeline.cli", "worker"]
-    return subprocess.run(
+    process = subprocess.Popen(
         ["sh", "-c", '"$@"; echo "worker exited $?"', "sh", *worker],
         env={**inherited, **current.to_env()},
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=120,
+        start_new_session=True,
     )
+    try:
+        return process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail("the worker kept running without its model")
 
 
 @pytest.mark.parametrize("pool", ["prefork", "threads", "solo"])
@@ -215,10 +223,10 @@ def test_a_worker_without_its_model_stops_and_its_job_stays_queued(es, settings,
         settings, f"no-model-{pool}", worker_pool=pool, model_pretrained=str(missing)
     )
     [job_id] = enqueue(create_celery(current), _products(tmp_path, 1))
-    result = _run_until_it_stops(current)
-    assert result.stdout.splitlines()[-1] == "worker exited 1", result.stdout + result.stderr
+    stdout, stderr = _run_until_it_stops(current)
+    assert stdout.splitlines()[-1] == "worker exited 1", stdout + stderr
     reason = f"the model could not be loaded: checkpoint {missing} does not exist"
-    assert f"refusing to consume queue {current.queue}: {reason}" in result.stderr
+    assert f"refusing to consume queue {current.queue}: {reason}" in stderr
     assert job_status(create_celery(current), job_id).state == "queued"
     held = Redis.from_url(current.redis_url)  # queued, or unacked until the visibility timeout
     assert held.llen(current.queue) + held.hlen(f"{current.queue}.unacked") == 1

@@ -32,3 +32,17 @@ def test_missing_weights(tmp_path):
     assert result.returncode == 1
     assert f"error: checkpoint {tmp_path / 'none.pt'} does not exist" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_missing_weights_stop_the_api_in_one_line(tmp_path):
+    """Not uvicorn's start-up traceback, once per API process."""
+    for workers in ("1", "2"):
+        result = run_cli(
+            "serve", "--port", "9", "--workers", workers,
+            VITRINE_MODEL_PRETRAINED=str(tmp_path / "none.pt"),
+        )  # fmt: skip
+        assert result.returncode == 1
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"error: checkpoint {tmp_path / 'none.pt'} does not exist"
+        )
+        assert "Traceback" not in result.stderr
