@@ -2,6 +2,7 @@
 (``es_mappings/products_index_template.json`` plus the model's vector field) describe the same
 fields with compatible types: change one without the other and these tests fail."""
 
+import json
 from datetime import UTC, datetime
 from types import NoneType, UnionType
 from typing import Any, get_args, get_origin
@@ -91,6 +92,18 @@ def test_build_document_writes_exactly_the_model():
     )
     assert list(doc) == list(ProductDocument.model_fields)
     assert ProductDocument.model_validate(doc).indexed_at == datetime(2026, 1, 2, tzinfo=UTC)
+
+
+def test_the_vector_is_written_as_its_float32_values_in_short_form():
+    vector = np.random.default_rng(0).normal(size=512).astype(np.float32)
+    product = Product(product_id="p", merchant_id="m", title="T", images=["a.jpg"])
+    doc = build_document(
+        product, image_index=0, image_sha256="ab" * 32, width=1, height=2, vector=vector,
+        model_id="model",
+    )  # fmt: skip
+    text = json.dumps(doc["image_vector"])
+    assert np.array_equal(np.array(json.loads(text), dtype=np.float32), vector)
+    assert len(text) < 0.65 * len(json.dumps(vector.tolist()))  # 8-9 digits, not 17
 
 
 def test_hits_and_product_views_are_made_of_document_fields():
