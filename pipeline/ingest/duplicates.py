@@ -57,6 +57,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any, Protocol
 
 import numpy as np
@@ -150,15 +151,19 @@ class MatchRule:
             ),
         )
 
-    @property
+    @cached_property
     def tiers(self) -> tuple[Tier, ...]:
         usual = Tier(self.min_cosine, self.max_phash_distance, self.min_colour_correlation)
         return usual, self.close_colour, self.same_picture
 
+    @cached_property
+    def _lowest_cosine(self) -> float:
+        return min(tier.min_cosine for tier in self.tiers)
+
     def weighs_hashes(self, cosine: float) -> bool:
         """Whether the hashes decide a pair at ``cosine``: below the sure cosine, and from the
         lowest tier's on (below, nothing can match)."""
-        return min(tier.min_cosine for tier in self.tiers) <= cosine < self.sure_cosine
+        return self._lowest_cosine <= cosine < self.sure_cosine
 
     def matches(self, cosine: float, a: Hashed, b: Hashed) -> bool:
         return self.matches_many(a, [cosine], [b])[0]
