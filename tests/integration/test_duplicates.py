@@ -15,7 +15,7 @@ from pipeline.api.app import create_app
 from pipeline.documents import Product, document_id
 from pipeline.es import indexing, mappings
 from pipeline.images import Fingerprint, load_image
-from pipeline.ingest.duplicates import DuplicateMatcher, NewImage, match_searches
+from pipeline.ingest.duplicates import Candidate, DuplicateMatcher, NewImage, match_searches
 from pipeline.ingest.ingestor import Ingestor
 from pipeline.ingest.processors import IngestItem
 from pipeline.jobs import enqueue, wait_for_jobs
@@ -243,8 +243,8 @@ def test_the_same_picture_far_down_the_knn_list_is_found_by_its_hash_band(
     new = NewImage(_doc_id(copy), opposite, None, fingerprint)
     by_band = match_searches([new], k=5)[1]  # kNN's own list is [0]
     found = es.search(index=settings.index_alias, **by_band)["hits"]["hits"]
-    scores = {h["_id"]: h["_score"] for h in found}
-    assert scores[hit["_id"]] == pytest.approx(0.0, abs=1e-6)
+    scores = {c.doc_id: c.cosine for c in map(Candidate.from_hit, found)}  # ids from doc values
+    assert scores[hit["_id"]] == pytest.approx(-1.0, abs=2e-6)
 
     anywhere = settings.model_copy(
         update={"duplicate_candidates": 5, "duplicate_same_picture_min_cosine": -1.0}

@@ -14,6 +14,7 @@ from pipeline.documents import document_id
 from pipeline.es import mappings
 from pipeline.images import HASH_BANDS, Fingerprint, phash_distance
 from pipeline.ingest.duplicates import (
+    ID_FIELDS,
     MATCH_FIELDS,
     Candidate,
     MatchRule,
@@ -327,10 +328,10 @@ def test_match_searches_knn_and_same_hash_per_image_then_the_ids_lookup():
     assert searches[3]["query"]["script_score"]["query"]["bool"]["filter"] == [
         {"match_none": {}}
     ]  # no fingerprint: nothing to look up
-    # doc values only: Elasticsearch parses no _source (the vector) and sends no fingerprints
-    assert all(search["_source"] is False for search in searches)
+    # doc values only: no stored field (_id, _source with the vector) is read, no fingerprints
+    assert all(search["stored_fields"] == "_none_" for search in searches)
     assert searches[0]["docvalue_fields"] == searches[1]["docvalue_fields"] == MATCH_FIELDS
-    assert searches[4]["docvalue_fields"] == ["duplicate_group"]
+    assert searches[4]["docvalue_fields"] == [*ID_FIELDS, "duplicate_group"]
     assert searches[4]["query"] == {"ids": {"values": ["a", "b"]}}
 
 
@@ -457,10 +458,21 @@ def test_matcher_sends_one_msearch_per_batch_and_backfills(tmp_path):
     DuplicateMatcher(VitrineSettings(), es).assign(items, ["shop.m.000001"])
     assert len(es.searches) == 1 and len(es.searches[0]) == 2 * 5  # header + body each
     assert {header["index"] for header in es.searches[0][::2]} == {"shop.m.000001"}
-    assert [item.duplicate_group for item in items] == ["legacy", "legacy"]
+    assert [item.duplicate_group for item in items] == [_id("legacy")] * 2
     [operations] = es.bulks
-    assert operations[0] == {"update": {"_index": "shop.m.000001", "_id": "legacy"}}
-    assert operations[1] == {"doc": {"duplicate_group": "legacy"}}
+    assert operations[0] == {"update": {"_index": "shop.m.000001", "_id": _id("legacy")}}
+    assert operations[1] == {"doc": {"duplicate_group": _id("legacy")}}
+
+
+def test_a_reingested_image_keeps_its_group(tmp_path):
+    """The ids look-up's hits carry no ``_id``: the matcher knows the batch's own documents by
+    their doc values, so a re-ingested image keeps the group it has."""
+    from pipeline.ingest.duplicates import DuplicateMatcher
+
+    items = _items(tmp_path, 1)
+    own = _hit("p0", 1.0, sha=items[0].image.sha256, group="kept")
+    DuplicateMatcher(VitrineSettings(), FakeES([[]], own_hits=[own])).assign(items, ["shop.m.1"])
+    assert items[0].duplicate_group == "kept"
 
 
 def test_matcher_keeps_same_hash_hits_within_the_hash_distance(tmp_path):
@@ -482,15 +494,29 @@ def test_matcher_keeps_same_hash_hits_within_the_hash_distance(tmp_path):
     items = _items(tmp_path, 1)
     items[0].fingerprint = original.encode()
     band_hits = [[_hit("copy", 0.6, group="g"), _hit("far", 0.6, group="g")]]
-    es = FakeES([[]], band_hits=band_hits, fingerprints={"copy": copy, "far": far})
+    es = FakeES([[]], band_hits=band_hits, fingerprints={_id("copy"): copy, _id("far"): far})
     DuplicateMatcher(settings, es).assign(items, ["shop.m.000001"])
     assert items[0].duplicate_group == "g"
 
 
-def _hit(doc_id, cosine, *, group=None, phash=None):
-    """A hit as ``match_searches`` asks for it: doc values, no ``_source``."""
-    fields = {"duplicate_group": [group] if group else [], "phash": [phash] if phash else []}
-    return {"_id": doc_id, "_index": "shop.m.000001", "_score": (1 + cosine) / 2, "fields": fields}
+SHA = "5" * 64
+
+
+def _hit(product_id, cosine, *, sha=SHA, group=None, phash=None):
+    """A hit as ``match_searches`` asks for it: doc values only, no ``_id`` (a stored field)."""
+    fields = {
+        "merchant_id": ["m"],
+        "product_id": [product_id],
+        "image_sha256": [sha],
+        "duplicate_group": [group] if group else [],
+        "phash": [phash] if phash else [],
+    }
+    return {"_index": "shop.m.000001", "_score": (1 + cosine) / 2, "fields": fields}
+
+
+def _id(product_id, sha=SHA):
+    """The document id of a hit made by ``_hit``."""
+    return document_id("m", product_id, sha)
 
 
 def test_fingerprints_are_fetched_once_and_only_where_the_hashes_decide(tmp_path):
@@ -508,18 +534,18 @@ def test_fingerprints_are_fetched_once_and_only_where_the_hashes_decide(tmp_path
         _hit("too-far", lowest - 0.01),
         _hit("sure", rule.sure_cosine),
     ]
-    es = FakeES([neighbours], fingerprints={"decided": printed})
+    es = FakeES([neighbours], fingerprints={_id("decided"): printed})
     matcher = DuplicateMatcher(settings, es)
     batches = [_items(tmp_path, 1, start) for start in range(4)]
     for items in batches:
         items[0].fingerprint = printed.encode()
     for items in batches[:3]:
         matcher.assign(items, ["shop.m.000001"])
-    assert es.fetched == [["decided"]]
+    assert es.fetched == [[_id("decided")]]
     first = batches[0][0]  # now found by kNN: its fingerprint is the process's own
-    es.knn_hits = [[_hit(document_id("m", "p0", first.image.sha256), 0.8)]]
+    es.knn_hits = [[_hit("p0", 0.8, sha=first.image.sha256)]]
     matcher.assign(batches[3], ["shop.m.000001"])
-    assert es.fetched == [["decided"]]
+    assert es.fetched == [[_id("decided")]]
 
 
 def test_matcher_lets_elasticsearch_errors_reach_the_job(tmp_path):
