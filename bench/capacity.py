@@ -1,9 +1,10 @@
 """Write docs/capacity.md from measured numbers: `python -m bench.capacity [--measure-ingest]`.
 
 Inputs: vector bytes per document (bench/results/bench_query.json, int8_hnsw at 100k and float
-hnsw), query latency vs index size (bench/results/bench_growth.json) and the ingest rate of one
-worker process (bench/results/capacity_ingest.json, written by ``--measure-ingest``: the real
-ingest path in process, ViT-B-32 with random weights, batch 8, into the benchmark's own
+hnsw), query latency vs index size (bench/results/bench_growth.json), and what one worker
+process ingests per CPU-second with each runtime and what a document it writes takes on disk
+(bench/results/capacity_ingest.json, written by ``--measure-ingest``: the real ingest path in
+process, the default processor chain, ViT-B-32 with random weights, into the benchmark's own
 Elasticsearch). Re-run the benchmarks, then this, to refresh the page.
 """
 
@@ -12,13 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from bench import harness
 from pipeline.settings import VitrineSettings
@@ -30,67 +32,103 @@ HEAP_GB = 31
 REPLICAS = 1
 SHARD_GB = 40  # within Elasticsearch's advice of 10-50 GB per shard
 HEADROOM = 1.3  # merges need room; watermarks stop writes at 85-95 % full
-WORKER_CORES = 2  # one worker process, torch threads = its cores
+WORKER_CORES = 2  # one worker of 2 cores: prefork x2, or one process of 2 threads
+RUNTIMES = ("torch", "onnx-int8")  # the default, and the fastest measured (README)
+BATCH = 16  # products per ingest call, as a worker's catalogue jobs carry them
 
 
-def measure_ingest(results_dir: Path, products: int = 48) -> dict[str, Any]:
-    """Products/s of one process through the real ingest path (decode, embed, bulk index)."""
-    import torch
-
+def measure_ingest(results_dir: Path, products: int = 400) -> dict[str, Any]:
+    """Products per CPU-second of one process through the real ingest path (decode, the default
+    processor chain, embedding, near-duplicate matching, bulk write) with each runtime, and
+    the bytes a document it writes takes (the first runtime's index, merged to one segment)."""
     from bench import search_data as data
-    from pipeline.dev.samples import COLOURS, product_image
-    from pipeline.documents import Product
+    from bench.bench_ingest import photos
+    from bench.bench_ingest import products as photo_products
     from pipeline.encoders.open_clip_encoder import create_random_checkpoint
     from pipeline.ingest.ingestor import Ingestor
 
     run = uuid.uuid4().hex[:6]
+    rates: dict[str, dict[str, float]] = {}
+    document: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
+        items = photo_products(photos(folder, products + BATCH), "capacity")
         checkpoint = create_random_checkpoint("ViT-B-32", folder / "random.pt")
-        settings = data.bench_settings(f"bench-ingest-{run}").model_copy(
-            update={"model_arch": "ViT-B-32", "model_pretrained": str(checkpoint)}
-        )
-        es = data.start(settings)
-        items = []
-        for i in range(products + 8):
-            path = folder / f"{i}.jpg"
-            product_image("bags", list(COLOURS)[i % len(COLOURS)], seed=i).resize((640, 480)).save(
-                path
+        for runtime in RUNTIMES:
+            settings = data.bench_settings(f"bench-capacity-{run}-{runtime}").model_copy(
+                update={
+                    "model_arch": "ViT-B-32",
+                    "model_pretrained": str(checkpoint),
+                    "encoder_runtime": runtime,
+                }
             )
-            items.append(
-                Product(product_id=f"p{i}", merchant_id="bench", title="Bag", images=[str(path)])
-            )
-        ingestor = Ingestor(settings, es=es)
-        try:
-            ingestor.ingest(items[:8])  # loads the model, creates the index
-            start, cpu = time.perf_counter(), time.process_time()
-            for i in range(8, len(items), 8):
-                ingestor.ingest(items[i : i + 8])
-            rate = products / (time.perf_counter() - start)
-            cpu_s = time.process_time() - cpu
-        finally:
-            data.delete_alias(es, settings.index_alias)
-            es.indices.delete(index=settings.errors_index, ignore_unavailable=True)
+            es = data.start(settings)
+            ingestor = Ingestor(settings, es=es)
+            try:
+                ingestor.ingest(items[:BATCH])  # loads the model, creates the index
+                start, cpu = time.perf_counter(), time.process_time()
+                for i in range(BATCH, len(items), BATCH):
+                    ingestor.ingest(items[i : i + BATCH])
+                rates[runtime] = {
+                    "products_per_s": products / (time.perf_counter() - start),
+                    "products_per_cpu_s": products / (time.process_time() - cpu),
+                }
+                document = document or stored_document(es, settings.index_alias)
+            finally:
+                data.delete_alias(es, settings.index_alias)
+                es.indices.delete(index=settings.errors_index, ignore_unavailable=True)
     result = {
-        "products_per_s": rate,
-        "products_per_cpu_s": products / cpu_s,
-        "load_average": os.getloadavg()[0],
+        "runtimes": rates,
+        "document": document,
         "products": products,
-        "torch_threads": torch.get_num_threads(),
         "machine": harness.machine(),
-        "how": "Ingestor.ingest in one process, batches of 8 products (1 image, 640x480 JPEG), "
-        "ViT-B-32 random weights, CPU fp32, into Elasticsearch (no queue)",
+        "how": f"Ingestor.ingest in one process, batches of {BATCH} products (one 640x480 "
+        "photo each, bench ingest's), the default processor chain and near-duplicate "
+        "matching, ViT-B-32 random weights, into Elasticsearch (no queue)",
     }
     (results_dir / "capacity_ingest.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def stored_document(es: Any, alias: str) -> dict[str, float]:
+    """Bytes per document of a worker-written index, merged to one segment: on disk in all,
+    its vector files, its stored fields (``_source``), and the mean ``_source`` JSON with the
+    vector's and the fingerprint's share of it."""
+    from bench import search_data as data
+
+    [index] = es.indices.get(index=alias)
+    es.indices.refresh(index=index)
+    data.settle(es, index)
+    files = data.vector_files(es, index, "int8_hnsw")
+    sources = [h["_source"] for h in es.search(index=index, size=100)["hits"]["hits"]]
+
+    def json_bytes(field: str | None) -> float:
+        picked = (source if field is None else source.get(field) for source in sources)
+        return sum(len(orjson.dumps(value)) for value in picked) / len(sources)
+
+    docs = files["docs"]
+    return {
+        "docs": docs,
+        "disk": files["total"] / docs,
+        "knn": files["knn"] / docs,
+        "stored": files["source"] / docs,
+        "source_json": json_bytes(None),
+        "vector_json": json_bytes("image_vector"),
+        "fingerprint_json": json_bytes("fingerprint"),
+    }
 
 
 def gib(n: float) -> str:
     return f"{n / 2**30:,.1f} GiB" if n < 2**40 else f"{n / 2**40:,.2f} TiB"
 
 
-def plan(n: int, per_doc: dict[str, float], rate: float) -> dict[str, Any]:
-    """Nodes, RAM, disk and workers for ``n`` images (one image document each)."""
+def days(n: float) -> str:
+    return f"{n:.1f} days" if n < 10 else f"{n:,.0f} days"
+
+
+def plan(n: int, per_doc: dict[str, float], rates: dict[str, float]) -> dict[str, Any]:
+    """Nodes, RAM, disk, and workers per runtime (``rates``: products/s of one worker) for
+    ``n`` images (one image document each)."""
     hot = n * per_doc["hot"] * (1 + REPLICAS)
     disk = n * per_doc["disk"] * (1 + REPLICAS) * HEADROOM
     cache_per_node = (NODE_RAM_GB - HEAP_GB - 2) * 2**30
@@ -102,56 +140,81 @@ def plan(n: int, per_doc: dict[str, float], rate: float) -> dict[str, Any]:
         "disk": disk,
         "nodes": nodes,
         "primaries": primaries,
-        "workers_1d": math.ceil(n / (rate * 86_400)),
-        "workers_7d": math.ceil(n / (rate * 7 * 86_400)),
-        "days_1_worker": n / rate / 86_400,
+        "workers": {
+            runtime: (math.ceil(n / (rate * 86_400)), math.ceil(n / (rate * 7 * 86_400)))
+            for runtime, rate in rates.items()
+        },
+        "days_1_worker": {runtime: n / rate / 86_400 for runtime, rate in rates.items()},
+    }
+
+
+def per_document(query: dict[str, Any], document: dict[str, float]) -> dict[str, float]:
+    """Bytes per image document: vector memory from the 100k benchmark index, disk as a worker
+    writes it (its own index's files less its vector files, plus the 100k index's vector
+    files: a graph of a few hundred vectors is smaller than at scale)."""
+    mem = query["data"]["memory"]
+    int8, flt = mem["int8_hnsw"], mem["hnsw"]
+    return {
+        "hot": int8["hot"] / int8["docs"],
+        "float_hot": flt["hot"] / flt["docs"],
+        "graph": int8["vex"] / int8["docs"],
+        "knn": int8["knn"] / int8["docs"],
+        "disk": document["disk"] - document["knn"] + int8["knn"] / int8["docs"],
     }
 
 
 def render(query: dict[str, Any], growth: dict[str, Any] | None, ingest: dict[str, Any]) -> str:
-    mem = query["data"]["memory"]
-    int8, flt = mem["int8_hnsw"], mem["hnsw"]
-    docs = int8["docs"]
-    per_doc = {
-        "hot": int8["hot"] / docs,
-        "float_hot": flt["hot"] / flt["docs"],
-        "disk": int8["total"] / docs,
-        "graph": int8["vex"] / docs,
-        "source": int8["source"] / docs,
-        "knn": int8["knn"] / docs,
+    docs = query["data"]["memory"]["int8_hnsw"]["docs"]
+    document = ingest["document"]
+    per_doc = per_document(query, document)
+    # CPU time, not wall time: what a process keeps its cores busy with, whatever else ran on
+    # the machine; a worker of WORKER_CORES cores turns CPU-seconds into products at this rate
+    rates = {
+        runtime: measured["products_per_cpu_s"] * WORKER_CORES
+        for runtime, measured in ingest["runtimes"].items()
     }
-    # CPU time, not wall time: on a shared machine wall time measures the neighbours; a worker
-    # process of WORKER_CORES cores turns CPU-seconds into products at this rate
-    rate = ingest["products_per_cpu_s"] * WORKER_CORES
     exact_max = VitrineSettings.model_fields["search_exact_max_docs"].default
+    default_runtime = VitrineSettings.model_fields["encoder_runtime"].default
+    share = {f: document[f"{f}_json"] / document["source_json"] for f in ("vector", "fingerprint")}
     dims = 512
+    walls = ", ".join(
+        f"{runtime} {measured['products_per_s']:.1f}"
+        for runtime, measured in ingest["runtimes"].items()
+    )
     lines = [
         "# Capacity: workers, nodes, RAM and disk for 1M, 10M and 100M images",
         "",
         "Generated by `python -m bench.capacity` from measured numbers (re-run the benchmarks and",
-        "this script to refresh). Machine: "
-        f"{query['machine']['cores']} cores ({query['machine']['cpu']}), no GPU; measured "
-        f"{query['machine']['date']} (vectors) and {ingest['machine']['date']} (ingest).",
+        "this script to refresh). Measured on machines of "
+        f"{query['machine']['cores']} cores, no GPU: vectors {query['machine']['date']} "
+        f"({query['machine']['cpu']}), ingest and documents {ingest['machine']['date']} "
+        f"({ingest['machine']['cpu']}).",
         "",
         "## Measured inputs",
         "",
-        f"- **Ingest, one worker process of {WORKER_CORES} cores**: {rate:.1f} products/s, from "
-        f"{ingest['products_per_cpu_s']:.2f} products per CPU-second of the process ("
-        f"{ingest['how']}; torch threads {ingest['torch_threads']}; random weights have the "
-        "real model's FLOPs). CPU time, because the machine was shared: wall-clock "
-        f"{ingest['products_per_s']:.2f} products/s at load average "
-        f"{ingest['load_average']:.0f} on 2 cores. Elasticsearch's own indexing CPU is not "
-        "included (it runs on the data nodes).",
+        f"- **Ingest, one worker of {WORKER_CORES} cores**, products/s: "
+        + ", ".join(f"{runtime} {rate:.1f}" for runtime, rate in rates.items())
+        + f" ({default_runtime} is the default runtime; see the README's encoder runtimes). "
+        f"Products per CPU-second of one process ({ingest['products']} products; "
+        f"{ingest['how']}; random weights have the real model's FLOPs) times {WORKER_CORES}: "
+        f"CPU time is what the worker's cores are busy with whatever else runs on the machine "
+        f"(wall clock in that run, with Elasticsearch on the same cores: {walls} products/s). "
+        "Elasticsearch's own CPU is not included: it runs on the data nodes.",
+        f"- **A worker's document** ({document['docs']:.0f} written above, merged to one "
+        f"segment, `_disk_usage` API): {document['disk']:.0f} B on disk, of which stored fields "
+        f"{document['stored']:.0f} B (compressed `_source`: {document['source_json']:.0f} B of "
+        f"JSON, the vector {document['vector_json']:.0f} B and the fingerprint "
+        f"{document['fingerprint_json']:.0f} B of it) and vector files "
+        f"{document['knn']:.0f} B; with the vector files of the {docs:,}-document index "
+        f"below, **{per_doc['disk']:.0f} B/document on disk**.",
         f"- **Vectors, {dims}-d, int8_hnsw (m 16, ef_construction 100), {docs:,} documents, one "
-        "shard** (`_disk_usage` API on this machine's index):",
+        "shard** (`_disk_usage` API on the query benchmark's index):",
         f"  - int8 copies `d + 4` = {dims + 4} B/vector (the formula; Lucene `.veq`), HNSW graph "
         f"{per_doc['graph']:.0f} B/vector (measured: vector files minus the two copies),",
         f"  - **search-hot memory {per_doc['hot']:.0f} B/vector** (int8 copies + graph: what kNN "
         "reads at random and must stay in the page cache),",
         f"  - floats `4·d` = {4 * dims} B/vector stay on disk (read only for the re-scored hits);"
-        f" all vector files {per_doc['knn']:.0f} B/vector,",
-        f"  - `_source` (stored fields, which keep the vector as JSON) {per_doc['source']:.0f} "
-        f"B/document; **whole index {per_doc['disk']:.0f} B/document on disk**.",
+        f" all vector files {per_doc['knn']:.0f} B/vector.",
         f"- **Float `hnsw` instead**: search-hot {per_doc['float_hot']:.0f} B/vector (`4·d` + "
         f"graph), {per_doc['float_hot'] / per_doc['hot']:.1f}x the int8 figure.",
         "",
@@ -162,37 +225,43 @@ def render(query: dict[str, Any], growth: dict[str, Any] | None, ingest: dict[st
         f"x{HEADROOM} headroom for merges and watermarks, primaries of <= {SHARD_GB} GB.",
         "",
         "| images | search-hot RAM (int8, with replica) | same with float hnsw | disk (with "
-        "replica, headroom) | data nodes | primary shards | workers to ingest in 1 day / 7 days"
-        " | 1 worker takes |",
-        "|---|---|---|---|---|---|---|---|",
+        "replica, headroom) | data nodes | primary shards | "
+        + " | ".join(
+            f"{runtime} workers to ingest in 1 day / 7 days | 1 {runtime} worker takes"
+            for runtime in rates
+        )
+        + " |",
+        "|---|---|---|---|---|---|" + "---|---|" * len(rates),
     ]
     for n in CATALOGUES:
-        p = plan(n, per_doc, rate)
+        p = plan(n, per_doc, rates)
+        workers = " | ".join(
+            f"{one_day} / {one_week} | {days(p['days_1_worker'][runtime])}"
+            for runtime, (one_day, one_week) in p["workers"].items()
+        )
         lines.append(
             f"| {n:,} | {gib(p['hot'])} | {gib(p['float_hot'])} | {gib(p['disk'])} | "
-            f"{p['nodes']} | {p['primaries']} | {p['workers_1d']} / {p['workers_7d']} | "
-            f"{p['days_1_worker']:.0f} days |"
+            f"{p['nodes']} | {p['primaries']} | {workers} |"
         )
     lines += [
         "",
-        f"Workers are processes of {WORKER_CORES} cores each. The rate above was measured while "
-        "the machine was heavily shared and is pessimistic: issue 9 measured 10.7-13.4 "
-        "products/s through one real worker on a quiet machine of this kind, which would need "
-        f"about {rate / 12:.2f}x the workers shown. Re-embedding a catalogue with a new model "
+        f"Workers have {WORKER_CORES} cores each. Re-embedding a catalogue with a new model "
         "(`vitrine reindex`) costs the same worker time. RAM for the page cache is what keeps "
-        "kNN fast: below the search-hot "
-        "figure every query reads the graph from disk. Storing vectors outside `_source` would "
-        f"save about {per_doc['source'] / per_doc['disk']:.0%} of the disk (the product-vector "
-        "lookup reads `_source` today).",
+        "kNN fast: below the search-hot figure every query reads the graph from disk. Of a "
+        f"document's `_source` JSON, the vector is {share['vector']:.0%} and the fingerprint "
+        f"{share['fingerprint']:.0%}: "
+        "both stay in `_source`, because partial updates (a duplicate group backfilled, a "
+        "visual cluster named) rebuild a document from it, and the product-vector look-up "
+        "reads the vector there.",
         "",
     ]
     if growth:
         lines += [
             "## Query latency vs index size",
             "",
-            f"Measured with `{growth['command']}` ({growth['machine']['date']}; unfiltered, k=10, "
-            "100 queries, one shard, the 'clustered' synthetic set; the machine was shared, "
-            "so compare rows, not absolute values):",
+            f"Measured with `{growth['command']}` ({growth['machine']['date']}; unfiltered, "
+            "k=10, one shard, the 'clustered' synthetic set; the README's growth benchmark says "
+            "how):",
             "",
             "| documents | Vitrine plan | recall@10 | Vitrine p50 / p95 ms | exact p50 / p95 ms "
             "| search-hot MiB | JVM heap used MiB |",
@@ -210,10 +279,7 @@ def render(query: dict[str, Any], growth: dict[str, Any] | None, ingest: dict[st
             "Exact search grows in proportion to the documents a filter keeps; HNSW grows "
             "roughly with the logarithm of the index size. The query planner therefore searches "
             f"exactly only up to `search_exact_max_docs` documents (default {exact_max:,}) and "
-            "uses HNSW above; see the README's query benchmark for recall and latency by filter. "
-            "Absolute latencies here are 5-15x those of a quiet machine (load average 17-47 on 2 "
-            "cores during the run); the 1M step (`--full`) was not run: loading took ~3 ms of "
-            "wall time per vector under that load, so 1M would need about an hour.",
+            "uses HNSW above; see the README's query benchmark for recall and latency by filter.",
             "",
         ]
     return "\n".join(lines)
@@ -221,9 +287,19 @@ def render(query: dict[str, Any], growth: dict[str, Any] | None, ingest: dict[st
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--measure-ingest", action="store_true")
-    parser.add_argument("--results-dir", type=Path, default=harness.RESULTS_DIR)
-    parser.add_argument("--out", type=Path, default=DOCS)
+    parser.add_argument(
+        "--measure-ingest",
+        action="store_true",
+        help="measure the ingest rates and a worker document's bytes again (2 min here; starts "
+        "the benchmarks' own Elasticsearch), else read them from capacity_ingest.json",
+    )
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=harness.RESULTS_DIR,
+        help="where the benchmarks' JSON results are read and capacity_ingest.json is written",
+    )
+    parser.add_argument("--out", type=Path, default=DOCS, help="the page to write")
     args = parser.parse_args(argv)
     ingest_file = args.results_dir / "capacity_ingest.json"
     if args.measure_ingest or not ingest_file.exists():
