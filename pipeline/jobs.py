@@ -71,11 +71,16 @@ def redelivery_bound_s(settings: VitrineSettings) -> int:
     return visibility_timeout_s(settings) + settings.unacked_restore_interval_s
 
 
+def unacked_key(queue: str) -> str:
+    """The Redis hash of the queue's unacknowledged messages. kombu keeps them in one hash per
+    key name, and every consumer sweeps the whole hash with its own visibility timeout: one
+    per queue keeps other deployments (or test sessions) on the same Redis from requeueing
+    our live jobs."""
+    return f"{queue}.unacked"
+
+
 def _broker_transport_options(settings: VitrineSettings) -> dict[str, Any]:
-    # kombu keeps unacknowledged messages in one Redis hash per key name, and every consumer
-    # sweeps the whole hash with its own visibility timeout: one set per queue keeps other
-    # deployments (or test sessions) on the same Redis from requeueing our live jobs.
-    unacked = f"{settings.queue}.unacked"
+    unacked = unacked_key(settings.queue)
     return {
         "visibility_timeout": visibility_timeout_s(settings),
         "unacked_key": unacked,
@@ -160,10 +165,13 @@ def _send(
     description: dict,
     job_id: str | None = None,
     kwargs: dict[str, Any] | None = None,
+    queue: str | None = None,
+    sent_at: float | None = None,
 ) -> str:
-    """Send a task under ``job_id`` (a fresh one by default), marked QUEUED before it is sent.
-    The description is stored under its own key, kept as long as results are, so that
-    ``job_description`` can tell whose job it is in every state."""
+    """Send a task under ``job_id`` (a fresh one by default) to ``queue`` (default the app's),
+    marked QUEUED before it is sent. The description is stored under its own key, kept as long
+    as results are, so that ``job_description`` can tell whose job it is in every state.
+    ``sent_at`` (default now) is the send time its journal records note, for ``QueueView``."""
     job_id = job_id or str(uuid.uuid4())
     app.backend.store_result(job_id, None, QUEUED)
     app.backend.set(_description_key(job_id), json.dumps(description))
@@ -172,8 +180,8 @@ def _send(
         args=args,
         kwargs=kwargs,
         task_id=job_id,
-        queue=app.settings.queue,
-        headers={SENT_AT_HEADER: time.time()},
+        queue=queue or app.settings.queue,
+        headers={SENT_AT_HEADER: sent_at or time.time()},
     )
     return job_id
 
@@ -206,13 +214,22 @@ def enqueue(
         payloads = [p.model_dump() for p in chunk]
         app.pending_journal.record(
             [
-                PendingRecord(INDEX, p.merchant_id, p.product_id, job_id, now, now, product=data)
+                PendingRecord(
+                    INDEX,
+                    p.merchant_id,
+                    p.product_id,
+                    job_id,
+                    now,
+                    now,
+                    product=data,
+                    queue=app.settings.queue,
+                )
                 for p, data in zip(chunk, payloads, strict=True)
             ]
         )
         description = _describe([(p.merchant_id, p.product_id) for p in chunk])
         kwargs = {"refresh": True} if refresh else None
-        job_ids.append(_send(app, INDEX_TASK, [payloads], description, job_id, kwargs))
+        job_ids.append(_send(app, INDEX_TASK, [payloads], description, job_id, kwargs, sent_at=now))
     return job_ids
 
 
@@ -234,15 +251,16 @@ def enqueue_checked(
 
 def enqueue_delete(app: VitrineCelery, merchant_id: str, product_id: str) -> str:
     job_id, now = str(uuid.uuid4()), time.time()
-    app.pending_journal.record([PendingRecord(DELETE, merchant_id, product_id, job_id, now, now)])
-    return _send(
-        app, DELETE_TASK, [merchant_id, product_id], _describe([(merchant_id, product_id)]), job_id
+    app.pending_journal.record(
+        [PendingRecord(DELETE, merchant_id, product_id, job_id, now, now, queue=app.settings.queue)]
     )
+    description = _describe([(merchant_id, product_id)])
+    return _send(app, DELETE_TASK, [merchant_id, product_id], description, job_id, sent_at=now)
 
 
 def resend(app: VitrineCelery, job_id: str, records: Sequence[PendingRecord]) -> None:
     """Send pending records of one job again, under that job's id (its status URL stays
-    valid): one index job for all of them, or the delete."""
+    valid) and to the queue it was sent to: one index job for all of them, or the delete."""
     now = time.time()
     for record in records:  # before sending: a worker finishing the job removes the record
         app.pending_journal.resent(record, at=now)
@@ -250,11 +268,13 @@ def resend(app: VitrineCelery, job_id: str, records: Sequence[PendingRecord]) ->
     # must go, or the new run's states and result would be dropped.
     app.backend.forget(job_id)
     description = _describe([(r.merchant_id, r.product_id) for r in records])
+    args: list[Any]
     if records[0].kind == DELETE:
         [record] = records
-        _send(app, DELETE_TASK, [record.merchant_id, record.product_id], description, job_id)
+        task, args = DELETE_TASK, [record.merchant_id, record.product_id]
     else:
-        _send(app, INDEX_TASK, [[r.product for r in records]], description, job_id)
+        task, args = INDEX_TASK, [[r.product for r in records]]
+    _send(app, task, args, description, job_id, queue=records[0].queue, sent_at=now)
 
 
 def job_status(app: Celery, job_id: str) -> JobStatus:
@@ -301,6 +321,40 @@ def _status(job_id: str, meta: Any) -> JobStatus:
         )
         return JobStatus(job_id, verdict, results=results)
     return JobStatus(job_id, state.lower())
+
+
+@dataclass(frozen=True)
+class QueueView:
+    """What the broker holds of one queue, read at one moment: when the message next in line
+    was sent (None: the queue is empty; 0.0: a message without ``SENT_AT_HEADER``, taken as
+    old) and the jobs delivered to workers and not yet acknowledged."""
+
+    front_sent_at: float | None
+    delivered: frozenset[str]
+
+    def may_hold(self, job_id: str, sent_at: float, *, skew_s: float) -> bool:
+        """Whether a job sent at ``sent_at`` can still be waiting in the queue or be held by a
+        worker. The queue is first in, first out: once the message next in line was sent
+        after it (by more than ``skew_s``: senders' clocks differ), the job has left the
+        queue, and if no worker holds it either, Redis lost it."""
+        if job_id in self.delivered:
+            return True
+        return self.front_sent_at is not None and self.front_sent_at <= sent_at + skew_s
+
+
+def queue_view(app: VitrineCelery, queue: str) -> QueueView:
+    """``QueueView`` of ``queue``, in two reads: the message next in line (kombu pushes on the
+    left and pops on the right), then the unacked set. In that order, a job moving from the
+    queue to a worker between the reads is seen in one or the other."""
+    with app.connection_for_read() as connection:
+        client = connection.default_channel.client
+        front = client.lindex(queue, -1)
+        held = client.hvals(unacked_key(queue))
+    front_sent_at = None
+    if front is not None:
+        front_sent_at = float(json.loads(front).get("headers", {}).get(SENT_AT_HEADER) or 0.0)
+    delivered = frozenset(json.loads(raw)[0]["headers"]["id"] for raw in held)
+    return QueueView(front_sent_at, delivered)
 
 
 def wait_for_jobs(

@@ -5,7 +5,8 @@ waiting for Elasticsearch.
 product (the product itself, or a delete) *before* it sends the Celery message, and the API and
 the importer answer only after that. Workers remove a record when its product is indexed or has
 failed for good; the reconciler (``pipeline.ingest.reconcile``) sends again whatever is left over
-from a job that vanished (Redis lost), failed for a transient reason, or has waited too long.
+from a job that vanished or whose message Redis lost, that failed for a transient reason, or that a
+worker started and has not finished in time.
 
 ``ErrorSpool`` keeps ingest-error records that could not be written because Elasticsearch was
 down; the reconciler writes them to the ingest-errors index once it is back.
@@ -88,6 +89,9 @@ class PendingRecord:
     sent_at: float  # epoch seconds of the latest send to the queue
     sends: int = 1  # how often it was sent (1 = the original job)
     product: dict[str, Any] | None = None  # the job payload, for INDEX
+    queue: str | None = (
+        None  # where its job was sent (None in records from before queues were noted)
+    )
 
     @property
     def revision(self) -> str:

@@ -112,7 +112,7 @@ class QueueDepth(Collector):
         )
         for queue in self.queues:
             depth.add_metric([queue], float(self.redis.llen(queue)))
-            # one hash per queue (see pipeline.jobs._broker_transport_options)
+            # one hash per queue (pipeline.jobs.unacked_key)
             unacked.add_metric([queue], float(self.redis.hlen(f"{queue}.unacked")))
         yield depth
         yield unacked

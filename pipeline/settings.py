@@ -157,8 +157,9 @@ class VitrineSettings(BaseSettings):
     )
     reconcile_stale_s: float | None = Field(
         None,
-        description="A job still queued or running this long after it was sent is sent again "
-        "(default: retry budget + task time limit + 10 minutes).",
+        description="A job started (running or retrying) this long after it was sent is sent "
+        "again (default: retry budget + task time limit + 10 minutes). A queued job is sent "
+        "again only when Redis no longer holds its message, however long the backlog.",
     )
     reconcile_max_sends: int = Field(
         10,
@@ -572,7 +573,7 @@ class VitrineSettings(BaseSettings):
 
     @property
     def stale_after_s(self) -> float:
-        """When a job that is still queued or running counts as lost (see reconcile_stale_s)."""
+        """When a started job that has not finished counts as lost (see reconcile_stale_s)."""
         if self.reconcile_stale_s is not None:
             return self.reconcile_stale_s
         return self.task_retry_budget_s + self.task_time_limit_s + 600

@@ -4,11 +4,20 @@ records spooled while Elasticsearch was down are written to the ingest-errors in
 Every pending-journal record (``pipeline.journal``) is checked against its job's state:
 
 - job unknown (Redis lost it, or its result expired)         -> sent again (``vanished``)
+- job queued, but its message neither in the queue nor held  -> sent again (``lost``)
+  by a worker (Redis lost it)
 - job finished, this product failed for a transient reason  -> sent again (``failed_transient``)
 - job failed as a whole (worker lost, time limit)            -> sent again (``job_failed``)
-- job still queued or running longer than the stale bound    -> sent again (``stale``)
+- job started (running, retrying) longer than the stale bound -> sent again (``stale``)
 - job finished with this product indexed or refused for good -> record removed (the worker
   stopped before it could remove it)
+
+A queued job is never sent again for waiting: a long backlog is not lost work, and sending its
+jobs again would only lengthen it. Whether its message is still in the queue is read from
+Redis (``pipeline.jobs.QueueView``): the queue is first in, first out, so a job sent before the
+message next in line has left it. A worker takes a message from the queue and records it as
+held in two Redis commands; a message taken as Redis stops is lost in between, and is found
+so within a reconciler period.
 
 Work is sent again under its original job id, so status URLs handed out stay valid. Sending
 again is safe: document ids are deterministic, so a product written twice is one document.
@@ -30,7 +39,7 @@ from elasticsearch import Elasticsearch
 
 from pipeline.es import indexing
 from pipeline.es.client import is_transient_es_error
-from pipeline.jobs import JobStatus, VitrineCelery, job_statuses, resend
+from pipeline.jobs import JobStatus, QueueView, VitrineCelery, job_statuses, queue_view, resend
 from pipeline.journal import ErrorSpool, PendingRecord
 from pipeline.settings import VitrineSettings
 
@@ -38,6 +47,7 @@ log = logging.getLogger(__name__)
 
 FINISH = "finish"
 VANISHED = "vanished"
+LOST = "lost"
 FAILED_TRANSIENT = "failed_transient"
 JOB_FAILED = "job_failed"
 STALE = "stale"
@@ -63,13 +73,22 @@ class ReconcileReport:
 
 
 def decide(
-    record: PendingRecord, status: JobStatus, *, now: float, settings: VitrineSettings
+    record: PendingRecord,
+    status: JobStatus,
+    queue: QueueView,
+    *,
+    now: float,
+    settings: VitrineSettings,
 ) -> str | None:
-    """What to do with one record: None (leave it), ``FINISH``, or why to send it again."""
+    """What to do with one record: None (leave it), ``FINISH``, or why to send it again.
+    ``queue`` is what the broker held of the record's queue, read before ``status``."""
     if now - record.sent_at < settings.reconcile_grace_s:
         return None
     if status.state == "unknown":
         return VANISHED
+    if status.state == "queued":
+        held = queue.may_hold(record.job_id, record.sent_at, skew_s=settings.reconcile_grace_s)
+        return None if held else LOST
     if not status.finished:
         return STALE if now - record.sent_at > settings.stale_after_s else None
     key = (record.merchant_id, record.product_id)
@@ -134,13 +153,17 @@ def reconcile(app: VitrineCelery, es: Elasticsearch) -> ReconcileReport:
         by_job: dict[str, list[PendingRecord]] = {}
         for record in records:
             by_job.setdefault(record.job_id, []).append(record)
+        # the queues before the states: a job taken from its queue after the queue was read is
+        # still seen by ``may_hold`` (or, acknowledged since, no longer "queued")
+        queues = {q: queue_view(app, q) for q in {r.queue or settings.queue for r in records}}
         now = time.time()
         statuses = job_statuses(app, list(by_job))
         for job_id, group in by_job.items():
             status = statuses[job_id]
             again = []
             for record in group:
-                action = decide(record, status, now=now, settings=settings)
+                queue = queues[record.queue or settings.queue]
+                action = decide(record, status, queue, now=now, settings=settings)
                 if action is None:
                     continue
                 if action == FINISH:

@@ -11,11 +11,12 @@ from pipeline.ingest.reconcile import (
     FAILED_TRANSIENT,
     FINISH,
     JOB_FAILED,
+    LOST,
     STALE,
     VANISHED,
     decide,
 )
-from pipeline.jobs import JobStatus
+from pipeline.jobs import JobStatus, QueueView
 from pipeline.journal import DELETE, INDEX, ErrorSpool, PendingJournal, PendingRecord, product_key
 from pipeline.settings import VitrineSettings
 
@@ -39,6 +40,17 @@ def test_a_record_is_on_disk_as_json_and_read_back(tmp_path):
     assert json.loads(path.read_text())["product"]["product_id"] == "sku-1"
     assert journal.pending() == [record(product())]
     assert not list((tmp_path / "pending").glob(".*.tmp"))  # no temporary file left
+
+
+def test_a_record_from_before_queues_were_noted_reads_back_without_one(tmp_path):
+    """The reconciler then looks for its job in its own queue."""
+    journal = PendingJournal(tmp_path)
+    journal.record([record(product())])
+    [path] = list((tmp_path / "pending").glob("*.json"))
+    data = json.loads(path.read_text())
+    assert data.pop("queue") is None
+    path.write_text(json.dumps(data))
+    assert journal.pending() == [record(product())]
 
 
 def test_finishing_a_product_removes_only_its_revision(tmp_path):
@@ -133,13 +145,19 @@ def outcome(status: str, *, transient: bool = False) -> dict:
     return {"merchant_id": "m", "product_id": "sku-1", "status": status, "transient": transient}
 
 
+#: A queue whose next message was sent long before every record here: they may all wait in it.
+BACKLOG = QueueView(front_sent_at=0.0, delivered=frozenset())
+
+
 @pytest.mark.parametrize(
     ("status", "age", "expected"),
     [
         (JobStatus("j", "unknown"), 60, VANISHED),
         (JobStatus("j", "unknown"), 5, None),  # within the grace period: being sent now
         (JobStatus("j", "queued"), 60, None),
+        (JobStatus("j", "queued"), 6_000, None),  # a long backlog: waiting is not lost
         (JobStatus("j", "running"), 601, STALE),
+        (JobStatus("j", "retrying"), 601, STALE),
         (JobStatus("j", "done", results=[outcome("indexed")]), 60, FINISH),
         (JobStatus("j", "failed", results=[outcome("failed")]), 60, FINISH),  # permanent
         (
@@ -152,7 +170,25 @@ def outcome(status: str, *, transient: bool = False) -> dict:
 )
 def test_reconciler_decisions(status, age, expected):
     pending = record(product(), at=NOW - age)
-    assert decide(pending, status, now=NOW, settings=SETTINGS) == expected
+    assert decide(pending, status, BACKLOG, now=NOW, settings=SETTINGS) == expected
+
+
+@pytest.mark.parametrize(
+    ("queue", "expected"),
+    [
+        (QueueView(None, frozenset()), LOST),  # the queue is empty, no worker holds it
+        (QueueView(NOW - 20, frozenset()), LOST),  # next in line was sent 40 s after it
+        (QueueView(NOW - 20, frozenset({"job-1"})), None),  # a worker holds it
+        (QueueView(NOW - 60, frozenset()), None),  # it may be next in line
+        (QueueView(NOW - 45, frozenset()), None),  # sent 15 s after it: within the clocks' skew
+        (QueueView(NOW - 100, frozenset()), None),  # sent before it: it is further back
+        (QueueView(0.0, frozenset()), None),  # next in line has no send time: taken as old
+    ],
+)
+def test_a_queued_job_is_lost_once_it_left_the_queue_and_no_worker_holds_it(queue, expected):
+    pending = record(product(), at=NOW - 60)  # skew allowed: reconcile_grace_s, 30 s
+    status = JobStatus("job-1", "queued")
+    assert decide(pending, status, queue, now=NOW, settings=SETTINGS) == expected
 
 
 def test_default_retry_budget_covers_a_ten_minute_outage():
