@@ -17,8 +17,10 @@ jobs again would only lengthen it. Whether its message is still in the queue is 
 Redis (``pipeline.jobs.QueueView``): the queue is first in, first out, so a job sent before the
 message next in line has left it. A worker takes a message from the queue and records it as
 held in two Redis commands; a message taken as Redis stops is lost in between, and is found
-so within a reconciler period. A job put back behind newer messages before it started (its
-pool process lost) is taken for lost too and runs twice, which writes the same documents.
+so at the first pass after the queue has moved past the messages sent up to
+``reconcile_grace_s`` after it (the senders' clock skew allowed), or emptied. A job put back
+behind newer messages before it started (its pool process lost) is taken for lost too and
+runs twice, which writes the same documents.
 
 Work is sent again under its original job id, so status URLs handed out stay valid. Sending
 again is safe: document ids are deterministic, so a product written twice is one document.
