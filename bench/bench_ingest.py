@@ -584,8 +584,7 @@ def main(argv: list[str] | None = None) -> None:
         "the chain's in-process runs beside it):"
     )
     for stage, ms, share, alone in stage_table:
-        beside = f"{alone:8.1f} ms" if isinstance(alone, float) else f"{alone:>8}"
-        print(f"  {stage:40s} {ms:8.1f} ms  {share:>7}  {beside}")
+        print(f"  {stage:40s} {ms:8.1f} ms  {share:>7}  {_chain_ms(alone):>8}")
 
     def plot(ax: Any) -> None:
         for worker in workers:
@@ -606,12 +605,15 @@ def main(argv: list[str] | None = None) -> None:
         "| stage | ms per product | share of busy time | chain in-process, ms per product |\n"
         "|---|---|---|---|\n"
         + "".join(
-            f"| {s} | {ms:.1f} | {share} | "
-            + (f"{alone:.1f}" if isinstance(alone, float) else alone)
-            + " |\n"
+            f"| {s} | {ms:.1f} | {share} | {_chain_ms(alone)} |\n"
             for s, ms, share, alone in stage_table
         )
     )
+
+
+def _chain_ms(alone: float | str) -> str:
+    """The profile's "chain in-process" cell: ms per product, or "-" for a stage it lacks."""
+    return f"{alone:.1f}" if isinstance(alone, float) else alone
 
 
 if __name__ == "__main__":
