@@ -89,9 +89,8 @@ class PendingRecord:
     sent_at: float  # epoch seconds of the latest send to the queue
     sends: int = 1  # how often it was sent (1 = the original job)
     product: dict[str, Any] | None = None  # the job payload, for INDEX
-    queue: str | None = (
-        None  # where its job was sent (None in records from before queues were noted)
-    )
+    #: where its job was sent (None in records from before queues were noted)
+    queue: str | None = None
 
     @property
     def revision(self) -> str:
