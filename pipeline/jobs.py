@@ -33,6 +33,7 @@ from redis import Redis
 from pipeline.broker import TRANSPORT
 from pipeline.documents import Product
 from pipeline.journal import DELETE, INDEX, PendingJournal, PendingRecord
+from pipeline.metrics import QueueDepth
 from pipeline.settings import VitrineSettings
 
 INDEX_TASK = "vitrine.index_products"
@@ -77,6 +78,12 @@ def unacked_key(queue: str) -> str:
     per queue keeps other deployments (or test sessions) on the same Redis from requeueing
     our live jobs."""
     return f"{queue}.unacked"
+
+
+def queue_depth(redis: Redis, queue: str) -> QueueDepth:
+    """The queue's depth and unacknowledged-job gauges, read from ``redis`` (the broker) at each
+    scrape: for the API's ``/metrics`` and a worker's exporter."""
+    return QueueDepth(redis, {queue: unacked_key(queue)})
 
 
 def _broker_transport_options(settings: VitrineSettings) -> dict[str, Any]:

@@ -16,7 +16,7 @@ at scrape time.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -95,11 +95,13 @@ def observe_job(task: str, results: Sequence[dict[str, Any]]) -> None:
 class QueueDepth(Collector):
     """``vitrine_queue_depth{queue}``: jobs waiting in each Celery queue (Redis list length)
     and ``vitrine_queue_unacked{queue}``: jobs delivered to a worker and not yet acknowledged,
-    read from Redis at each scrape. ``redis`` is a redis-py client of the broker."""
+    read from Redis at each scrape. ``redis`` is a redis-py client of the broker; ``queues``
+    maps each queue to the hash of its unacknowledged messages (``pipeline.jobs.unacked_key``,
+    which this layer cannot import)."""
 
-    def __init__(self, redis: Any, queues: Iterable[str]) -> None:
+    def __init__(self, redis: Any, queues: Mapping[str, str]) -> None:
         self.redis = redis
-        self.queues = sorted(set(queues))
+        self.queues = dict(sorted(queues.items()))
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         depth = GaugeMetricFamily(
@@ -110,10 +112,9 @@ class QueueDepth(Collector):
             "Jobs delivered to a worker and not yet acknowledged.",
             labels=["queue"],
         )
-        for queue in self.queues:
+        for queue, unacked_hash in self.queues.items():
             depth.add_metric([queue], float(self.redis.llen(queue)))
-            # one hash per queue (pipeline.jobs.unacked_key)
-            unacked.add_metric([queue], float(self.redis.hlen(f"{queue}.unacked")))
+            unacked.add_metric([queue], float(self.redis.hlen(unacked_hash)))
         yield depth
         yield unacked
 

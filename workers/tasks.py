@@ -55,6 +55,7 @@ from pipeline.jobs import (
     SENT_AT_HEADER,
     VitrineCelery,
     advertise_model,
+    queue_depth,
     withdraw_model,
 )
 from pipeline.settings import VitrineSettings
@@ -174,7 +175,7 @@ def _start_exporter(sender: Any) -> None:
             log.warning("PROMETHEUS_MULTIPROC_DIR is not set: only this process's metrics show")
         broker = Redis.from_url(settings.redis_url, socket_timeout=2)
         served = metrics.registry(
-            metrics.QueueDepth(broker, [settings.queue]),
+            queue_depth(broker, settings.queue),
             multiprocess_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"),
         )
         start_http_server(

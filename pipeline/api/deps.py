@@ -15,7 +15,7 @@ from redis import Redis
 
 from pipeline import metrics
 from pipeline.encoders import LazyEncoder
-from pipeline.jobs import VitrineCelery
+from pipeline.jobs import VitrineCelery, queue_depth
 from pipeline.merchants.apikeys import ApiKeyStore
 from pipeline.merchants.ratelimit import RateLimiter, RedisCounter
 from pipeline.merchants.shoppers import ShopperHistory
@@ -59,7 +59,7 @@ class ApiState:
         """What ``/metrics`` serves: the process's metrics (those of every API process in
         multiprocess mode, ``vitrine serve --workers``) and the queue's depth."""
         return metrics.registry(
-            metrics.QueueDepth(self.celery.backend.client, [self.settings.queue]),
+            queue_depth(self.celery.backend.client, self.settings.queue),
             multiprocess_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"),
         )
 

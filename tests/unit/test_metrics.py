@@ -6,6 +6,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline import metrics
+from pipeline.jobs import queue_depth
 
 
 def scrape(*extra) -> dict[tuple[str, frozenset], float]:
@@ -66,7 +67,15 @@ class FakeBroker:
 
 
 def test_queue_depth_is_read_at_scrape_time():
-    found = scrape(metrics.QueueDepth(FakeBroker(), ["jobs", "other", "jobs"]))
+    found = scrape(
+        metrics.QueueDepth(FakeBroker(), {"jobs": "jobs.unacked", "other": "other.unacked"})
+    )
     assert sample(found, "vitrine_queue_depth", queue="jobs") == 4
     assert sample(found, "vitrine_queue_depth", queue="other") == 0
     assert sample(found, "vitrine_queue_unacked", queue="jobs") == 2
+
+
+def test_a_queues_gauges_read_the_hash_kombu_keeps_its_unacked_messages_in():
+    found = scrape(queue_depth(FakeBroker(), "other"))  # the fake answers for "<queue>.unacked"
+    assert sample(found, "vitrine_queue_depth", queue="other") == 0
+    assert sample(found, "vitrine_queue_unacked", queue="other") == 1
