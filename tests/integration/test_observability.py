@@ -119,6 +119,7 @@ def test_worker_metrics_after_real_jobs(metrics_worker, tmp_path: Path):
         after = samples(httpx.get(url, timeout=10).text)
     assert value(after, LOADS) == 2
     assert ("vitrine_queue_depth", frozenset({("queue", current.queue)})) in after
+    assert ("vitrine_queue_unacked", frozenset({("queue", current.queue)})) in after
 
 
 def test_api_metrics_count_searches_by_shape(worker, settings, tmp_path: Path):
@@ -136,6 +137,7 @@ def test_api_metrics_count_searches_by_shape(worker, settings, tmp_path: Path):
         assert value(after, name, shape=shape) - value(before, name, shape=shape) == 1, shape
     assert value(after, "vitrine_queue_depth", queue=settings.queue) >= 0
     assert ("vitrine_queue_depth", frozenset({("queue", settings.queue)})) in after
+    assert ("vitrine_queue_unacked", frozenset({("queue", settings.queue)})) in after
 
 
 def test_api_workers_serve_one_port_and_sum_their_metrics(es, settings, encoder):
