@@ -86,15 +86,27 @@ def paired(a: Any, b: Any, items: list[Any], concurrency: int) -> tuple[list, li
     return (*runs[a], *runs[b])
 
 
-def planned(searcher: Searcher, filters: Filters) -> Any:
+def planned(searcher: Searcher, filters: Filters | None = None) -> Any:
     """A search under ``filters`` as ``searcher`` plans it, without ``explain`` as a frontend
-    searches: the product ids (the plans show in ``plans``)."""
+    searches: the product ids (the plans show in ``plans``). Without ``filters``, a function of
+    (query vector, filters)."""
 
-    def search(q: np.ndarray) -> set[int]:
+    def search(q: np.ndarray, filters: Filters | None = filters) -> set[int]:
         query = SearchQuery(vector=q.tolist(), vector_model_id=data.MODEL_ID, k=K, filters=filters)
         return {int(h["product_id"]) for h in searcher.search(query).hits}
 
     return search
+
+
+def unpacked(fn: Any) -> Any:
+    """``fn`` called with the items of the one argument it is given."""
+    return lambda item: fn(*item)
+
+
+def exact_ids(es: Any, alias: str, q: np.ndarray, filters: Filters) -> set[int]:
+    """The product ids of the exact brute-force search, the baseline."""
+    hits = es.search(index=alias, **ExactQuery(q, data.MODEL_ID, filters, K).body())["hits"]
+    return {int(h["_id"]) for h in hits["hits"]}
 
 
 def plans() -> Counter[str]:
@@ -127,6 +139,7 @@ def run_set(
         print(f"{name}: loaded {args.n} vectors in {seconds:.0f}s", flush=True)
     print(f"{name}: merged to one segment in {data.settle(es, index):.0f}s", flush=True)
     searcher = Searcher(settings, es)
+    searched = planned(searcher)
     for label, share in data.SELECTIVITY.items():
         tag = data.selectivity_tag(share)
         mask = None if tag is None else np.array([tag in t for t in tags])
@@ -136,15 +149,24 @@ def run_set(
         vitrine = planned(searcher, filters)
 
         def exact(q: np.ndarray, filters: Filters = filters) -> set[int]:
-            body = ExactQuery(q, data.MODEL_ID, filters, K).body()
-            hits = es.search(index=settings.index_alias, **body)["hits"]["hits"]
-            return {int(h["_id"]) for h in hits}
+            return exact_ids(es, settings.index_alias, q, filters)
 
         qs = list(queries)
         exact(qs[0]), vitrine(qs[0])  # warm caches (and the planner's count)
-        for concurrency in (1, 8):
+        # one client again, each query with a price cap new to the planner (a slider): the
+        # same documents kept, a filter it has not counted
+        capped = [
+            (q, filters.model_copy(update={"max_price": cap}))
+            for q, cap in zip(qs, data.price_caps(len(qs)), strict=True)
+        ]
+        runs: list[tuple[str, int, Any, Any, list[Any]]] = [
+            (label, 1, vitrine, exact, qs),
+            (label, 8, vitrine, exact, qs),
+            (f"{label}, new price cap", 1, unpacked(searched), unpacked(exact), capped),
+        ]
+        for row_label, concurrency, vitrine_fn, exact_fn, items in runs:
             before = plans()
-            got, v_ms, exact_hits, e_ms = paired(vitrine, exact, qs, concurrency)
+            got, v_ms, exact_hits, e_ms = paired(vitrine_fn, exact_fn, items, concurrency)
             recall = float(np.mean([len(g & t) / len(t) for g, t in zip(got, truth, strict=True)]))
             exact_recall = float(
                 np.mean([len(g & t) / len(t) for g, t in zip(exact_hits, truth, strict=True)])
@@ -152,11 +174,11 @@ def run_set(
             methods = plans_since(before)
             v, e = data.percentiles(v_ms), data.percentiles(e_ms)
             report.add(
-                name, label, concurrency, "/".join(methods), round(recall, 3),
+                name, row_label, concurrency, "/".join(methods), round(recall, 3),
                 round(exact_recall, 3), *[round(x, 1) for x in v], *[round(x, 1) for x in e],
                 round(v[1] / e[1], 2),
             )  # fmt: skip
-            series[f"{name}|{label}|{concurrency}"] = {"vitrine_ms": v_ms, "exact_ms": e_ms}
+            series[f"{name}|{row_label}|{concurrency}"] = {"vitrine_ms": v_ms, "exact_ms": e_ms}
     # contrast of the first-pass kNN scores (what the planner's widening looks at)
     spreads = []
     for q in queries[:20]:

@@ -104,6 +104,14 @@ def tags_for(n: int, seed: int = 11, shares: dict[str, float] = TAGS) -> list[li
     return [[t for t, share in shares.items() if v < share] for v in u]
 
 
+def price_caps(count: int, seed: int = 13) -> list[float]:
+    """``count`` different price caps (cents) from 1 to 1,000 times every document's price, as
+    a price slider sets them: a filter with one keeps the same documents as without it, but is
+    new to the planner's per-filter counts."""
+    caps = PRICE * np.exp(np.random.default_rng(seed).uniform(0, np.log(1000), 4 * count))
+    return list(dict.fromkeys(round(float(c), 2) for c in caps))[:count]
+
+
 def selectivity_tag(share: float | None) -> str | None:
     return None if share is None else {v: t for t, v in TAGS.items()}[share]
 
@@ -143,12 +151,15 @@ def delete_alias(es: Elasticsearch, alias: str) -> None:
         es.indices.delete(index=index)
 
 
+#: Every synthetic document's price.
+PRICE = 10.0
+
 #: The fields every synthetic document shares (a complete product document, as the API shows it).
 _DOCUMENT: dict[str, Any] = {
     "merchant_id": "bench",
     "description": "",
     "category": None,
-    "price": 10.0,
+    "price": PRICE,
     "currency": "EUR",
     "in_stock": True,
     "image_index": 0,

@@ -175,7 +175,10 @@ class QueryPlanInfo(BaseModel):
 
     method: Literal["exact", "knn"]
     reason: str
-    estimated_docs: int = Field(description="Image documents the filter keeps (cached count).")
+    estimated_docs: int = Field(
+        description="At most this many image documents kept by the filter (a cached count; price "
+        "bounds counted widened by up to 19 %)."
+    )
     k_docs: int = Field(description="Image documents each vector list returns.")
     pool: int = Field(description="Documents scored with the exact float cosine.")
     num_candidates: int | None = Field(None, description="HNSW candidates (kNN only).")

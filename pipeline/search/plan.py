@@ -118,6 +118,18 @@ class SearchOptions(BaseModel):
         return {name: getattr(self, name) for name in SearchOptions.model_fields}
 
 
+def checked(response: dict[str, Any], what: str) -> dict[str, Any]:
+    """One ``msearch`` response, or the error it holds raised: ``QueryError`` when
+    Elasticsearch refused the request (400), else ``RuntimeError``."""
+    if "error" not in response:
+        return response
+    error = response["error"]
+    reason = error.get("root_cause", [error])[0].get("reason", str(error))
+    if response.get("status", 500) == 400:
+        raise QueryError("invalid_query", f"Elasticsearch refused the search: {reason}")
+    raise RuntimeError(f"Elasticsearch failed the {what}: {reason}")
+
+
 class SearchQuery(SearchOptions):
     """One search. Give at most one of ``image``, ``vector`` (with ``vector_model_id``) and
     ``product``; ``text`` may go with any of them. ``k`` products form the ranked result window

@@ -24,15 +24,17 @@ piece of IO: one cached ``_search`` (size 0) per filter.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 from elasticsearch import Elasticsearch
 
-from pipeline.search.plan import ListPlan, Window
+from pipeline.search.plan import ListPlan, Window, checked
 from pipeline.search.query import MAX_NUM_CANDIDATES, ExactQuery, Filters, KnnQuery, filter_clauses
 from pipeline.settings import VitrineSettings
 
@@ -54,7 +56,7 @@ class QueryPlan:
 
     method: Method
     reason: str
-    estimated_docs: int  # image documents the filter keeps (cached count)
+    estimated_docs: int  # at most this many image documents kept (FilterCounts)
     k_docs: int  # hits each list returns
     pool: int  # documents scored exactly: every kept one (exact), or the kNN k re-scored
     num_candidates: int | None  # HNSW candidates (kNN only)
@@ -75,7 +77,7 @@ def choose(estimate: Estimate, window: Window, settings: VitrineSettings) -> Que
         fetch = "" if estimate.further_images else "; one image per product: no over-fetch"
         return QueryPlan(
             "exact",
-            f"the filter keeps ~{docs} documents <= search_exact_max_docs ({limit}){fetch}",
+            f"the filter keeps at most {docs} documents <= search_exact_max_docs ({limit}){fetch}",
             docs,
             exact_k_docs,
             docs,
@@ -241,33 +243,87 @@ class FlatHistory:
         return sum(recent), len(recent)
 
 
-class FilterCounts:
-    """The estimate per filter, cached ``ttl_s`` seconds (thread-safe; at most ``max_entries``
-    filters, the oldest dropped first). Stale by at most the TTL: the estimate only chooses a
-    plan, it never changes what a plan may return (``refill``)."""
+#: Price bounds are counted moved out to a grid of this many points per doubling (19 % apart):
+#: the ranges of a price slider share a few counts instead of each costing one.
+PRICE_GRID_STEPS = 4
 
-    def __init__(self, es: Elasticsearch, *, ttl_s: float, max_entries: int = 1024):
+
+def _grid(price: float, outward: Callable[[float], float]) -> float:
+    if price <= 0:
+        return 0.0
+    return float(2 ** (outward(math.log2(price) * PRICE_GRID_STEPS) / PRICE_GRID_STEPS))
+
+
+def widened(filters: Filters) -> Filters:
+    """``filters`` with its price bounds moved out to the grid: what the planner counts. It
+    keeps every document ``filters`` keeps, so its count bounds theirs from above."""
+    low, high = filters.min_price, filters.max_price
+    return filters.model_copy(
+        update={
+            "min_price": None if low is None else min(low, _grid(low, math.floor)),
+            "max_price": None if high is None else max(high, _grid(high, math.ceil)),
+        }
+    )
+
+
+def looser(filters: Filters) -> list[Filters]:
+    """Filters whose counts bound what ``filters`` keeps, the tightest first: the widened
+    filters and, with a price bound, the same without it (a slider's other filters)."""
+    counted = [widened(filters)]
+    if filters.min_price is not None or filters.max_price is not None:
+        counted.append(filters.model_copy(update={"min_price": None, "max_price": None}))
+    return counted
+
+
+class FilterCounts:
+    """Upper bounds of what a filter keeps, from counts cached ``ttl_s`` seconds (thread-safe;
+    at most ``max_entries`` filters, the oldest dropped first). A filter is counted with its
+    price bounds widened (``looser``), and without them, in one request; a filter whose other
+    clauses are known to keep at most ``exact_max_docs`` documents is not counted at all. A
+    bound only chooses a plan: it never changes what a plan may return (``refill``); stale by
+    at most the TTL."""
+
+    def __init__(
+        self, es: Elasticsearch, *, ttl_s: float, exact_max_docs: int, max_entries: int = 1024
+    ):
         self.es = es
         self.ttl_s = ttl_s
+        self.exact_max_docs = exact_max_docs
         self.max_entries = max_entries
         self._cache: dict[str, tuple[float, Estimate]] = {}
         self._lock = threading.Lock()
 
     def estimate(self, index: str, filters: Filters, model_id: str) -> Estimate:
-        key = filter_key(index, filters, model_id)
+        counted = looser(filters)
+        keys = [filter_key(index, f, model_id) for f in counted]
         now = time.monotonic()
         with self._lock:
-            hit = self._cache.get(key)
-        if hit and now - hit[0] < self.ttl_s:
-            return hit[1]
-        response = self.es.search(index=index, **estimate_body(filters, model_id))
-        estimate = Estimate(
-            int(response["hits"]["total"]["value"]),
-            int(response["aggregations"]["further_images"]["doc_count"]),
-        )
+            cached = [self._cache.get(key) for key in keys]
+        known = [hit[1] if hit and now - hit[0] < self.ttl_s else None for hit in cached]
+        found = [e for e in known if e is not None]
+        if found and (known[0] is not None or min(e.docs for e in found) <= self.exact_max_docs):
+            return _tightest(found)
+        missing = [i for i, e in enumerate(known) if e is None]
+        searches: list[dict[str, Any]] = []
+        for i in missing:
+            searches += [{"index": index}, estimate_body(counted[i], model_id)]
+        responses = self.es.msearch(searches=searches)["responses"]
+        fetched = [
+            Estimate(
+                int(checked(r, "estimate")["hits"]["total"]["value"]),
+                int(r["aggregations"]["further_images"]["doc_count"]),
+            )
+            for r in responses
+        ]
         with self._lock:
-            self._cache.pop(key, None)
-            self._cache[key] = (now, estimate)
+            for i, estimate in zip(missing, fetched, strict=True):
+                self._cache.pop(keys[i], None)
+                self._cache[keys[i]] = (now, estimate)
             while len(self._cache) > self.max_entries:
                 self._cache.pop(next(iter(self._cache)))
-        return estimate
+        return _tightest(found + fetched)
+
+
+def _tightest(bounds: list[Estimate]) -> Estimate:
+    """Each count's least upper bound (both bound the same documents from above)."""
+    return Estimate(min(e.docs for e in bounds), min(e.further_images for e in bounds))

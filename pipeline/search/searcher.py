@@ -37,6 +37,7 @@ from pipeline.search.plan import (
     QueryError,
     SearchQuery,
     Window,
+    checked,
     needs_text_vector,
     plan_lists,
     validate,
@@ -123,7 +124,9 @@ class Searcher:
         )
         self._ttl = index_info_ttl_s
         self._info: tuple[float, IndexInfo] | None = None
-        self.counts = planner.FilterCounts(es, ttl_s=settings.search_count_ttl_s)
+        self.counts = planner.FilterCounts(
+            es, ttl_s=settings.search_count_ttl_s, exact_max_docs=settings.search_exact_max_docs
+        )
         self.flat = planner.FlatHistory(ttl_s=settings.search_count_ttl_s)
 
     # ------------------------------------------------------------------ index and vectors
@@ -415,13 +418,8 @@ class Searcher:
         responses = self.es.msearch(searches=searches)["responses"]
         lists = []
         for plan, response in zip(plans, responses, strict=True):
-            if "error" in response:
-                error = response["error"]
-                reason = error.get("root_cause", [error])[0].get("reason", str(error))
-                if response.get("status", 500) == 400:
-                    raise QueryError("invalid_query", f"Elasticsearch refused the search: {reason}")
-                raise RuntimeError(f"Elasticsearch failed the {plan.name} list: {reason}")
-            lists.append(RankedList(plan.name, response["hits"]["hits"], plan.weight))
+            hits = checked(response, f"{plan.name} list")["hits"]["hits"]
+            lists.append(RankedList(plan.name, hits, plan.weight))
         return lists
 
     @staticmethod

@@ -457,7 +457,7 @@ def test_cli_search(settings, cat):
     rows = out.output.splitlines()
     assert f"{cat.prefix}-boot" in rows[2] and "image #1" in rows[3]
     assert "facet category:" in out.output
-    assert "plan: exact (the filter keeps ~" in out.output
+    assert "plan: exact (the filter keeps at most " in out.output
 
     args = ["search", "--product-id", "nope", "--merchant", "m", "--tag", cat.prefix]
     out = runner.invoke(app, args, env=env)

@@ -3,7 +3,7 @@
 import pytest
 
 from pipeline.search import planner
-from pipeline.search.plan import ListPlan, Window
+from pipeline.search.plan import ListPlan, QueryError, Window
 from pipeline.search.query import ExactQuery, Filters, KeywordQuery, KnnQuery, ProductRef
 from pipeline.settings import VitrineSettings
 
@@ -143,30 +143,130 @@ def test_estimate_body_counts_the_filter_and_its_further_images():
 
 
 class FakeEs:
-    def __init__(self):
-        self.calls = 0
+    """Counts what a filter keeps of a small catalogue (tags, price, image_index), as
+    Elasticsearch would answer the planner's ``msearch`` of ``estimate_body`` requests."""
 
-    def search(self, index, **body):
-        self.calls += 1
-        return {
-            "hits": {"total": {"value": 42, "relation": "eq"}},
-            "aggregations": {"further_images": {"doc_count": 7}},
-        }
+    def __init__(self, docs: list[tuple[str, float, int]]):
+        self.docs = docs
+        self.requests: list[int] = []  # searches in each msearch
+
+    @staticmethod
+    def keeps(clause: dict, doc: tuple[str, float, int]) -> bool:
+        tag, price, _ = doc
+        if "range" in clause:
+            bounds = clause["range"]["price"]
+            return bounds.get("gte", price) <= price <= bounds.get("lte", price)
+        term = clause["term"]
+        return term.get("tags", tag) == tag  # model_id: every document
+
+    def msearch(self, searches: list[dict]) -> dict:
+        self.requests.append(len(searches) // 2)
+        responses = []
+        for body in searches[1::2]:
+            clauses = body["query"]["bool"]["filter"]
+            kept = [d for d in self.docs if all(self.keeps(c, d) for c in clauses)]
+            further = sum(1 for d in kept if d[2] > 0)
+            responses.append(
+                {
+                    "hits": {"total": {"value": len(kept), "relation": "eq"}},
+                    "aggregations": {"further_images": {"doc_count": further}},
+                }
+            )
+        return {"responses": responses}
+
+
+#: 40 "small" documents priced 1..40 (one with a second image), 400 "big" ones priced 1..400
+CATALOGUE = [("small", float(p), int(p == 7)) for p in range(1, 41)] + [
+    ("big", float(p), 0) for p in range(1, 401)
+]
+
+
+def true_count(tag: str | None, low: float | None, high: float | None) -> int:
+    return sum(
+        1
+        for t, price, _ in CATALOGUE
+        if (tag is None or t == tag)
+        and (low is None or price >= low)
+        and (high is None or price <= high)
+    )
+
+
+def counts(ttl_s: float = 60, max_entries: int = 1024) -> tuple[FakeEs, planner.FilterCounts]:
+    es = FakeEs(CATALOGUE)
+    found = planner.FilterCounts(es, ttl_s=ttl_s, exact_max_docs=100, max_entries=max_entries)  # type: ignore[arg-type]
+    return es, found
 
 
 def test_filter_counts_are_cached_per_filter_for_the_ttl():
-    es = FakeEs()
-    counts = planner.FilterCounts(es, ttl_s=60, max_entries=2)  # type: ignore[arg-type]
-    assert counts.estimate("a", Filters(), "m") == planner.Estimate(42, 7)
-    assert counts.estimate("a", Filters(), "m") == planner.Estimate(42, 7)
-    assert es.calls == 1
-    counts.estimate("a", Filters(category="x"), "m")
-    counts.estimate("b", Filters(), "m")
-    assert es.calls == 3 and len(counts._cache) == 2
-    expired = planner.FilterCounts(es, ttl_s=0)  # type: ignore[arg-type]
+    es, cached = counts(max_entries=2)
+    assert cached.estimate("a", Filters(), "m") == planner.Estimate(440, 1)
+    assert cached.estimate("a", Filters(), "m") == planner.Estimate(440, 1)
+    assert es.requests == [1]
+    cached.estimate("a", Filters(tags_all=["small"]), "m")
+    cached.estimate("b", Filters(), "m")
+    assert es.requests == [1, 1, 1] and len(cached._cache) == 2
+    es, expired = counts(ttl_s=0)
     expired.estimate("a", Filters(), "m")
     expired.estimate("a", Filters(), "m")
-    assert es.calls == 5
+    assert es.requests == [1, 1]
+
+
+@pytest.mark.parametrize("price", [0.0, 0.004, 0.5, 1.0, 7.3, 16.0, 99.99, 1234.5, 1e7])
+def test_price_bounds_are_widened_to_the_grid_never_narrowed(price):
+    wide = planner.widened(Filters(min_price=price, max_price=price))
+    assert wide.min_price is not None and wide.max_price is not None
+    assert wide.min_price <= price <= wide.max_price
+    step = 2 ** (1 / planner.PRICE_GRID_STEPS)
+    assert wide.max_price <= price * step * (1 + 1e-9)
+    assert wide.min_price == 0 or wide.min_price >= price / step * (1 - 1e-9)
+
+
+def test_nearby_price_ranges_are_counted_once():
+    assert planner.widened(Filters(max_price=41.0)) == planner.widened(Filters(max_price=44.5))
+    assert planner.widened(Filters(category="x")) == Filters(category="x")
+
+
+@pytest.mark.parametrize(
+    ("tag", "low", "high"),
+    [("small", None, 20.0), ("small", 3.0, 11.0), ("big", 10.0, 60.0), ("big", None, 300.0)],
+)
+def test_every_estimate_bounds_the_true_count_from_above(tag, low, high):
+    es, cached = counts()
+    wider = 3 * high
+    for filters in (  # the cache warmed with looser filters first, then the one asked
+        Filters(tags_all=[tag]),
+        Filters(tags_all=[tag], min_price=low, max_price=wider),
+        Filters(tags_all=[tag], min_price=low, max_price=high),
+    ):
+        estimate = cached.estimate("a", filters, "m")
+        assert estimate.docs >= true_count(tag, filters.min_price, filters.max_price)
+        assert estimate.further_images >= int(tag == "small" and (low or 0) <= 7 <= high)
+
+
+def test_a_price_slider_is_not_counted_again_when_its_other_filters_keep_few_documents():
+    es, cached = counts()  # exact_max_docs 100: "small" keeps 40
+    first = cached.estimate("a", Filters(tags_all=["small"], max_price=10.0), "m")
+    assert es.requests == [2]  # the widened filter and the filter without its price bounds
+    assert first == planner.Estimate(true_count("small", None, 11.32), 1)  # 2^3.5 = 11.31...
+    moved = cached.estimate("a", Filters(tags_all=["small"], max_price=30.0), "m")
+    assert es.requests == [2] and moved == planner.Estimate(40, 1)  # "small" alone: no request
+    es, cached = counts()  # "big" keeps 400 > 100: each new grid cell is counted
+    cached.estimate("a", Filters(tags_all=["big"], max_price=10.0), "m")
+    moved = cached.estimate("a", Filters(tags_all=["big"], max_price=30.0), "m")
+    assert es.requests == [2, 1] and moved.docs == true_count("big", None, 32.0)
+    cached.estimate("a", Filters(tags_all=["big"], max_price=31.0), "m")  # the same grid cell
+    assert es.requests == [2, 1]
+
+
+def test_an_estimate_refused_by_elasticsearch_is_a_query_error():
+    class Refusing(FakeEs):
+        def msearch(self, searches: list[dict]) -> dict:
+            error = {"root_cause": [{"reason": "bad filter"}], "reason": "bad filter"}
+            return {"responses": [{"error": error, "status": 400}]}
+
+    cached = planner.FilterCounts(Refusing([]), ttl_s=60, exact_max_docs=100)  # type: ignore[arg-type]
+    with pytest.raises(QueryError, match="bad filter"):
+        cached.estimate("a", Filters(), "m")
 
 
 def test_flatness_is_judged_on_full_first_kNN_passes_only():
