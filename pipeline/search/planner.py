@@ -19,7 +19,8 @@ contrast ``widen`` judges.
 
 The decisions (``choose``, ``refill``, ``widen``, ``start_wide``, ``contrast``) are pure
 functions of the estimate, the history and the hits, unit-tested; ``FilterCounts`` is the one
-piece of IO: one cached ``_search`` (size 0) per filter.
+piece of IO: cached counts (``_search`` of size 0) that bound what a filter keeps, made only
+for filters whose bound is not known yet (``looser``).
 """
 
 from __future__ import annotations
@@ -266,12 +267,17 @@ def widened(filters: Filters) -> Filters:
     )
 
 
+def without_price(filters: Filters) -> Filters:
+    """``filters`` without price bounds: a slider's other filters."""
+    return filters.model_copy(update={"min_price": None, "max_price": None})
+
+
 def looser(filters: Filters) -> list[Filters]:
     """Filters whose counts bound what ``filters`` keeps, the tightest first: the widened
-    filters and, with a price bound, the same without it (a slider's other filters)."""
+    filters and, with a price bound, the same without it."""
     counted = [widened(filters)]
     if filters.min_price is not None or filters.max_price is not None:
-        counted.append(filters.model_copy(update={"min_price": None, "max_price": None}))
+        counted.append(without_price(filters))
     return counted
 
 

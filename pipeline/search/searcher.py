@@ -319,7 +319,8 @@ class Searcher:
         )
         alias = self.settings.index_alias
         estimate = self.counts.estimate(alias, query.filters, info.model_id)
-        memory = planner.filter_key(alias, query.filters, info.model_id)
+        # flatness is the data's, which a price range does not change: a slider shares it
+        memory = planner.filter_key(alias, planner.without_price(query.filters), info.model_id)
         keys = [f"{memory}|{plan.name}" if plan.name != "keyword" else None for plan in plans]
         chosen = planner.start_wide(
             planner.choose(estimate, window, self.settings),

@@ -3,6 +3,8 @@ products on a small catalogue, the plan shows in explain, flat lists are searche
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from prometheus_client import REGISTRY
 
@@ -75,6 +77,31 @@ def test_the_estimate_is_the_count_of_documents_the_filter_keeps(es, settings, e
     assert s.counts.estimate(settings.index_alias, no_match, model_id) == Estimate(0, 0)
 
 
+def test_a_price_bound_is_counted_widened_and_a_slider_moved_is_not_counted_again(
+    es, settings, encoder, cat
+):
+    s = searcher(es, settings, encoder)
+    alias, model_id = settings.index_alias, encoder.model_id
+
+    def count(max_price: float | None = None) -> int:
+        clauses = [{"term": {"tags": cat.prefix}}, {"term": {"model_id": model_id}}]
+        if max_price is not None:
+            clauses.append({"range": {"price": {"lte": max_price}}})
+        return es.count(index=alias, query={"bool": {"filter": clauses}})["count"]
+
+    requests: list[dict] = []
+    client = s.counts.es
+    s.counts.es = SimpleNamespace(  # type: ignore[assignment]
+        msearch=lambda **request: requests.append(request) or client.msearch(**request)
+    )
+    first = s.counts.estimate(alias, cat.filters(max_price=46.0), model_id)
+    assert len(requests) == 1 and len(requests[0]["searches"]) == 4  # widened, and no price
+    assert count(46.0) < first.docs == count(2**5.75)  # the grid cell holds sneaker_b (50)
+    moved = s.counts.estimate(alias, cat.filters(max_price=20.0), model_id)
+    assert len(requests) == 1  # the catalogue keeps fewer than search_exact_max_docs anyway
+    assert moved.docs == count() > count(20.0)
+
+
 def test_over_fetch_only_where_products_have_several_images(es, settings, encoder, cat):
     s = searcher(es, settings, encoder)
     sneaker = SearchQuery(image=cat.image("sneaker"), filters=cat.filters(), k=3, explain=True)
@@ -138,6 +165,9 @@ def test_a_filter_whose_first_passes_come_back_flat_starts_wide(es, settings, en
     assert calls == ["exact"]  # no first pass to repeat
     assert result.plan and result.plan["widened"] and "came back flat" in result.plan["reason"]
     assert products(result) == products(first[0])
+    slider = query.model_copy(update={"filters": cat.filters(max_price=1000.0)})
+    calls = [r["template_id"].rsplit("-", 1)[-1] for r in always_flat.search(slider).requests or []]
+    assert calls == ["exact"]  # a price range shares the history of the filter without it
     other = query.model_copy(update={"filters": cat.filters(in_stock=True)})
     calls = [r["template_id"].rsplit("-", 1)[-1] for r in always_flat.search(other).requests or []]
     assert calls == ["knn", "exact"]  # another filter has its own history
