@@ -250,8 +250,8 @@ PRICE_GRID_STEPS = 4
 
 
 def _grid(price: float, outward: Callable[[float], float]) -> float:
-    if price <= 0:
-        return 0.0
+    if not 0 < price < 2**1000:  # zero, NaN and the infinities stay as they are
+        return price
     return float(2 ** (outward(math.log2(price) * PRICE_GRID_STEPS) / PRICE_GRID_STEPS))
 
 
