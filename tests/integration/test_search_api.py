@@ -278,6 +278,15 @@ def test_search_bad_parameters(client, body, status):
     assert response.status_code == status, response.text
 
 
+@pytest.mark.parametrize(("price", "status"), [("1.7e308", 200), ("1e400", 422), ("Infinity", 422)])
+def test_search_with_price_bounds_off_the_planners_grid(client, price, status):
+    """The planner widens price bounds to count them: a bound as large as a float gets is
+    searched as asked; JSON's out-of-range numbers never reach it."""
+    body = f'{{"text": "red", "text_mode": "vector", "filters": {{"max_price": {price}}}}}'
+    response = client.post("/v1/search", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
+
+
 def test_search_bad_query_images(client):
     corrupt = client.post(
         "/v1/search",
