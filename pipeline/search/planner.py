@@ -259,6 +259,8 @@ def widened(filters: Filters) -> Filters:
     """``filters`` with its price bounds moved out to the grid: what the planner counts. It
     keeps every document ``filters`` keeps, so its count bounds theirs from above."""
     low, high = filters.min_price, filters.max_price
+    if low is None and high is None:
+        return filters
     return filters.model_copy(
         update={
             "min_price": None if low is None else min(low, _grid(low, math.floor)),
@@ -269,6 +271,8 @@ def widened(filters: Filters) -> Filters:
 
 def without_price(filters: Filters) -> Filters:
     """``filters`` without price bounds: a slider's other filters."""
+    if filters.min_price is None and filters.max_price is None:
+        return filters
     return filters.model_copy(update={"min_price": None, "max_price": None})
 
 
