@@ -277,8 +277,8 @@ def without_price(filters: Filters) -> Filters:
 
 
 def looser(filters: Filters) -> list[Filters]:
-    """Filters whose counts bound what ``filters`` keeps, the tightest first: the widened
-    filters and, with a price bound, the same without it."""
+    """Filters whose counts bound what ``filters`` keeps, the tightest first: ``filters``
+    widened and, with a price bound, ``filters`` without it."""
     counted = [widened(filters)]
     if filters.min_price is not None or filters.max_price is not None:
         counted.append(without_price(filters))
