@@ -142,6 +142,12 @@ def _give_up(es: Elasticsearch, settings: VitrineSettings, record: PendingRecord
         ErrorSpool(settings.journal_root).put(doc_id, document)
 
 
+def _queue(record: PendingRecord, settings: VitrineSettings) -> str:
+    """The queue the record's job was sent to; records from before queues were noted went to
+    the default queue (where ``resend`` sends them again too)."""
+    return record.queue or settings.queue
+
+
 def reconcile(app: VitrineCelery, es: Elasticsearch) -> ReconcileReport:
     """One pass over the error spool and the pending journal."""
     settings, journal = app.settings, app.pending_journal
@@ -158,14 +164,14 @@ def reconcile(app: VitrineCelery, es: Elasticsearch) -> ReconcileReport:
             by_job.setdefault(record.job_id, []).append(record)
         # the queues before the states: a job taken from its queue after the queue was read is
         # still seen by ``may_hold`` (or, acknowledged since, no longer "queued")
-        queues = {q: queue_view(app, q) for q in {r.queue or settings.queue for r in records}}
+        queues = {q: queue_view(app, q) for q in {_queue(r, settings) for r in records}}
         now = time.time()
         statuses = job_statuses(app, list(by_job))
         for job_id, group in by_job.items():
             status = statuses[job_id]
             again = []
             for record in group:
-                queue = queues[record.queue or settings.queue]
+                queue = queues[_queue(record, settings)]
                 action = decide(record, status, queue, now=now, settings=settings)
                 if action is None:
                     continue
