@@ -279,10 +279,8 @@ def without_price(filters: Filters) -> Filters:
 def looser(filters: Filters) -> list[Filters]:
     """Filters whose counts bound what ``filters`` keeps, the tightest first: ``filters``
     widened and, with a price bound, ``filters`` without it."""
-    counted = [widened(filters)]
-    if filters.min_price is not None or filters.max_price is not None:
-        counted.append(without_price(filters))
-    return counted
+    rest = without_price(filters)
+    return [widened(filters)] if rest is filters else [widened(filters), rest]
 
 
 class FilterCounts:
